@@ -1,0 +1,1 @@
+"""The wsnursery harness: fault injection, load, connection and stress runs."""
