@@ -1,0 +1,85 @@
+"""``python -m wsnursery serve``: run the server.
+
+Flags mirror the settings of ``config.Config`` one to one (``--max-connections`` sets
+``max_connections``). A bad flag or setting prints one line and exits with status 2.
+SIGINT or SIGTERM shuts down gracefully (1001 to clients, drain, exit 0); a second signal
+stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import NoReturn, Sequence
+
+import trio
+
+from . import __version__, logs
+from .config import SETTINGS, ConfigError, load
+from .server import Server
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="wsnursery", description="Structured-concurrency WebSocket pub/sub server.")
+    parser.add_argument("--version", action="version", version=f"wsnursery {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    serve = commands.add_parser("serve", help="run the server", description="Run the wsnursery server.")
+    serve.add_argument("--config", metavar="FILE.toml", help="TOML file with settings")
+    for attribute in SETTINGS:
+        flag = "--" + attribute.name.replace("_", "-")
+        default = attribute.default
+        serve.add_argument(
+            flag,
+            dest=attribute.name,
+            metavar=attribute.name.upper(),
+            help=f"{attribute.metadata['help']} (default: {default}; env WSNURSERY_{attribute.name.upper()})",
+        )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    flags = {attribute.name: getattr(args, attribute.name) for attribute in SETTINGS}
+    try:
+        config = load(flags=flags, config_file=args.config)
+    except ConfigError as exc:
+        print(f"wsnursery: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(config.log_level, config.log_format)
+    try:
+        trio.run(_serve, config)
+    except OSError as exc:  # the port is taken, the address is not ours...
+        print(f"wsnursery: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def _serve(config: object) -> None:
+    server = Server(config)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_on_signals, server, nursery.cancel_scope)
+        await server.run()
+        nursery.cancel_scope.cancel()
+
+
+async def _on_signals(server: Server, scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            if server.draining:
+                scope.cancel()
+                return
+            server.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

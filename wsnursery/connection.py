@@ -1,0 +1,461 @@
+"""One pub/sub WebSocket connection: a nursery holding its reader, writer and heartbeat.
+
+The reader task parses requests and acts on them; the writer task is the only one that
+writes frames (replies and messages, coalesced into one write); the heartbeat pings and
+closes with 4000 when no pong comes. Each runs in its own cancel scope inside the
+connection's nursery, so when the connection ends, every task it started is gone.
+
+Every subscription is a cursor into its channel's shared history (see ``hub``): a publish
+only marks the subscription dirty and wakes the writer, which sends the frames the hub
+encoded once. Bounds and what happens at each:
+- a subscriber lagging ``outbound_queue_size`` messages (``max_unacked`` with acks) is slow:
+  closed with 4008 (policy ``close``) or its publishers wait (policy ``block``);
+- replies queued past ``max_control_queue``: the reader stops reading until they are sent;
+- one write carries at most ``WRITE_BUDGET`` bytes (or one frame, if larger);
+- ``max_subscriptions`` per connection, ``max_errors`` error frames before a 1008 close.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import TYPE_CHECKING, Any
+
+import trio
+import trio_websocket
+from wsproto.connection import ConnectionState
+
+from . import codec, logs, protocol
+from .codec import Encoding
+from .protocol import Position, ProtocolError
+from .reliability import AckTracker
+from .wsframe import data_frame
+
+if TYPE_CHECKING:
+    from .hub import ChannelStream
+    from .server import Server
+    from .stream import ServerStream
+
+log = logs.get("connection")
+
+WRITE_BUDGET = 256 * 1024
+BATCH_PER_SUBSCRIPTION = 512
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY = 1008
+CLOSE_INTERNAL = 1011
+CLOSE_HEARTBEAT = 4000
+CLOSE_SLOW_CONSUMER = 4008
+_LOCAL_ONLY_CODES = (1002, 1007)  # wsproto found a protocol error; the peer was not told
+
+
+class Subscription:
+    """A connection's cursor into one channel's stream (a ``hub.Sink``)."""
+
+    __slots__ = ("connection", "channel", "stream", "cursor", "tracker", "limit", "ready")
+
+    def __init__(self, connection: Connection, channel: str, tracker: AckTracker | None) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.stream: ChannelStream | None = None
+        self.cursor = 0  # seq of the last message written to the client
+        self.tracker = tracker
+        config = connection.server.config
+        self.limit = config.max_unacked if tracker else config.outbound_queue_size
+        self.ready = False
+
+    @property
+    def lag(self) -> int:
+        assert self.stream is not None
+        behind = self.cursor if self.tracker is None else min(self.cursor, self.tracker.acked)
+        return self.stream.head - behind
+
+    @property
+    def full(self) -> bool:
+        return self.ready and self.lag >= self.limit
+
+    def notify(self) -> None:
+        if self.ready:
+            self.connection.subscription_notified(self)
+
+
+class Connection:
+    def __init__(
+        self,
+        server: Server,
+        ws: trio_websocket.WebSocketConnection,
+        stream: ServerStream,
+        encoding: Encoding,
+        remote: str,
+    ) -> None:
+        self.server = server
+        self.config = server.config
+        self.hub = server.hub
+        self.ws = ws
+        self.stream = stream
+        self.encoding = encoding
+        self.remote = remote
+        self.subscriptions: dict[str, Subscription] = {}
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._parser = server.request_parser
+        self._control: collections.deque[bytes] = collections.deque()
+        self._control_space = trio.Event()
+        self._dirty: dict[Subscription, None] = {}
+        self._acking: set[Subscription] = set()
+        self._wake = trio.Event()
+        self._close_requested = trio.Event()
+        self._writer_done = trio.Event()
+        self._reader_scope = trio.CancelScope()
+        self._errors = 0
+
+    # -- what other tasks call -------------------------------------------------------
+
+    def subscription_notified(self, subscription: Subscription) -> None:
+        if subscription.lag > subscription.limit:
+            self.slow_consumer(subscription)
+            return
+        if subscription not in self._dirty:
+            self._dirty[subscription] = None
+            self._wake.set()
+
+    def slow_consumer(self, subscription: Subscription) -> None:
+        if self.close_code is None:
+            self.server.metrics.slow_consumer_closes.inc()
+        self.request_close(
+            CLOSE_SLOW_CONSUMER, f"slow consumer on {subscription.channel}; resume with since"
+        )
+
+    def request_close(self, code: int, reason: str) -> None:
+        """Start closing: the reader stops, the writer finishes its write and stops."""
+        if self.close_code is not None:
+            return
+        self.close_code, self.close_reason = code, reason
+        self._reader_scope.cancel()
+        self._close_requested.set()
+        self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._control) + sum(max(0, sub.lag) for sub in self._dirty)
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    async def run(self, nursery: trio.Nursery) -> None:
+        """Serve until the connection ends; returns the close code (for the log line)."""
+        self._enqueue(
+            protocol.welcome_frame(
+                self.server.server_name, self.config.heartbeat_interval, self.config.max_message_size
+            )
+        )
+        writer_scope = trio.CancelScope()
+        heartbeat_scope = trio.CancelScope()
+        nursery.start_soon(self._writer, writer_scope)
+        nursery.start_soon(self._heartbeat, heartbeat_scope)
+        try:
+            with self._reader_scope:
+                await self._read_loop()
+        except trio_websocket.ConnectionClosed:
+            pass
+        finally:
+            heartbeat_scope.cancel()
+            await self._finish(writer_scope)
+            for subscription in self.subscriptions.values():
+                self.hub.detach(subscription.channel, subscription)
+
+    async def _finish(self, writer_scope: trio.CancelScope) -> None:
+        with trio.CancelScope(shield=True):
+            if self.close_code is None:  # the peer closed, or trio-websocket did (1009, 1002, 1007)
+                writer_scope.cancel()
+                closed = self.ws.closed
+                self.close_code = closed.code if closed else 1006
+                self.close_reason = (closed.reason or "") if closed else ""
+                if self.close_code in _LOCAL_ONLY_CODES and self.ws._wsproto.state is ConnectionState.OPEN:
+                    with trio.move_on_after(self.config.close_timeout):
+                        await self.stream.send_close_frame(self.close_code, self.close_reason)
+            else:
+                with trio.move_on_after(self.config.close_timeout):
+                    await self._writer_done.wait()
+                writer_scope.cancel()
+                if not self.stream.writing:
+                    with trio.move_on_after(self.config.close_timeout):
+                        await self.ws.aclose(self.close_code, self.close_reason[:120])
+            await self.stream.close_now()
+
+    # -- reader -----------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        metrics = self.server.metrics
+        expect_text = not self.encoding.is_binary
+        while True:
+            payload = await self.ws.get_message()
+            metrics.messages_in.inc()
+            if isinstance(payload, str) != expect_text:
+                kind = "text" if expect_text else "binary"
+                self.request_close(
+                    CLOSE_UNSUPPORTED_DATA,
+                    f"{self.encoding.subprotocol} carries {kind} frames only",
+                )
+                return
+            try:
+                request = self._parser.parse(codec.decode(payload, self.encoding))
+                await self._dispatch(request)
+            except codec.DecodeError as exc:
+                await self._error(ProtocolError("bad_request", str(exc)))
+            except ProtocolError as exc:
+                await self._error(exc)
+            if self.close_code is not None:
+                return
+            if len(self._control) >= self.config.max_control_queue:
+                await self._control_space.wait()
+
+    async def _dispatch(self, request: protocol.Request) -> None:
+        if isinstance(request, protocol.Publish):
+            await self._publish(request)
+        elif isinstance(request, protocol.Ack):
+            self._ack(request)
+        elif isinstance(request, protocol.Subscribe):
+            await self._subscribe(request)
+        elif isinstance(request, protocol.Unsubscribe):
+            self._unsubscribe(request)
+        else:
+            self._replay(request)
+
+    async def _publish(self, request: protocol.Publish) -> None:
+        try:
+            codec.check_value(request.data)
+        except codec.ValueNotCarried as exc:
+            raise ProtocolError("bad_request", str(exc), request.id) from None
+        try:
+            published = await self.hub.publish(request.channel, request.data, request.key)
+        except ProtocolError as exc:
+            exc.request_id = request.id
+            raise
+        metrics = self.server.metrics
+        (metrics.duplicate_publishes if published.duplicate else metrics.publishes).inc()
+        self._enqueue(protocol.published_frame(request.id, request.channel, published.position))
+
+    async def _subscribe(self, request: protocol.Subscribe) -> None:
+        subscription = self.subscriptions.get(request.channel)
+        if subscription is None:
+            if len(self.subscriptions) >= self.config.max_subscriptions:
+                raise ProtocolError(
+                    "too_many_subscriptions",
+                    f"at most {self.config.max_subscriptions} subscriptions per connection",
+                    request.id,
+                )
+            subscription = Subscription(self, request.channel, self._tracker(request.ack))
+            try:
+                subscription.stream = await self.hub.attach(request.channel, subscription)
+            except ProtocolError as exc:
+                exc.request_id = request.id
+                raise
+            self.subscriptions[request.channel] = subscription
+        elif request.ack != (subscription.tracker is not None):
+            subscription.tracker = self._tracker(request.ack)
+            subscription.limit = (
+                self.config.max_unacked if request.ack else self.config.outbound_queue_size
+            )
+        start, recovered = self._position(subscription, request.since, request.id)
+        self._enqueue(protocol.subscribed_frame(request.id, request.channel, start, recovered))
+
+    def _tracker(self, ack: bool) -> AckTracker | None:
+        if not ack:
+            return None
+        config = self.config
+        return AckTracker(
+            ack_timeout=config.ack_timeout,
+            max_timeout=config.ack_max_timeout,
+            max_unacked=config.max_unacked,
+        )
+
+    def _position(
+        self, subscription: Subscription, since: Position | None, request_id: int | None
+    ) -> tuple[Position, bool]:
+        """Point the cursor just after ``since`` (or at the head); say if nothing was lost."""
+        stream = subscription.stream
+        assert stream is not None
+        if since is None:
+            cursor, recovered = stream.head, True
+        elif since.epoch == stream.epoch and since.seq > stream.head:
+            raise ProtocolError(
+                "bad_request", f"since.seq {since.seq} is ahead of the stream (at {stream.head})", request_id
+            )
+        elif since.epoch == stream.epoch and stream.holds_after(since.seq):
+            cursor, recovered = since.seq, True
+        else:
+            cursor, recovered = stream.oldest - 1, False
+        subscription.cursor = cursor
+        if subscription.tracker is not None:
+            subscription.tracker.reset_to(cursor)
+            self._acking.add(subscription)
+        else:
+            self._acking.discard(subscription)
+        subscription.ready = True
+        if cursor < stream.head:
+            self._dirty[subscription] = None
+            self._wake.set()
+        return stream.position, recovered
+
+    def _unsubscribe(self, request: protocol.Unsubscribe) -> None:
+        subscription = self._require(request.channel, request.id)
+        del self.subscriptions[request.channel]
+        self._dirty.pop(subscription, None)
+        self._acking.discard(subscription)
+        self.hub.detach(request.channel, subscription)
+        self._enqueue(protocol.unsubscribed_frame(request.id, request.channel))
+
+    def _ack(self, request: protocol.Ack) -> None:
+        subscription = self._require(request.channel, None)
+        if subscription.tracker is None:
+            raise ProtocolError("bad_request", f"{request.channel} was subscribed without ack")
+        result = subscription.tracker.on_ack(request.seq)
+        if result.error_code is not None:
+            raise ProtocolError(result.error_code, result.error_reason or "bad ack")
+        if result.newly_acked:
+            assert subscription.stream is not None
+            subscription.stream.progressed()
+            self._wake.set()
+
+    def _replay(self, request: protocol.Replay) -> None:
+        subscription = self._require(request.channel, request.id)
+        start, recovered = self._position(subscription, request.since, request.id)
+        self._enqueue(protocol.replaying_frame(request.id, request.channel, start, recovered))
+
+    def _require(self, channel: str, request_id: int | None) -> Subscription:
+        subscription = self.subscriptions.get(channel)
+        if subscription is None:
+            raise ProtocolError("not_subscribed", f"not subscribed to {channel}", request_id)
+        return subscription
+
+    async def _error(self, error: ProtocolError) -> None:
+        self.server.metrics.errors.labels(error.code).inc()
+        self._enqueue(protocol.error_frame(error.code, error.reason, error.request_id))
+        self._errors += 1
+        if self._errors >= self.config.max_errors:
+            self.request_close(CLOSE_POLICY, f"too many errors ({self._errors})")
+
+    def _enqueue(self, frame: dict[str, Any]) -> None:
+        payload = codec.encode(frame, self.encoding)
+        self._control.append(data_frame(payload, binary=self.encoding.is_binary))
+        self._wake.set()
+
+    # -- writer -----------------------------------------------------------------------
+
+    async def _writer(self, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                await self._write_loop()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.request_close(1006, "connection lost")
+            finally:
+                self._writer_done.set()
+
+    async def _write_loop(self) -> None:
+        metrics = self.server.metrics
+        send_all = self.stream.send_all
+        while True:
+            if self.close_code is not None and (
+                self.close_code != CLOSE_GOING_AWAY or not (self._control or self._dirty)
+            ):
+                return
+            if not (self._control or self._dirty):
+                with trio.move_on_at(self._next_deadline()):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                self._retransmit()
+                continue
+            data, frames, delivered = self._collect()
+            if data:
+                await send_all(data)
+                metrics.messages_out.inc(frames)
+                if delivered:
+                    metrics.deliveries.inc(delivered)
+
+    def _collect(self) -> tuple[bytes, int, int]:
+        """Take replies, then messages, up to the write budget: (bytes, frames, deliveries)."""
+        parts: list[bytes] = []
+        size = 0
+        control = self._control
+        while control and size < WRITE_BUDGET:
+            part = control.popleft()
+            parts.append(part)
+            size += len(part)
+        if len(control) < self.config.max_control_queue:
+            self._control_space.set()
+            self._control_space = trio.Event()
+        replies = len(parts)
+        encoding = self.encoding
+        now = trio.current_time()
+        for subscription in list(self._dirty):
+            if size >= WRITE_BUDGET:
+                break
+            stream = subscription.stream
+            assert stream is not None
+            messages = stream.after(subscription.cursor, BATCH_PER_SUBSCRIPTION)
+            if messages is None:
+                del self._dirty[subscription]
+                self.slow_consumer(subscription)
+                break
+            taken = 0
+            for message in messages:
+                frame = message.frame(encoding)
+                parts.append(frame)
+                size += len(frame)
+                taken += 1
+                if size >= WRITE_BUDGET:
+                    break
+            if taken:
+                subscription.cursor = messages[taken - 1].seq
+                tracker = subscription.tracker
+                if tracker is not None and subscription.cursor > tracker.sent:
+                    tracker.on_sent(subscription.cursor, now)
+                stream.progressed()
+            if subscription.cursor >= stream.head:
+                del self._dirty[subscription]
+        return b"".join(parts), len(parts), len(parts) - replies
+
+    def _next_deadline(self) -> float:
+        deadline = math.inf
+        for subscription in self._acking:
+            assert subscription.tracker is not None
+            due = subscription.tracker.next_deadline()
+            if due is not None and due < deadline:
+                deadline = due
+        return deadline
+
+    def _retransmit(self) -> None:
+        if not self._acking:
+            return
+        now = trio.current_time()
+        for subscription in self._acking:
+            assert subscription.tracker is not None
+            first = subscription.tracker.due(now)
+            if first is not None:
+                subscription.cursor = min(subscription.cursor, first - 1)
+                subscription.tracker.on_resent(now)
+                self.server.metrics.retransmits.inc()
+                self._dirty[subscription] = None
+
+    # -- heartbeat --------------------------------------------------------------------
+
+    async def _heartbeat(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await heartbeat(self.ws, self.config, self.server.metrics, self.request_close)
+
+
+async def heartbeat(ws: trio_websocket.WebSocketConnection, config: Any, metrics: Any, close: Any) -> None:
+    """Ping every ``heartbeat_interval``; no pong within ``heartbeat_timeout`` closes 4000."""
+    while True:
+        await trio.sleep(config.heartbeat_interval)
+        with trio.move_on_after(config.heartbeat_timeout) as waiting:
+            try:
+                await ws.ping()
+            except trio_websocket.ConnectionClosed:
+                return
+        if waiting.cancelled_caught:
+            metrics.heartbeat_timeouts.inc()
+            close(CLOSE_HEARTBEAT, "heartbeat timeout")
+            return

@@ -1,0 +1,239 @@
+"""Protocol v1 frames: requests a client may send and the frames the server answers with.
+
+Sans-I/O. ``parse_request`` turns a decoded frame map into one typed request or raises
+``ProtocolError`` carrying the ``error`` code, a readable reason and the request ``id`` (so
+the reply can name it). The ``*_frame`` builders make the server's frame maps with the
+field names of ``shared/protocol-v1.md``, which other clients rely on.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+
+PROTOCOL_VERSION = 1
+DEFAULT_CHANNEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+MAX_KEY_LENGTH = 256
+MAX_EPOCH_LENGTH = 64
+
+# Error codes of the outline, plus ``too_many_channels`` (the hub's channel bound).
+ERROR_CODES = (
+    "bad_request",
+    "unknown_type",
+    "invalid_channel",
+    "not_subscribed",
+    "too_many_subscriptions",
+    "too_many_channels",
+    "rate_limited",
+    "forbidden",
+    "internal",
+)
+
+
+class ProtocolError(Exception):
+    """A request the server answers with an ``error`` frame (the connection stays open)."""
+
+    def __init__(self, code: str, reason: str, request_id: int | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.request_id = request_id
+
+
+@attrs.frozen
+class Position:
+    """A place in a channel's stream: the stream's ``epoch`` and a ``seq`` in it."""
+
+    epoch: str
+    seq: int
+
+
+@attrs.frozen
+class Subscribe:
+    id: int | None
+    channel: str
+    since: Position | None
+    ack: bool
+
+
+@attrs.frozen
+class Unsubscribe:
+    id: int | None
+    channel: str
+
+
+@attrs.frozen
+class Publish:
+    id: int | None
+    channel: str
+    data: Any
+    key: str | None
+
+
+@attrs.frozen
+class Ack:
+    channel: str
+    seq: int
+
+
+@attrs.frozen
+class Replay:
+    id: int | None
+    channel: str
+    since: Position
+
+
+Request = Subscribe | Unsubscribe | Publish | Ack | Replay
+
+
+class RequestParser:
+    """Validates decoded frame maps against protocol v1 and the channel grammar."""
+
+    def __init__(self, channel_pattern: str = DEFAULT_CHANNEL_PATTERN) -> None:
+        self._channel_re = re.compile(channel_pattern)
+
+    def parse(self, frame: dict[str, Any]) -> Request:
+        request_id = _request_id(frame)
+        kind = frame.get("type")
+        if not isinstance(kind, str):
+            raise ProtocolError("bad_request", "a frame needs a string 'type'", request_id)
+        parse = _PARSERS.get(kind)
+        if parse is None:
+            raise ProtocolError("unknown_type", f"unknown frame type {kind[:64]!r}", request_id)
+        channel = self._channel(frame, request_id)
+        return parse(frame, request_id, channel)
+
+    def _channel(self, frame: dict[str, Any], request_id: int | None) -> str:
+        channel = frame.get("channel")
+        if not isinstance(channel, str):
+            raise ProtocolError("bad_request", "channel must be a string", request_id)
+        if not self._channel_re.match(channel) or channel.endswith("\n"):
+            raise ProtocolError(
+                "invalid_channel", f"channel {channel[:140]!r} is not a valid name", request_id
+            )
+        return channel
+
+
+def _request_id(frame: dict[str, Any]) -> int | None:
+    request_id = frame.get("id")
+    if request_id is None:
+        return None
+    if type(request_id) is not int or not (0 <= request_id < 2**63):
+        raise ProtocolError("bad_request", "id must be a non-negative integer below 2**63")
+    return request_id
+
+
+def _since(value: Any, request_id: int | None, *, required: bool) -> Position | None:
+    if value is None:
+        if required:
+            raise ProtocolError("bad_request", "since is required", request_id)
+        return None
+    if not isinstance(value, dict):
+        raise ProtocolError("bad_request", "since must be a map with epoch and seq", request_id)
+    epoch, seq = value.get("epoch"), value.get("seq")
+    if not isinstance(epoch, str) or not (0 < len(epoch) <= MAX_EPOCH_LENGTH):
+        raise ProtocolError("bad_request", "since.epoch must be a short string", request_id)
+    if type(seq) is not int or not (0 <= seq < 2**63):
+        raise ProtocolError("bad_request", "since.seq must be a non-negative integer", request_id)
+    return Position(epoch, seq)
+
+
+def _parse_subscribe(frame: dict[str, Any], request_id: int | None, channel: str) -> Subscribe:
+    ack = frame.get("ack", False)
+    if type(ack) is not bool:
+        raise ProtocolError("bad_request", "ack must be true or false", request_id)
+    return Subscribe(request_id, channel, _since(frame.get("since"), request_id, required=False), ack)
+
+
+def _parse_unsubscribe(frame: dict[str, Any], request_id: int | None, channel: str) -> Unsubscribe:
+    return Unsubscribe(request_id, channel)
+
+
+def _parse_publish(frame: dict[str, Any], request_id: int | None, channel: str) -> Publish:
+    if "data" not in frame:
+        raise ProtocolError("bad_request", "publish needs data", request_id)
+    key = frame.get("key")
+    if key is not None and (not isinstance(key, str) or not (0 < len(key) <= MAX_KEY_LENGTH)):
+        raise ProtocolError(
+            "bad_request", f"key must be a string of 1 to {MAX_KEY_LENGTH} characters", request_id
+        )
+    return Publish(request_id, channel, frame["data"], key)
+
+
+def _parse_ack(frame: dict[str, Any], request_id: int | None, channel: str) -> Ack:
+    seq = frame.get("seq")
+    if type(seq) is not int or not (0 <= seq < 2**63):
+        raise ProtocolError("bad_request", "ack needs a non-negative integer seq", request_id)
+    return Ack(channel, seq)
+
+
+def _parse_replay(frame: dict[str, Any], request_id: int | None, channel: str) -> Replay:
+    since = _since(frame.get("since"), request_id, required=True)
+    assert since is not None
+    return Replay(request_id, channel, since)
+
+
+_PARSERS = {
+    "subscribe": _parse_subscribe,
+    "unsubscribe": _parse_unsubscribe,
+    "publish": _parse_publish,
+    "ack": _parse_ack,
+    "replay": _parse_replay,
+}
+
+
+def _with_id(frame: dict[str, Any], request_id: int | None) -> dict[str, Any]:
+    if request_id is not None:
+        frame["id"] = request_id
+    return frame
+
+
+def welcome_frame(server: str, heartbeat: float, max_message_size: int) -> dict[str, Any]:
+    return {
+        "type": "welcome",
+        "protocol": PROTOCOL_VERSION,
+        "server": server,
+        "heartbeat": heartbeat,
+        "max_message_size": max_message_size,
+    }
+
+
+def subscribed_frame(
+    request_id: int | None, channel: str, position: Position, recovered: bool
+) -> dict[str, Any]:
+    frame = {"type": "subscribed"}
+    _with_id(frame, request_id)
+    frame.update(channel=channel, epoch=position.epoch, seq=position.seq, recovered=recovered)
+    return frame
+
+
+def unsubscribed_frame(request_id: int | None, channel: str) -> dict[str, Any]:
+    return _with_id({"type": "unsubscribed"}, request_id) | {"channel": channel}
+
+
+def published_frame(request_id: int | None, channel: str, position: Position) -> dict[str, Any]:
+    frame = _with_id({"type": "published"}, request_id)
+    frame.update(channel=channel, epoch=position.epoch, seq=position.seq)
+    return frame
+
+
+def replaying_frame(
+    request_id: int | None, channel: str, position: Position, recovered: bool
+) -> dict[str, Any]:
+    """The answer to ``replay``: like ``subscribed``, the position replay starts from."""
+    frame = {"type": "replaying"}
+    _with_id(frame, request_id)
+    frame.update(channel=channel, epoch=position.epoch, seq=position.seq, recovered=recovered)
+    return frame
+
+
+def message_frame(channel: str, epoch: str, seq: int, data: Any, ts: int) -> dict[str, Any]:
+    return {"type": "message", "channel": channel, "epoch": epoch, "seq": seq, "data": data, "ts": ts}
+
+
+def error_frame(code: str, reason: str, request_id: int | None = None) -> dict[str, Any]:
+    frame = _with_id({"type": "error"}, request_id)
+    frame.update(code=code, reason=reason)
+    return frame

@@ -1,0 +1,261 @@
+"""The server: one port for WebSocket pub/sub (``/``), echo (``/echo``), ``/healthz``, ``/metrics``.
+
+Every TCP connection is handled in its own task of the server's connection nursery, and
+every WebSocket connection in a nursery of its own (see ``connection``). Bounds:
+- the handshake (HTTP head and upgrade) must finish within ``handshake_timeout``, else the
+  socket is closed (408 when a head was started);
+- WebSocket connections past ``max_connections`` get HTTP 503 with ``Retry-After``;
+- raw sockets past ``max_connections + SPARE_SOCKETS`` are closed at once, so health checks
+  still get through at the limit while file descriptors stay bounded.
+
+Shutdown (``shutdown()``, wired to SIGINT/SIGTERM by the CLI): new upgrades get 503 and
+``/healthz`` answers 503, every client gets close 1001 after its pending frames are written,
+connections get up to ``shutdown_timeout`` to drain, then the listeners close.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import trio
+import trio_websocket
+
+from . import __version__, http, logs
+from .codec import Encoding
+from .config import Config
+from .connection import CLOSE_GOING_AWAY, Connection
+from .echo import Echo
+from .hub import Hub, MemoryHub
+from .metrics import CONTENT_TYPE, Metrics
+from .protocol import RequestParser
+from .stream import ServerStream
+
+log = logs.get("server")
+
+SPARE_SOCKETS = 64
+MESSAGE_QUEUE_SIZE = 4  # messages trio-websocket buffers ahead of the reader
+
+
+class Server:
+    def __init__(self, config: Config, hub: Hub | None = None) -> None:
+        self.config = config
+        self.hub: Hub = hub or MemoryHub(
+            history_size=config.history_size,
+            history_age=config.history_age,
+            dedup_size=config.dedup_size,
+            dedup_age=config.dedup_age,
+            max_channels=config.max_channels,
+            block=config.slow_consumer_policy == "block",
+        )
+        self.metrics = Metrics()
+        self.request_parser = RequestParser(config.channel_pattern)
+        self.server_name = f"wsnursery/{__version__}"
+        self.connections: set[Connection | Echo] = set()
+        self.websockets = 0  # open WebSocket connections (pub/sub and echo)
+        self.sockets = 0
+        self.draining = False
+        self.ports: list[int] = []
+        self._stop = trio.Event()
+        self._started = time.monotonic()
+        self.metrics.track_queue_depth(lambda: sum(c.queued for c in self.connections))
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until ``shutdown()`` has drained; reports the bound ports."""
+        listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+        self.ports = sorted({listener.socket.getsockname()[1] for listener in listeners})
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(self._accept_loop, listener, connections)
+                for listener in listeners:
+                    host, port = listener.socket.getsockname()[:2]
+                    log.info("listening on ws://%s/", _authority(host, port))
+                task_status.started(self.ports)
+                await self._stop.wait()
+                await self._drain()
+                accepting.cancel_scope.cancel()
+            connections.cancel_scope.cancel()
+        for listener in listeners:
+            await listener.aclose()
+        log.info("stopped")
+
+    def shutdown(self) -> None:
+        """Begin the graceful shutdown; ``run`` returns once it is done."""
+        self._stop.set()
+
+    async def _drain(self) -> None:
+        self.draining = True
+        log.info(
+            "shutting down: closing %d connections with 1001, up to %.1fs",
+            self.websockets,
+            self.config.shutdown_timeout,
+        )
+        for connection in list(self.connections):
+            connection.request_close(CLOSE_GOING_AWAY, "server shutting down")
+        with trio.move_on_after(self.config.shutdown_timeout):
+            while self.websockets:
+                await trio.sleep(0.01)
+
+    # -- accepting --------------------------------------------------------------------
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        limit = self.config.max_connections + SPARE_SOCKETS
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # EMFILE and friends: wait a little, keep serving
+                log.warning("accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            if self.sockets >= limit:
+                await trio.aclose_forcefully(stream)
+                self.metrics.connections_rejected.labels("sockets").inc()
+                continue
+            self.sockets += 1
+            nursery.start_soon(self._handle_socket, stream)
+
+    async def _handle_socket(self, stream: trio.SocketStream) -> None:
+        try:
+            await self._route(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:
+            log.exception("unexpected error on a connection")
+        finally:
+            self.sockets -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def _route(self, stream: trio.SocketStream) -> None:
+        buffer = bytearray()
+        head = None
+        with trio.move_on_after(self.config.handshake_timeout):
+            try:
+                while (end := http.find_head_end(buffer)) < 0:
+                    data = await stream.receive_some(4096)
+                    if not data:
+                        return
+                    buffer += data
+                head = http.parse_head(bytes(buffer[:end]))
+            except http.HeadError as exc:
+                await stream.send_all(http.response(exc.status, f"{exc}\n".encode()))
+                return
+        if head is None:
+            if buffer:
+                await _send_quietly(stream, http.response(408, b"handshake timeout\n"))
+            return
+        if head.is_websocket:
+            await self._websocket(stream, head, bytes(buffer))
+        elif head.method != "GET":
+            await stream.send_all(http.response(405, b"method not allowed\n", extra_headers=[("Allow", "GET")]))
+        elif head.path == "/healthz":
+            await stream.send_all(self._health())
+        elif head.path == "/metrics":
+            await stream.send_all(http.response(200, self.metrics.exposition(), CONTENT_TYPE))
+        else:
+            await stream.send_all(http.response(404, b"not found\n"))
+
+    def _health(self) -> bytes:
+        body = {
+            "status": "draining" if self.draining else "ok",
+            "server": self.server_name,
+            "connections": self.websockets,
+            "channels": getattr(self.hub, "channel_count", None),
+            "uptime": round(time.monotonic() - self._started, 3),
+        }
+        return http.json_response(503 if self.draining else 200, body)
+
+    # -- WebSocket --------------------------------------------------------------------
+
+    async def _websocket(self, stream: trio.SocketStream, head: http.RequestHead, raw: bytes) -> None:
+        endpoint = {"/": "pubsub", "/echo": "echo"}.get(head.path)
+        refusal = None
+        if endpoint is None:
+            refusal = (404, "no WebSocket endpoint at this path\n", "path")
+        elif self.draining:
+            refusal = (503, "server shutting down\n", "draining")
+        elif self.websockets >= self.config.max_connections:
+            refusal = (503, "too many connections, try later\n", "max_connections")
+        if refusal is not None:
+            status, text, reason = refusal
+            self.metrics.connections_rejected.labels(reason).inc()
+            headers = [("Retry-After", "1")] if status == 503 else []
+            await stream.send_all(http.response(status, text.encode(), extra_headers=headers))
+            return
+        remote = _peer(stream)
+        self.websockets += 1
+        self.metrics.connections_active.inc()
+        try:
+            server_stream = ServerStream(stream, raw)
+            async with trio.open_nursery() as nursery:
+                ws, encoding = await self._accept(nursery, server_stream, head)
+                if ws is None:
+                    nursery.cancel_scope.cancel()
+                    return
+                self.metrics.connections_opened.labels(endpoint).inc()
+                log.info(
+                    "open", extra={"fields": {"remote": remote, "endpoint": endpoint, "encoding": encoding.value}}
+                )
+                if endpoint == "pubsub":
+                    session = Connection(self, ws, server_stream, encoding, remote)
+                    code, reason = await self._serve(session, nursery)
+                else:
+                    code, reason = await self._serve(Echo(ws, self.config, self.metrics))
+                nursery.cancel_scope.cancel()
+            self.metrics.connections_closed.labels(str(code)).inc()
+            self.metrics.bytes_in.inc(server_stream.bytes_in)
+            self.metrics.bytes_out.inc(server_stream.bytes_out)
+            log.info(
+                "close",
+                extra={"fields": {"remote": remote, "endpoint": endpoint, "code": code, "reason": reason or "-"}},
+            )
+        finally:
+            self.websockets -= 1
+            self.metrics.connections_active.dec()
+
+    async def _accept(
+        self, nursery: trio.Nursery, stream: ServerStream, head: http.RequestHead
+    ) -> tuple[trio_websocket.WebSocketConnection | None, Encoding]:
+        encoding = Encoding.JSON
+        with trio.move_on_after(self.config.handshake_timeout):
+            request = await trio_websocket.wrap_server_stream(
+                nursery,
+                stream,
+                message_queue_size=MESSAGE_QUEUE_SIZE,
+                max_message_size=self.config.max_message_size,
+            )
+            subprotocol = None
+            if head.path == "/":
+                encoding, subprotocol = Encoding.negotiate(request.proposed_subprotocols)
+            return await request.accept(subprotocol=subprotocol), encoding
+        self.metrics.connections_rejected.labels("handshake_timeout").inc()
+        return None, encoding
+
+    async def _serve(self, session: Connection | Echo, *args: Any) -> tuple[int | None, str]:
+        self.connections.add(session)
+        try:
+            await session.run(*args)
+        finally:
+            self.connections.discard(session)
+        return session.close_code, session.close_reason
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return _authority(host, port)
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _send_quietly(stream: trio.SocketStream, data: bytes) -> None:
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass

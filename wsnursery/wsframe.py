@@ -1,0 +1,26 @@
+"""Server-to-client WebSocket frames, built once and written to many sockets.
+
+A server's frames are never masked (RFC 6455 §5.1), so the bytes of one message frame are
+the same for every subscriber on the same encoding. That is what lets the hub encode a
+broadcast once and every writer send the very same bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+
+OPCODE_TEXT = 0x1
+OPCODE_BINARY = 0x2
+
+
+def data_frame(payload: bytes, *, binary: bool) -> bytes:
+    """Return one complete, unfragmented, unmasked data frame holding ``payload``."""
+    first = 0x80 | (OPCODE_BINARY if binary else OPCODE_TEXT)
+    length = len(payload)
+    if length < 126:
+        header = bytes((first, length))
+    elif length < 65536:
+        header = struct.pack("!BBH", first, 126, length)
+    else:
+        header = struct.pack("!BBQ", first, 127, length)
+    return header + payload
