@@ -66,9 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _serve(config: object) -> None:
     server = Server(config)  # type: ignore[arg-type]
+    listeners = await server.listen()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals, server, nursery.cancel_scope)
-        await server.run()
+        await server.serve(listeners)
         nursery.cancel_scope.cancel()
 
 

@@ -64,8 +64,18 @@ class Server:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until ``shutdown()`` has drained; reports the bound ports."""
+        await self.serve(await self.listen(), task_status=task_status)
+
+    async def listen(self) -> list[trio.SocketListener]:
+        """Open the listening sockets (OSError when the address is taken or not ours)."""
         listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
         self.ports = sorted({listener.socket.getsockname()[1] for listener in listeners})
+        return listeners
+
+    async def serve(
+        self, listeners: list[trio.SocketListener], *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve on ``listeners`` until ``shutdown()`` has drained."""
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:
                 for listener in listeners:
