@@ -1,0 +1,126 @@
+"""The end-to-end verdict of a reliability run, sans-I/O.
+
+Publishers record what the hub confirmed: channel, ``seq`` and the payload's identity.
+Subscribers record what their application saw, in order: messages and gap reports. The
+``Ledger`` compares the two per subscriber and channel:
+
+- **lost**: confirmed after the subscriber's start, neither delivered nor inside a reported gap;
+- **duplicated**: a payload identity delivered more than once;
+- **reordered**: a delivery whose ``seq`` is not above the previous one on that channel;
+- **corrupted**: a delivered payload that differs from the one published at that seq;
+- **gaps**: losses the client reported explicitly (history exceeded, epoch changed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+
+@attrs.define
+class Verdict:
+    published: int = 0
+    delivered: int = 0
+    expected: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    reordered: int = 0
+    corrupted: int = 0
+    gaps: int = 0
+    gap_messages: int = 0
+    unconfirmed: int = 0
+    examples: list[str] = attrs.field(factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.lost or self.duplicated or self.reordered or self.corrupted or self.unconfirmed)
+
+    def note(self, text: str) -> None:
+        if len(self.examples) < 10:
+            self.examples.append(text)
+
+
+@attrs.define
+class SubscriberLog:
+    name: str
+    starts: dict[str, int] = attrs.field(factory=dict)  # channel -> head seq when subscribed
+    seen: list[tuple[str, int, Any]] = attrs.field(factory=list)  # (channel, seq, payload)
+    gaps: list[tuple[str, int, int]] = attrs.field(factory=list)  # (channel, first missing, resumed at)
+
+    def subscribed(self, channel: str, seq: int) -> None:
+        self.starts.setdefault(channel, seq)
+
+    def message(self, channel: str, seq: int, payload: Any) -> None:
+        self.seen.append((channel, seq, payload))
+
+    def gap(self, channel: str, first_missing: int, resumed_at: int) -> None:
+        self.gaps.append((channel, first_missing, resumed_at))
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.confirmed: dict[str, dict[int, Any]] = {}  # channel -> seq -> payload
+        self.attempted = 0
+        self.subscribers: list[SubscriberLog] = []
+
+    def published(self, channel: str, seq: int, payload: Any) -> None:
+        self.confirmed.setdefault(channel, {})[seq] = payload
+
+    def subscriber(self, name: str) -> SubscriberLog:
+        log = SubscriberLog(name)
+        self.subscribers.append(log)
+        return log
+
+    def verdict(self) -> Verdict:
+        verdict = Verdict()
+        verdict.published = sum(len(seqs) for seqs in self.confirmed.values())
+        verdict.unconfirmed = self.attempted - verdict.published
+        for log in self.subscribers:
+            self._judge(log, verdict)
+        return verdict
+
+    def _judge(self, log: SubscriberLog, verdict: Verdict) -> None:
+        last: dict[str, int] = {}
+        delivered: dict[str, set[int]] = {}
+        identities: set[Any] = set()
+        for channel, seq, payload in log.seen:
+            verdict.delivered += 1
+            identity = _identity(payload)
+            if identity in identities:
+                verdict.duplicated += 1
+                verdict.note(f"{log.name}: {channel} seq {seq} delivered twice")
+                continue
+            identities.add(identity)
+            if seq <= last.get(channel, -1):
+                verdict.reordered += 1
+                verdict.note(f"{log.name}: {channel} seq {seq} after seq {last[channel]}")
+            last[channel] = max(seq, last.get(channel, -1))
+            delivered.setdefault(channel, set()).add(seq)
+            expected = self.confirmed.get(channel, {}).get(seq, _MISSING)
+            if expected is not _MISSING and expected != payload:
+                verdict.corrupted += 1
+                verdict.note(f"{log.name}: {channel} seq {seq} payload differs from the one published")
+        covered: dict[str, set[int]] = {}
+        for channel, first, resumed in log.gaps:
+            verdict.gaps += 1
+            covered.setdefault(channel, set()).update(range(first, resumed))
+            verdict.gap_messages += max(0, resumed - first)
+        for channel, start in log.starts.items():
+            for seq in self.confirmed.get(channel, {}):
+                if seq <= start:
+                    continue
+                verdict.expected += 1
+                if seq not in delivered.get(channel, ()) and seq not in covered.get(channel, ()):
+                    verdict.lost += 1
+                    verdict.note(f"{log.name}: {channel} seq {seq} never delivered")
+
+
+_MISSING = object()
+
+
+def _identity(payload: Any) -> Any:
+    """A payload's (publisher, counter) stamp; the harness wraps every value in one."""
+    if isinstance(payload, dict) and "p" in payload and "n" in payload:
+        return (payload["p"], payload["n"])
+    return repr(payload)
