@@ -1,0 +1,42 @@
+"""Client SDK for wsnursery (protocol v1), on anyio: runs under Trio and asyncio.
+
+    async with wsnursery.client.connect("ws://127.0.0.1:8765/") as client:
+        async with client.subscribe("jobs.42") as messages:
+            await client.publish("jobs.42", {"step": 1})
+            async for message in messages:   # ordered, no repeats, gaps reported
+                ...
+
+``messages`` yields :class:`Message` objects (``channel``, ``epoch``, ``seq``, ``data``,
+``ts``) strictly in ``seq`` order, each once, and a :class:`Gap` object in the same
+iteration, right before the first message after a loss the server could not repair
+(``reason`` ``"history_exceeded"`` or ``"epoch_changed"``). ``publish`` returns a
+:class:`Published` (``channel``, ``epoch``, ``seq``, ``key``) once the server holds the message.
+
+The client reconnects by itself (exponential backoff with jitter; :class:`GaveUp` after
+``max_reconnects`` failed attempts in a row), resubscribes every channel from where it
+stopped (``since``), re-sends unconfirmed publishes with the same idempotency key, re-sends
+requests unanswered after ``request_timeout``, and drops a link that answers no ping within
+``heartbeat_timeout``. ``client.stats`` counts what it did; ``client.abort()`` kills the TCP
+connection abruptly (for fault tests). Exceptions: see :mod:`wsnursery.client.errors`.
+"""
+
+from ..reliability import Gap, Message
+from .errors import ClientError, Closed, ConnectionClosed, Forbidden, GaveUp, ServerError
+from .sdk import Client, ClientStats, Options, Published, Subscription, connect
+
+__all__ = [
+    "Client",
+    "ClientError",
+    "ClientStats",
+    "Closed",
+    "ConnectionClosed",
+    "Forbidden",
+    "Gap",
+    "GaveUp",
+    "Message",
+    "Options",
+    "Published",
+    "ServerError",
+    "Subscription",
+    "connect",
+]

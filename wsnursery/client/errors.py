@@ -1,0 +1,69 @@
+"""What callers of the client SDK must be ready to handle.
+
+    ClientError
+    ├── Closed              the client or the subscription is closed; nothing more will come
+    │   ├── ConnectionClosed    the server closed with a code the client must not retry
+    │   └── GaveUp              ``max_reconnects`` consecutive reconnect attempts failed
+    └── ServerError         an ``error`` frame answering one request (``code``, ``reason``)
+        └── Forbidden       code ``forbidden``, close 1008 or HTTP 401/403 on the handshake
+
+``Closed``/``GaveUp``/``ConnectionClosed`` end the whole client: every pending ``publish`` and
+every subscription iterator raises the same exception. A ``ServerError`` only fails the call
+it answers (a ``Forbidden`` that came as a close 1008 or an HTTP 401/403 ends the client too:
+``client.error`` then holds it).
+"""
+
+from __future__ import annotations
+
+
+class ClientError(Exception):
+    """Base class of the SDK's exceptions."""
+
+
+class Closed(ClientError):
+    """The client (or the subscription) is closed."""
+
+
+class ConnectionClosed(Closed):
+    """The server closed the connection with a code that reconnecting cannot fix.
+
+    Codes 1002 (protocol error), 1003 (unsupported data), 1007 (invalid payload) and 1009
+    (message too big) mean the client sent something the server will refuse again.
+    """
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"server closed the connection with {code}" + (f": {reason}" if reason else ""))
+        self.code = code
+        self.reason = reason
+
+
+class GaveUp(Closed):
+    """``attempts`` reconnect attempts in a row failed (``max_reconnects``); ``last_error`` is
+    the last failure. On the very first connect the initial attempt comes on top."""
+
+    def __init__(self, attempts: int, last_error: BaseException | None) -> None:
+        detail = f": {type(last_error).__name__}: {last_error}" if last_error is not None else ""
+        super().__init__(f"gave up after {attempts} failed reconnect attempts{detail}")
+        self.attempts = attempts
+        self.last_error = last_error
+
+
+class ServerError(ClientError):
+    """The server answered a request with ``{"type": "error", "code": ..., "reason": ...}``."""
+
+    def __init__(self, code: str, reason: str = "") -> None:
+        super().__init__(f"{code}: {reason}" if reason else code)
+        self.code = code
+        self.reason = reason
+
+
+class Forbidden(ServerError):
+    """Refused by policy: error code ``forbidden``, close 1008, or HTTP 401/403 on connect.
+
+    ``close_code`` is 1008 (or the HTTP status) when the refusal ended the connection; the
+    client does not reconnect after that.
+    """
+
+    def __init__(self, reason: str = "", close_code: int | None = None) -> None:
+        super().__init__("forbidden", reason)
+        self.close_code = close_code

@@ -1,0 +1,313 @@
+"""A thin WebSocket client transport: wsproto (client role) over an anyio byte stream.
+
+What it does and nothing more: the opening handshake (offering ``Sec-WebSocket-Protocol``),
+reading whole messages (reassembling fragments), queueing pongs for pings, queueing pings,
+data frames and the close frame, and an abrupt ``abort``. Frames are masked by wsproto,
+as RFC 6455 requires of a client.
+
+Sending is split in two so that exactly one task ever writes the socket: anything may queue
+bytes (``queue_*``, never blocking), and the single writer task calls :meth:`flush`. The reader
+answers a ping by queueing the pong and calling ``on_outgoing`` to wake that writer, so a reader
+never blocks on a send (a peer that stops reading cannot wedge our reader).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.abc
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError
+
+READ_SIZE = 65536
+MAX_HANDSHAKE_BYTES = 65536
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 2**20
+
+
+class TransportError(Exception):
+    """The WebSocket connection cannot be used any more (base class)."""
+
+
+class HandshakeRejected(TransportError):
+    """The server answered the upgrade with an HTTP status other than 101."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"handshake rejected with HTTP {status}: {body[:200]!r}")
+        self.status = status
+        self.body = body
+
+
+class TransportClosed(TransportError):
+    """The connection ended: a close frame (``code``, ``reason``) or 1006 without one.
+
+    ``remote`` is true when the code came in the peer's close frame, false when this side
+    decided it (1006 for a lost connection, 1002 for a frame wsproto refused, 1009).
+    """
+
+    def __init__(self, code: int, reason: str = "", *, remote: bool = False) -> None:
+        super().__init__(f"connection closed with code {code}" + (f": {reason}" if reason else ""))
+        self.code = code
+        self.reason = reason
+        self.remote = remote
+
+
+def parse_url(url: str) -> tuple[str, int, str, bool]:
+    """``ws://host:port/path?query`` -> (host, port, target, tls)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"not a WebSocket URL (ws:// or wss://): {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"URL has no host: {url!r}")
+    tls = parts.scheme == "wss"
+    port = parts.port or (443 if tls else 80)
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    return parts.hostname, port, target, tls
+
+
+class WebSocketTransport:
+    """One open WebSocket connection (client side). Create with :func:`open_transport`."""
+
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        ws: WSConnection,
+        subprotocol: str | None,
+        max_message_size: int,
+    ) -> None:
+        self.stream = stream
+        self.subprotocol = subprotocol
+        self.max_message_size = max_message_size
+        self.on_outgoing: Callable[[], None] = lambda: None
+        self.pongs = 0  # pongs received
+        self.pong_event = anyio.Event()  # set by the next pong, replaced by the heartbeat
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._ws = ws
+        self._outgoing = bytearray()
+        self._send_broken = False
+        self._fragments: list[Any] = []
+        self._fragment_size = 0
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    # -- queueing (any task, never blocks) --------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._ws.state is ConnectionState.OPEN
+
+    @property
+    def has_outgoing(self) -> bool:
+        return bool(self._outgoing)
+
+    def queue_message(self, payload: str | bytes) -> int:
+        """Queue one unfragmented data frame (text for ``str``); returns its size in bytes."""
+        data = self._send(TextMessage(payload) if isinstance(payload, str) else BytesMessage(payload))
+        return len(data)
+
+    def queue_ping(self, payload: bytes = b"") -> None:
+        self._send(Ping(payload))
+        self.on_outgoing()
+
+    def queue_close(self, code: int = 1000, reason: str = "") -> None:
+        """Queue our close frame (or the answer to the peer's), if the state allows one."""
+        if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            self._send(CloseConnection(code, reason[:120]))
+            self.on_outgoing()
+
+    def _send(self, event: Any) -> bytes:
+        try:
+            data = self._ws.send(event)
+        except LocalProtocolError:
+            return b""  # closing: nothing more may be sent; the reader reports the close
+        self._outgoing += data
+        return data
+
+    # -- the single writer ------------------------------------------------------------
+
+    @property
+    def can_flush(self) -> bool:
+        """False once a send was interrupted (cancelled or failed) part way: the byte stream
+        may hold half a frame, so nothing more may be written to it."""
+        return not self._send_broken
+
+    async def flush(self, limit: int = 256 * 1024) -> None:
+        """Write every queued byte, ``limit`` bytes per ``send``."""
+        if self._send_broken:
+            raise anyio.BrokenResourceError("an earlier send was interrupted")
+        while self._outgoing:
+            chunk = bytes(self._outgoing[:limit])
+            del self._outgoing[:limit]
+            self._send_broken = True
+            await self.stream.send(chunk)
+            self._send_broken = False
+            self.bytes_out += len(chunk)
+
+    # -- the single reader ------------------------------------------------------------
+
+    async def receive(self) -> str | bytes:
+        """The next whole data message; raises :class:`TransportClosed` when the connection ends."""
+        while True:
+            for event in self._ws.events():
+                result = self._handle(event)
+                if result is not None:
+                    return result
+            try:
+                data = await self.stream.receive(READ_SIZE)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                data = None
+            if data is None:
+                self._ws.receive_data(None)
+            else:
+                self.bytes_in += len(data)
+                self._ws.receive_data(data)
+
+    def _handle(self, event: Any) -> str | bytes | None:
+        if isinstance(event, (TextMessage, BytesMessage)):
+            self._fragments.append(event.data)
+            self._fragment_size += len(event.data)
+            if self._fragment_size > self.max_message_size:
+                self.queue_close(1009, "message too big")
+                raise TransportClosed(1009, "message from the server too big")
+            if not event.message_finished:
+                return None
+            pieces, self._fragments, self._fragment_size = self._fragments, [], 0
+            if isinstance(event, TextMessage):
+                return "".join(pieces)
+            return b"".join(bytes(piece) for piece in pieces)
+        if isinstance(event, Ping):
+            self._send(event.response())
+            self.on_outgoing()
+        elif isinstance(event, Pong):
+            self.pongs += 1
+            self.pong_event.set()
+        elif isinstance(event, CloseConnection):
+            self.close_code, self.close_reason = event.code, event.reason or ""
+            remote = True
+            if self._ws.state is ConnectionState.REMOTE_CLOSING:
+                self._send(event.response())  # the peer's close: answer it
+                self.on_outgoing()
+            elif self._ws.state is ConnectionState.OPEN:  # wsproto found a protocol error
+                remote = False
+                self.queue_close(event.code, event.reason or "")
+            elif event.code == 1006:  # the TCP connection ended without a close frame
+                remote = False
+            raise TransportClosed(event.code, event.reason or "", remote=remote)
+        return None
+
+    # -- ending -------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Make the coming close reset the TCP connection (RST, no close frame, no FIN).
+
+        Call :meth:`aclose` (or cancel the tasks and let the owner close) afterwards.
+        """
+        sock = _raw_socket(self.stream)
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        self._outgoing.clear()
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.stream.aclose()
+            except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+
+
+def _raw_socket(stream: anyio.abc.ByteStream) -> socket.socket | None:
+    try:
+        return stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    except anyio.TypedAttributeLookupError:
+        return None
+
+
+async def open_transport(
+    url: str,
+    subprotocols: list[str],
+    *,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    extra_headers: list[tuple[str, str]] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> WebSocketTransport:
+    """Connect over TCP (TLS for ``wss://``) and complete the opening handshake.
+
+    Raises ``OSError`` when the TCP connection fails, :class:`HandshakeRejected` for an HTTP
+    answer other than 101 and :class:`TransportClosed` when the peer closes mid-handshake.
+    Callers bound it in time (``anyio.fail_after``).
+    """
+    host, port, target, tls = parse_url(url)
+    if tls:
+        stream: anyio.abc.ByteStream = await anyio.connect_tcp(
+            host, port, tls=True, ssl_context=ssl_context, tls_hostname=host
+        )
+    else:
+        stream = await anyio.connect_tcp(host, port)
+    try:
+        sock = _raw_socket(stream)
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ws = WSConnection(ConnectionType.CLIENT)
+        default_port = 443 if tls else 80
+        authority = host if port == default_port else f"{host}:{port}"
+        if ":" in host and not host.startswith("["):
+            authority = f"[{host}]" if port == default_port else f"[{host}]:{port}"
+        request = Request(
+            host=authority,
+            target=target,
+            subprotocols=list(subprotocols),
+            extra_headers=[(k.encode(), v.encode()) for k, v in (extra_headers or [])],
+        )
+        await stream.send(ws.send(request))
+        received = 0
+        reject: RejectConnection | None = None
+        body = bytearray()
+        while True:
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    return WebSocketTransport(stream, ws, event.subprotocol, max_message_size)
+                if isinstance(event, RejectConnection):
+                    reject = event
+                    if not event.has_body:
+                        raise HandshakeRejected(event.status_code, b"")
+                elif isinstance(event, RejectData):
+                    body += event.data
+                    if event.body_finished and reject is not None:
+                        raise HandshakeRejected(reject.status_code, bytes(body))
+            try:
+                data = await stream.receive(READ_SIZE)
+            except anyio.EndOfStream:
+                if reject is not None:
+                    raise HandshakeRejected(reject.status_code, bytes(body)) from None
+                raise TransportClosed(1006, "connection closed during the handshake") from None
+            received += len(data)
+            if received > MAX_HANDSHAKE_BYTES:
+                raise TransportClosed(1002, "handshake response too large")
+            ws.receive_data(data)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
+        raise
