@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 import trio_websocket
+from wsproto.utilities import LocalProtocolError
 
 from . import __version__, http, logs
 from .codec import Encoding
@@ -55,6 +56,7 @@ class Server:
         self.websockets = 0  # open WebSocket connections (pub/sub and echo)
         self.sockets = 0
         self.draining = False
+        self._aborted = False
         self.ports: list[int] = []
         self._stop = trio.Event()
         self._started = time.monotonic()
@@ -77,16 +79,23 @@ class Server:
     ) -> None:
         """Serve on ``listeners`` until ``shutdown()`` has drained."""
         async with trio.open_nursery() as connections:
-            async with trio.open_nursery() as accepting:
-                for listener in listeners:
-                    accepting.start_soon(self._accept_loop, listener, connections)
-                for listener in listeners:
-                    host, port = listener.socket.getsockname()[:2]
-                    log.info("listening on ws://%s/", _authority(host, port))
-                task_status.started(self.ports)
-                await self._stop.wait()
-                await self._drain()
-                accepting.cancel_scope.cancel()
+            try:
+                async with trio.open_nursery() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(self._accept_loop, listener, connections)
+                    for listener in listeners:
+                        host, port = listener.socket.getsockname()[:2]
+                        log.info("listening on ws://%s/", _authority(host, port))
+                    task_status.started(self.ports)
+                    await self._stop.wait()
+                    await self._drain()
+                    accepting.cancel_scope.cancel()
+            finally:
+                # Drained, out of time, or cancelled (a second signal): no close handshake may
+                # hold the exit up any longer, not even one shielded for close_timeout.
+                self._aborted = True
+                for connection in list(self.connections):
+                    connection.abort()
             connections.cancel_scope.cancel()
         for listener in listeners:
             await listener.aclose()
@@ -199,21 +208,31 @@ class Server:
         self.metrics.connections_active.inc()
         try:
             server_stream = ServerStream(stream, raw)
-            async with trio.open_nursery() as nursery:
-                ws, encoding = await self._accept(nursery, server_stream, head)
-                if ws is None:
+            session: Connection | Echo | None = None
+            try:
+                async with trio.open_nursery() as nursery:
+                    ws, encoding = await self._accept(nursery, server_stream, head)
+                    if ws is None:
+                        nursery.cancel_scope.cancel()
+                        return
+                    self.metrics.connections_opened.labels(endpoint).inc()
+                    log.info(
+                        "open", extra={"fields": {"remote": remote, "endpoint": endpoint, "encoding": encoding.value}}
+                    )
+                    if endpoint == "pubsub":
+                        session = Connection(self, ws, server_stream, encoding, remote)
+                        code, reason = await self._serve(session, nursery)
+                    else:
+                        session = Echo(ws, self.config, self.metrics, server_stream)
+                        code, reason = await self._serve(session)
                     nursery.cancel_scope.cancel()
-                    return
-                self.metrics.connections_opened.labels(endpoint).inc()
-                log.info(
-                    "open", extra={"fields": {"remote": remote, "endpoint": endpoint, "encoding": encoding.value}}
-                )
-                if endpoint == "pubsub":
-                    session = Connection(self, ws, server_stream, encoding, remote)
-                    code, reason = await self._serve(session, nursery)
-                else:
-                    code, reason = await self._serve(Echo(ws, self.config, self.metrics))
-                nursery.cancel_scope.cancel()
+            except* LocalProtocolError:
+                # trio-websocket answers a ping that arrives after our close frame with a
+                # pong wsproto refuses (LOCAL_CLOSING): the connection is ending anyway.
+                code = session.close_code or 1006 if session else 1006
+                reason = session.close_reason if session else ""
+            if session is None:
+                return  # the handshake did not finish
             self.metrics.connections_closed.labels(str(code)).inc()
             self.metrics.bytes_in.inc(server_stream.bytes_in)
             self.metrics.bytes_out.inc(server_stream.bytes_out)
@@ -245,6 +264,8 @@ class Server:
 
     async def _serve(self, session: Connection | Echo, *args: Any) -> tuple[int | None, str]:
         self.connections.add(session)
+        if self._aborted:
+            session.abort()
         try:
             await session.run(*args)
         finally:
