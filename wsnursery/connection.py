@@ -9,7 +9,8 @@ Every subscription is a cursor into its channel's shared history (see ``hub``): 
 only marks the subscription dirty and wakes the writer, which sends the frames the hub
 encoded once. Bounds and what happens at each:
 - a subscriber lagging ``outbound_queue_size`` messages (``max_unacked`` with acks) is slow:
-  closed with 4008 (policy ``close``) or its publishers wait (policy ``block``);
+  closed with 4008 (policy ``close``; history it is still replaying after a ``since`` does
+  not count, only messages published since then) or its publishers wait (policy ``block``);
 - replies queued past ``max_control_queue``: the reader stops reading until they are sent;
 - one write carries at most ``WRITE_BUDGET`` bytes (or one frame, if larger);
 - ``max_subscriptions`` per connection, ``max_errors`` error frames before a 1008 close.
@@ -48,13 +49,17 @@ CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
 CLOSE_HEARTBEAT = 4000
 CLOSE_SLOW_CONSUMER = 4008
+# Closes after which the writer still sends what is queued (bounded by close_timeout): the
+# going-away client keeps its pending frames, the abusive one gets the error frames that explain.
+_FLUSH_BEFORE_CLOSE = (CLOSE_GOING_AWAY, CLOSE_POLICY)
 _LOCAL_ONLY_CODES = (1002, 1007)  # wsproto found a protocol error; the peer was not told
+_LONG_INT_BITS = 4096  # ints this long may pass Python's int-to-text digit limit
 
 
 class Subscription:
     """A connection's cursor into one channel's stream (a ``hub.Sink``)."""
 
-    __slots__ = ("connection", "channel", "stream", "cursor", "tracker", "limit", "ready")
+    __slots__ = ("connection", "channel", "stream", "cursor", "tracker", "limit", "ready", "replay_end")
 
     def __init__(self, connection: Connection, channel: str, tracker: AckTracker | None) -> None:
         self.connection = connection
@@ -65,12 +70,25 @@ class Subscription:
         config = connection.server.config
         self.limit = config.max_unacked if tracker else config.outbound_queue_size
         self.ready = False
+        self.replay_end = 0  # the head when the cursor was placed: history up to it is a replay
 
     @property
     def lag(self) -> int:
         assert self.stream is not None
         behind = self.cursor if self.tracker is None else min(self.cursor, self.tracker.acked)
         return self.stream.head - behind
+
+    @property
+    def overdue(self) -> int:
+        """The lag that makes a slow consumer: messages published since the cursor was placed.
+
+        A resume (``since``) or ``replay`` may start far back in history (up to ``history_size``);
+        catching up on that is not slowness, falling behind the live stream is. (``full``, for the
+        ``block`` policy, keeps counting the whole lag: publishers wait rather than evict history
+        a subscriber still has to read.)
+        """
+        assert self.stream is not None
+        return min(self.lag, self.stream.head - self.replay_end)
 
     @property
     def full(self) -> bool:
@@ -109,12 +127,13 @@ class Connection:
         self._close_requested = trio.Event()
         self._writer_done = trio.Event()
         self._reader_scope = trio.CancelScope()
+        self._closing = trio.CancelScope()  # the close handshake; ``abort`` gives up on it
         self._errors = 0
 
     # -- what other tasks call -------------------------------------------------------
 
     def subscription_notified(self, subscription: Subscription) -> None:
-        if subscription.lag > subscription.limit:
+        if subscription.overdue > subscription.limit:
             self.slow_consumer(subscription)
             return
         if subscription not in self._dirty:
@@ -136,6 +155,10 @@ class Connection:
         self._reader_scope.cancel()
         self._close_requested.set()
         self._wake.set()
+
+    def abort(self) -> None:
+        """Stop waiting on the close handshake (the server's shutdown has run out of time)."""
+        self._closing.cancel()
 
     @property
     def queued(self) -> int:
@@ -172,16 +195,18 @@ class Connection:
                 closed = self.ws.closed
                 self.close_code = closed.code if closed else 1006
                 self.close_reason = (closed.reason or "") if closed else ""
-                if self.close_code in _LOCAL_ONLY_CODES and self.ws._wsproto.state is ConnectionState.OPEN:
-                    with trio.move_on_after(self.config.close_timeout):
+                if close_frame_unsent(self.ws, self.close_code):
+                    with self._closing, trio.move_on_after(self.config.close_timeout):
                         await self.stream.send_close_frame(self.close_code, self.close_reason)
             else:
-                with trio.move_on_after(self.config.close_timeout):
-                    await self._writer_done.wait()
-                writer_scope.cancel()
-                if not self.stream.writing:
+                with self._closing:
                     with trio.move_on_after(self.config.close_timeout):
-                        await self.ws.aclose(self.close_code, self.close_reason[:120])
+                        await self._writer_done.wait()
+                    writer_scope.cancel()
+                    if not self.stream.writing:
+                        with trio.move_on_after(self.config.close_timeout):
+                            await self.ws.aclose(self.close_code, self.close_reason[:120])
+                writer_scope.cancel()
             await self.stream.close_now()
 
     # -- reader -----------------------------------------------------------------------
@@ -224,12 +249,18 @@ class Connection:
             self._replay(request)
 
     async def _publish(self, request: protocol.Publish) -> None:
+        data = request.data
         try:
-            codec.check_value(request.data)
+            codec.check_value(data)  # first: it bounds the depth bytes_from_json recurses to
+            if not self.encoding.is_binary:
+                # JSON carries bytes as {"$bytes": base64}: store real bytes, so a CBOR reader
+                # gets bytes and a JSON reader the same form back.
+                data = codec.bytes_from_json(data)
+            _check_writable(data)
         except codec.ValueNotCarried as exc:
             raise ProtocolError("bad_request", str(exc), request.id) from None
         try:
-            published = await self.hub.publish(request.channel, request.data, request.key)
+            published = await self.hub.publish(request.channel, data, request.key)
         except ProtocolError as exc:
             exc.request_id = request.id
             raise
@@ -252,8 +283,16 @@ class Connection:
             except ProtocolError as exc:
                 exc.request_id = request.id
                 raise
+            try:
+                _check_since(subscription.stream, request.since, request.id)
+            except ProtocolError:  # a refused subscribe leaves no subscription behind
+                self.hub.detach(request.channel, subscription)
+                raise
             self.subscriptions[request.channel] = subscription
-        elif request.ack != (subscription.tracker is not None):
+        else:
+            assert subscription.stream is not None
+            _check_since(subscription.stream, request.since, request.id)  # before changing it
+        if request.ack != (subscription.tracker is not None):
             subscription.tracker = self._tracker(request.ack)
             subscription.limit = (
                 self.config.max_unacked if request.ack else self.config.outbound_queue_size
@@ -277,17 +316,15 @@ class Connection:
         """Point the cursor just after ``since`` (or at the head); say if nothing was lost."""
         stream = subscription.stream
         assert stream is not None
+        _check_since(stream, since, request_id)
         if since is None:
             cursor, recovered = stream.head, True
-        elif since.epoch == stream.epoch and since.seq > stream.head:
-            raise ProtocolError(
-                "bad_request", f"since.seq {since.seq} is ahead of the stream (at {stream.head})", request_id
-            )
         elif since.epoch == stream.epoch and stream.holds_after(since.seq):
             cursor, recovered = since.seq, True
         else:
             cursor, recovered = stream.oldest - 1, False
         subscription.cursor = cursor
+        subscription.replay_end = stream.head
         if subscription.tracker is not None:
             subscription.tracker.reset_to(cursor)
             self._acking.add(subscription)
@@ -358,7 +395,7 @@ class Connection:
         send_all = self.stream.send_all
         while True:
             if self.close_code is not None and (
-                self.close_code != CLOSE_GOING_AWAY or not (self._control or self._dirty)
+                self.close_code not in _FLUSH_BEFORE_CLOSE or not (self._control or self._dirty)
             ):
                 return
             if not (self._control or self._dirty):
@@ -444,6 +481,57 @@ class Connection:
     async def _heartbeat(self, scope: trio.CancelScope) -> None:
         with scope:
             await heartbeat(self.ws, self.config, self.server.metrics, self.request_close)
+
+
+def close_frame_unsent(ws: trio_websocket.WebSocketConnection, code: int) -> bool:
+    """True when trio-websocket closed with ``code`` after a protocol error without telling the peer.
+
+    wsproto reports a malformed frame (1002) or invalid UTF-8 (1007) as if the peer had closed,
+    and trio-websocket sends no close frame; its reader task may since have moved the state to
+    LOCAL_CLOSING (still sending nothing). A close the peer started ends REMOTE_CLOSING or CLOSED.
+    """
+    return code in _LOCAL_ONLY_CODES and ws._wsproto.state in (
+        ConnectionState.OPEN,
+        ConnectionState.LOCAL_CLOSING,
+    )
+
+
+def _check_writable(value: Any) -> None:
+    """Refuse what ``codec.check_value`` lets through but an encoder cannot write.
+
+    A JSON ``\\ud800`` escape decodes to a lone surrogate, which neither UTF-8 JSON nor CBOR can
+    encode, and a CBOR bignum can be an int too long for JSON text. The hub must never hold such
+    a message: every subscriber's writer would fail on it. (``value`` passed ``check_value``, so
+    its depth is bounded.)
+    """
+    kind = type(value)
+    if kind is str:
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise codec.ValueNotCarried("data holds a lone surrogate, which is not text") from None
+    elif kind is int:
+        if value.bit_length() > _LONG_INT_BITS:
+            try:
+                repr(value)
+            except ValueError:
+                raise codec.ValueNotCarried("data holds an integer too long to write as JSON") from None
+    elif kind is list:
+        for item in value:
+            _check_writable(item)
+    elif kind is dict:
+        for key, item in value.items():
+            _check_writable(key)
+            _check_writable(item)
+
+
+def _check_since(stream: ChannelStream, since: Position | None, request_id: int | None) -> None:
+    """Refuse a ``since`` ahead of the stream (same epoch, seq past the head)."""
+    if since is not None and since.epoch == stream.epoch and since.seq > stream.head:
+        raise ProtocolError(
+            "bad_request", f"since.seq {since.seq} is ahead of the stream (at {stream.head})", request_id
+        )
 
 
 async def heartbeat(ws: trio_websocket.WebSocketConnection, config: Any, metrics: Any, close: Any) -> None:

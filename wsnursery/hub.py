@@ -14,8 +14,9 @@ Bounds:
   a subscriber whose cursor falls behind the oldest held message has lost data and is
   closed with 4008 (it resumes with ``since`` and gets ``recovered: false``).
 - subscriber lag (``head - cursor``, or ``head - acked`` with acks): past its limit the
-  subscriber is slow. Policy ``close`` (default) closes it with 4008; policy ``block`` makes
-  the publisher wait until every subscriber of the channel is back under the limit.
+  subscriber is slow. Policy ``close`` (default) closes it with 4008 (history it is still
+  replaying after a resume does not count); policy ``block`` makes the publisher wait until
+  every subscriber of the channel is back under the limit.
 - channels: at most ``max_channels``; a new channel evicts the least recently used channel
   that has no subscribers, and when every channel has subscribers the request is refused
   with ``too_many_channels``.

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge, exposition, generate_latest
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# What ``generate_latest`` writes is the 0.0.4 text format. prometheus_client >= 0.22 names
+# "version=1.0.0" in CONTENT_TYPE_LATEST, which its own server sends only to scrapers that ask
+# for it (Accept, with an escaping scheme); without negotiation the body is 0.0.4, so say so.
+CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
 
 
 class Metrics:

@@ -1,0 +1,154 @@
+"""Slow consumers: closed with 4008 (policy ``close``) or the publisher waits (policy ``block``).
+
+The slow subscriber is a RawClient with a tiny receive buffer that subscribes and then stops
+reading, so the server's socket buffers fill up and its cursor stops advancing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+
+from .test_server_support import (  # server_errors: a fixture
+    metric,
+    raw_request,
+    raw_welcome,
+    server_errors,  # noqa: F401
+    wait_until,
+)
+from .wsclient import RawClient, connect
+
+PAD = "x" * 16_384
+MAX_PUBLISHES = 5_000  # far more than the socket buffers of this machine hold
+CHANNEL = "firehose"
+
+pytestmark = pytest.mark.usefixtures("server_errors")
+
+
+async def _slow_subscriber(port: int) -> RawClient:
+    slow = await RawClient.connect(port, rcvbuf=4096)
+    await raw_welcome(slow)
+    reply = await raw_request(slow, {"type": "subscribe", "id": 1, "channel": CHANNEL})
+    assert reply["type"] == "subscribed", reply
+    return slow
+
+
+async def _read_messages(raw: RawClient, until_seq: int | None = None) -> tuple[list[int], int | None]:
+    """Message seqs in arrival order, up to ``until_seq`` or the close frame (its code), or EOF."""
+    seqs: list[int] = []
+    while until_seq is None or not seqs or seqs[-1] < until_seq:
+        try:
+            frame = await raw.read_frame()
+        except trio.BrokenResourceError:
+            return seqs, None
+        if frame is None:
+            return seqs, None
+        opcode, payload = frame
+        if opcode == 0x8:
+            return seqs, int.from_bytes(payload[:2], "big")
+        if opcode == 0x1:
+            message = json.loads(payload)
+            if message["type"] == "message":
+                seqs.append(message["seq"])
+    return seqs, None
+
+
+async def test_slow_consumer_is_closed_4008_while_a_fast_one_gets_everything(start_server):
+    running = await start_server(outbound_queue_size=8, history_size=64, max_unacked=8, close_timeout=5.0)
+    slow = await _slow_subscriber(running.port)
+    async with connect(running.url) as fast, connect(running.url) as pub, trio.open_nursery() as nursery:
+        await fast.subscribe(CHANNEL)
+        fast_seqs: list[int] = []
+        slow_result: list = []
+
+        async def read_fast(count: int) -> None:
+            while len(fast_seqs) < count:
+                fast_seqs.extend(m["seq"] for m in await fast.messages(1))
+
+        published = 0
+        with trio.fail_after(60):
+            while metric(running.server, "wsnursery_slow_consumer_closes_total") == 0:
+                assert published < MAX_PUBLISHES, "the slow subscriber was never closed"
+                reply = await pub.publish(CHANNEL, {"i": published, "pad": PAD})
+                published += 1
+                assert reply["seq"] == published
+                if published == 1:
+                    nursery.start_soon(read_fast, MAX_PUBLISHES + 10)
+
+            # The slow one reads again now: it gets what was in flight, then the 4008 close frame.
+            async def read_slow() -> None:
+                slow_result.append(await _read_messages(slow))
+
+            nursery.start_soon(read_slow)
+            for _ in range(10):  # publishing goes on for everyone else
+                await pub.publish(CHANNEL, {"pad": PAD})
+            published += 10
+            await wait_until(lambda: len(fast_seqs) >= published, timeout=30, what="the fast subscriber")
+            await wait_until(lambda: bool(slow_result), timeout=30, what="the slow subscriber's close")
+            nursery.cancel_scope.cancel()
+    await slow.aclose()
+
+    assert fast_seqs == list(range(1, published + 1))  # every seq, in order, no repeat
+    slow_seqs, code = slow_result[0]
+    assert code == 4008
+    assert slow_seqs == list(range(1, len(slow_seqs) + 1))  # in order, no gap, up to the close
+    assert len(slow_seqs) < published
+    assert metric(running.server, "wsnursery_slow_consumer_closes_total") == 1
+    await wait_until(lambda: metric(running.server, "wsnursery_connections_closed_total", code="4008") == 1)
+
+
+async def test_block_policy_makes_the_publisher_wait_for_the_slow_reader(start_server):
+    running = await start_server(slow_consumer_policy="block", outbound_queue_size=8, history_size=64, max_unacked=8)
+    slow = await _slow_subscriber(running.port)
+    replies: list[int] = []
+    stop_at = MAX_PUBLISHES
+    async with connect(running.url) as pub, connect(running.url) as other, trio.open_nursery() as nursery:
+
+        async def publisher() -> None:
+            while len(replies) < stop_at:
+                reply = await pub.publish(CHANNEL, {"i": len(replies), "pad": PAD})
+                replies.append(reply["seq"])
+
+        nursery.start_soon(publisher)
+        stream = running.server.hub.stream(CHANNEL)
+        await wait_until(stream.any_full, timeout=30, what="the slow subscriber to fill its queue")
+        # Publish replies stall while the slow reader is stalled ...
+        stalled_at = len(replies)
+        with trio.move_on_after(0.3):
+            await wait_until(lambda: len(replies) > stalled_at + 1, what="a publish that should not happen")
+        assert len(replies) <= stalled_at + 1, "the publisher did not wait"
+        assert stream.head <= stalled_at + 1
+        # ... only on that channel: others publish freely meanwhile.
+        assert (await other.publish("elsewhere", 1))["seq"] == 1
+        # Once the slow one reads, publishing resumes and it gets every message.
+        stop_at = len(replies) + 20
+        with trio.fail_after(30):
+            slow_seqs, code = await _read_messages(slow, until_seq=stop_at)
+        await wait_until(lambda: len(replies) >= stop_at, what="the publisher to finish")
+    await slow.aclose()
+    assert code is None
+    assert slow_seqs == list(range(1, stop_at + 1))
+    assert replies == list(range(1, stop_at + 1))
+    assert metric(running.server, "wsnursery_slow_consumer_closes_total") == 0
+
+
+async def test_block_policy_waiting_publisher_is_released_when_the_slow_one_leaves(start_server):
+    running = await start_server(slow_consumer_policy="block", outbound_queue_size=8, history_size=64, max_unacked=8)
+    slow = await _slow_subscriber(running.port)
+    replies: list[int] = []
+    async with connect(running.url) as pub, trio.open_nursery() as nursery:
+
+        async def publisher() -> None:
+            while True:
+                replies.append((await pub.publish(CHANNEL, {"pad": PAD}))["seq"])
+
+        nursery.start_soon(publisher)
+        stream = running.server.hub.stream(CHANNEL)
+        await wait_until(stream.any_full, timeout=30, what="the slow subscriber to fill its queue")
+        stalled_at = len(replies)
+        await slow.aclose()  # the slow subscriber goes away: nobody is full any more
+        await wait_until(lambda: len(replies) > stalled_at + 5, what="publishing to resume")
+        nursery.cancel_scope.cancel()
+    assert replies == list(range(1, len(replies) + 1))
