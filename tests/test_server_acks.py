@@ -111,7 +111,6 @@ async def test_ack_on_a_subscription_without_acks_or_no_subscription(server):
         assert (reply["type"], reply["code"]) == ("error", "not_subscribed"), reply
 
 
-@pytest.mark.xfail(strict=True, reason="protocol.Ack keeps no request id, so an ack's error reply cannot echo it")
 async def test_error_reply_to_an_ack_carries_its_id(start_server):
     running = await start_server(ack_timeout=5)
     async with connect(running.url) as sub:

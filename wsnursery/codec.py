@@ -25,6 +25,7 @@ import cbor2
 
 MAX_DEPTH = 64
 BYTES_KEY = "$bytes"
+_LONG_INT_BITS = 4096  # ints this long may pass Python's int-to-text digit limit
 
 
 class Encoding(enum.Enum):
@@ -62,11 +63,26 @@ class ValueNotCarried(ValueError):
 
 
 def check_value(value: Any, depth: int = 0) -> None:
-    """Raise ValueNotCarried unless ``value`` is inside the shared data model."""
+    """Raise ValueNotCarried unless ``value`` is inside the shared data model.
+
+    Also refuses what the model admits on paper but an encoder cannot write (a lone
+    surrogate, an int too long for JSON text): the hub must never hold a message that would
+    fail in every subscriber's writer.
+    """
     if depth > MAX_DEPTH:
         raise ValueNotCarried(f"data nests deeper than {MAX_DEPTH} levels")
     kind = type(value)
-    if value is None or kind is bool or kind is int or kind is str or kind is bytes:
+    if value is None or kind is bool or kind is bytes:
+        return
+    if kind is str:
+        _check_text(value)
+        return
+    if kind is int:
+        if value.bit_length() > _LONG_INT_BITS:
+            try:
+                repr(value)
+            except ValueError:
+                raise ValueNotCarried("data holds an integer too long to write as JSON") from None
         return
     if kind is float:
         if not math.isfinite(value):
@@ -80,9 +96,19 @@ def check_value(value: Any, depth: int = 0) -> None:
         for key, item in value.items():
             if type(key) is not str:
                 raise ValueNotCarried("data holds a map key that is not a string")
+            _check_text(key)
             check_value(item, depth + 1)
         return
     raise ValueNotCarried(f"data holds a value of unsupported type {kind.__name__}")
+
+
+def _check_text(text: str) -> None:
+    """A JSON ``\\ud800`` escape decodes to a lone surrogate, which no encoder can write."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueNotCarried("data holds a lone surrogate, which is not text") from None
 
 
 def _json_default(value: Any) -> Any:

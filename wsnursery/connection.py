@@ -53,7 +53,6 @@ CLOSE_SLOW_CONSUMER = 4008
 # going-away client keeps its pending frames, the abusive one gets the error frames that explain.
 _FLUSH_BEFORE_CLOSE = (CLOSE_GOING_AWAY, CLOSE_POLICY)
 _LOCAL_ONLY_CODES = (1002, 1007)  # wsproto found a protocol error; the peer was not told
-_LONG_INT_BITS = 4096  # ints this long may pass Python's int-to-text digit limit
 
 
 class Subscription:
@@ -256,7 +255,6 @@ class Connection:
                 # JSON carries bytes as {"$bytes": base64}: store real bytes, so a CBOR reader
                 # gets bytes and a JSON reader the same form back.
                 data = codec.bytes_from_json(data)
-            _check_writable(data)
         except codec.ValueNotCarried as exc:
             raise ProtocolError("bad_request", str(exc), request.id) from None
         try:
@@ -345,12 +343,12 @@ class Connection:
         self._enqueue(protocol.unsubscribed_frame(request.id, request.channel))
 
     def _ack(self, request: protocol.Ack) -> None:
-        subscription = self._require(request.channel, None)
+        subscription = self._require(request.channel, request.id)
         if subscription.tracker is None:
-            raise ProtocolError("bad_request", f"{request.channel} was subscribed without ack")
+            raise ProtocolError("bad_request", f"{request.channel} was subscribed without ack", request.id)
         result = subscription.tracker.on_ack(request.seq)
         if result.error_code is not None:
-            raise ProtocolError(result.error_code, result.error_reason or "bad ack")
+            raise ProtocolError(result.error_code, result.error_reason or "bad ack", request.id)
         if result.newly_acked:
             assert subscription.stream is not None
             subscription.stream.progressed()
@@ -494,36 +492,6 @@ def close_frame_unsent(ws: trio_websocket.WebSocketConnection, code: int) -> boo
         ConnectionState.OPEN,
         ConnectionState.LOCAL_CLOSING,
     )
-
-
-def _check_writable(value: Any) -> None:
-    """Refuse what ``codec.check_value`` lets through but an encoder cannot write.
-
-    A JSON ``\\ud800`` escape decodes to a lone surrogate, which neither UTF-8 JSON nor CBOR can
-    encode, and a CBOR bignum can be an int too long for JSON text. The hub must never hold such
-    a message: every subscriber's writer would fail on it. (``value`` passed ``check_value``, so
-    its depth is bounded.)
-    """
-    kind = type(value)
-    if kind is str:
-        if not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise codec.ValueNotCarried("data holds a lone surrogate, which is not text") from None
-    elif kind is int:
-        if value.bit_length() > _LONG_INT_BITS:
-            try:
-                repr(value)
-            except ValueError:
-                raise codec.ValueNotCarried("data holds an integer too long to write as JSON") from None
-    elif kind is list:
-        for item in value:
-            _check_writable(item)
-    elif kind is dict:
-        for key, item in value.items():
-            _check_writable(key)
-            _check_writable(item)
 
 
 def _check_since(stream: ChannelStream, since: Position | None, request_id: int | None) -> None:

@@ -74,6 +74,7 @@ class Publish:
 
 @attrs.frozen
 class Ack:
+    id: int | None
     channel: str
     seq: int
 
@@ -166,7 +167,7 @@ def _parse_ack(frame: dict[str, Any], request_id: int | None, channel: str) -> A
     seq = frame.get("seq")
     if type(seq) is not int or not (0 <= seq < 2**63):
         raise ProtocolError("bad_request", "ack needs a non-negative integer seq", request_id)
-    return Ack(channel, seq)
+    return Ack(request_id, channel, seq)
 
 
 def _parse_replay(frame: dict[str, Any], request_id: int | None, channel: str) -> Replay:
