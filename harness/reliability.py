@@ -46,7 +46,7 @@ SERVER_SETTINGS = dict(
     shutdown_timeout=1.0,
 )
 CLIENT_SETTINGS = dict(
-    heartbeat_interval=0.5, heartbeat_timeout=1.0, request_timeout=0.5, backoff_max=0.5, max_reconnects=100
+    heartbeat_interval=0.25, heartbeat_timeout=0.6, request_timeout=0.5, backoff_max=0.5, max_reconnects=100
 )
 
 
@@ -57,7 +57,7 @@ class Options:
     publishers: int = 2
     channels: int = 3
     messages: int = 300
-    duration: float = 50.0
+    duration: float = 120.0
     encoding: str = "cbor"
     seed: int = 1
     url: str | None = None
