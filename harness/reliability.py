@@ -206,14 +206,14 @@ async def _drive(
     with trio.move_on_after(options.duration) as deadline:
         async with trio.open_nursery() as nursery:
             for name in state.subscriber_names:
-                nursery.start_soon(_subscriber, state, url, state.ledger.subscriber(name))
+                nursery.start_soon(_session, state, name, _subscribe_all, url, state.ledger.subscriber(name))
             with trio.fail_after(max(5.0, options.duration / 2)):
                 await state.all_subscribed.wait()
             if progress:
                 nursery.start_soon(_report_progress, state, proxy, progress)
             async with trio.open_nursery() as publishers:
                 for index in range(options.publishers):
-                    publishers.start_soon(_publisher, state, url, index)
+                    publishers.start_soon(_session, state, f"pub{index}", _publish_all, url, index)
             state.publishing_done.set()
             state.check_done()
             await state.all_delivered.wait()
@@ -257,12 +257,13 @@ def _connect(state: _Run, url: str) -> Any:
     return factory(url, encoding=state.options.encoding, seed=state.options.seed, **CLIENT_SETTINGS)
 
 
-async def _subscriber(state: _Run, url: str, log: SubscriberLog) -> None:
+async def _session(state: _Run, name: str, session: Any, *args: Any) -> None:
+    """Run one client's job; a client that ends in error fails the run, not the harness."""
     try:
-        await _subscribe_all(state, url, log)
+        await session(state, *args)
     except* sdk.ClientError as group:
         for exc in group.exceptions:
-            state.failures.append(f"{log.name}: {type(exc).__name__}: {exc}")
+            state.failures.append(f"{name}: {type(exc).__name__}: {exc}")
 
 
 async def _subscribe_all(state: _Run, url: str, log: SubscriberLog) -> None:
@@ -298,14 +299,6 @@ async def _follow(
                 state.latency.record_value(max(1, (time.monotonic_ns() - stamp) // 1000))
             state.reached[key] = item.seq
             state.check_done()
-
-
-async def _publisher(state: _Run, url: str, index: int) -> None:
-    try:
-        await _publish_all(state, url, index)
-    except* sdk.ClientError as group:
-        for exc in group.exceptions:
-            state.failures.append(f"pub{index}: {type(exc).__name__}: {exc}")
 
 
 async def _publish_all(state: _Run, url: str, index: int) -> None:

@@ -201,13 +201,18 @@ def welcome_frame(server: str, heartbeat: float, max_message_size: int) -> dict[
     }
 
 
+def _position_frame(
+    kind: str, request_id: int | None, channel: str, position: Position, recovered: bool
+) -> dict[str, Any]:
+    frame = _with_id({"type": kind}, request_id)
+    frame.update(channel=channel, epoch=position.epoch, seq=position.seq, recovered=recovered)
+    return frame
+
+
 def subscribed_frame(
     request_id: int | None, channel: str, position: Position, recovered: bool
 ) -> dict[str, Any]:
-    frame = {"type": "subscribed"}
-    _with_id(frame, request_id)
-    frame.update(channel=channel, epoch=position.epoch, seq=position.seq, recovered=recovered)
-    return frame
+    return _position_frame("subscribed", request_id, channel, position, recovered)
 
 
 def unsubscribed_frame(request_id: int | None, channel: str) -> dict[str, Any]:
@@ -223,11 +228,8 @@ def published_frame(request_id: int | None, channel: str, position: Position) ->
 def replaying_frame(
     request_id: int | None, channel: str, position: Position, recovered: bool
 ) -> dict[str, Any]:
-    """The answer to ``replay``: like ``subscribed``, the position replay starts from."""
-    frame = {"type": "replaying"}
-    _with_id(frame, request_id)
-    frame.update(channel=channel, epoch=position.epoch, seq=position.seq, recovered=recovered)
-    return frame
+    """The answer to ``replay``: like ``subscribed``, the head and whether nothing was lost."""
+    return _position_frame("replaying", request_id, channel, position, recovered)
 
 
 def message_frame(channel: str, epoch: str, seq: int, data: Any, ts: int) -> dict[str, Any]:
