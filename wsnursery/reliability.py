@@ -30,9 +30,11 @@ __all__ = [
     "ChannelReceiver",
     "Deliver",
     "DedupWindow",
+    "Effect",
     "Gap",
     "Message",
     "PendingPublish",
+    "Position",
     "PublishTracker",
     "PublishWindowFull",
     "SendAck",
@@ -309,7 +311,7 @@ class ChannelReceiver:
 
     @property
     def position(self) -> Position | None:
-        """``(epoch, last delivered seq)`` to send as ``since``; None before the first subscribe."""
+        """``(epoch, last delivered seq)``, what to send as ``since``; None before subscribing."""
         return None if self._epoch is None else (self._epoch, self._delivered)
 
     @property
@@ -399,13 +401,13 @@ class ChannelReceiver:
     # -- internals
 
     def _drain(self, now: float) -> list[Effect]:
-        delivered = []
+        """Deliver held frames from the next expected seq on; count them towards an ack."""
+        effects: list[Effect] = []
         while (message := self._pending.pop(self._delivered + 1, None)) is not None:
             self._delivered = message.seq
-            delivered.append(Deliver(message))
-        effects: list[Effect] = list(delivered)
-        if self.ack and delivered:
-            self._unacked += len(delivered)
+            effects.append(Deliver(message))
+        if self.ack and effects:
+            self._unacked += len(effects)
             self._schedule_ack(now)
             if self._unacked >= self.ack_every:
                 effects.append(self._send_ack())
@@ -506,7 +508,7 @@ class PublishTracker:
         return publish
 
     def due(self, now: float) -> list[PendingPublish]:
-        """Publishes to send now, oldest first; each counts as sent and gets its next retry time."""
+        """Publishes to send now, oldest first; each counts as sent and gets a next retry time."""
         out = [p for p in self._pending.values() if p.due_at <= now]
         for publish in out:
             if publish.sends:
