@@ -1,0 +1,1 @@
+"""Shared helpers for the wsnursery benches (client, server processes, machine header)."""
