@@ -85,6 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
     rel.add_argument("--url", help="target a running wsnursery server (ws://127.0.0.1:PORT/) instead of starting one")
     rel.add_argument("--output", metavar="FILE.json", help="write the report as JSON")
     rel.add_argument("--quiet", action="store_true", help="no progress line")
+
+    from harness import connect as connect_cmd, load as load_cmd, stress as stress_cmd
+
+    load = commands.add_parser(
+        "load", help="throughput and latency over real WebSocket connections",
+        description="Drive N clients x M messages (pub/sub round trip or echo) and report throughput, "
+        "latency percentiles (HDR), connection time, error rate, server RSS and the client's own CPU.",
+    )
+    load_cmd.add_arguments(load, _positive(int), _positive(float))
+    conn = commands.add_parser(
+        "connect", help="connection establishment rate, connections held with heartbeats, reconnection storm",
+        description="Open --hold connections at once, hold them while the server heartbeats, "
+        "optionally drop --churn of them and reconnect them all together.",
+    )
+    connect_cmd.add_arguments(conn, _positive(int), _positive(float))
+    stress = commands.add_parser(
+        "stress", help="the eight stress-guide load levels, scaled to this machine",
+        description="Run the load levels minimal .. maximum of the stress guide over real WebSocket "
+        "connections, scaled down to what one machine holds (the scale factor is printed per level).",
+    )
+    stress_cmd.add_arguments(stress, _positive(int), _positive(float))
     return parser
 
 
@@ -92,7 +113,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "reliability":
         return trio.run(_reliability, args)
-    return EXIT_USAGE
+    from harness import connect as connect_cmd, load as load_cmd, stress as stress_cmd
+
+    run = {"load": load_cmd.command, "connect": connect_cmd.command, "stress": stress_cmd.command}[args.command]
+    try:
+        return run(args)
+    except load_cmd.UsageError as exc:
+        print(f"harness {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # a server that would not start, a refused connection: one line, exit 1
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"harness {args.command}: {type(exc).__name__}: {first}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"harness {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 async def _reliability(args: argparse.Namespace) -> int:
