@@ -16,30 +16,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import signal
 import sys
-import time
 
 import trio
+from peer_protocol import HEARTBEAT, MAX_SIZE, Registry, welcome
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-HEARTBEAT = 20.0
-MAX_SIZE = 2**20
-EPOCH = "p"
-WELCOME = json.dumps(
-    {
-        "type": "welcome",
-        "protocol": 1,
-        "server": "peer-trio-websocket",
-        "heartbeat": HEARTBEAT,
-        "max_message_size": MAX_SIZE,
-    }
-)
-dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-subscribers: dict[str, set[WebSocketConnection]] = {}
-seqs: dict[str, int] = {}
+WELCOME = welcome("peer-trio-websocket")
+registry = Registry()
 
 
 async def heartbeat(ws: WebSocketConnection) -> None:
@@ -60,8 +45,8 @@ async def echo(ws: WebSocketConnection) -> None:
         await ws.send_message(await ws.get_message())  # str stays text, bytes stay binary
 
 
-async def publish(ch: str, frame: str) -> None:
-    for sub in list(subscribers.get(ch, ())):
+async def publish(subscribers: list[WebSocketConnection], frame: str) -> None:
+    for sub in subscribers:
         try:
             await sub.send_message(frame)
         except ConnectionClosed:
@@ -70,40 +55,14 @@ async def publish(ch: str, frame: str) -> None:
 
 async def pubsub(ws: WebSocketConnection) -> None:
     await ws.send_message(WELCOME)
-    mine: set[str] = set()
     try:
         while True:
-            raw = await ws.get_message()
-            try:
-                req = json.loads(raw)
-                kind, rid = req.get("type"), req.get("id")
-            except (ValueError, AttributeError):
-                await ws.send_message(dumps({"type": "error", "code": "bad_request", "reason": "not a JSON object"}))
-                continue
-            if kind == "publish":
-                ch = req["channel"]
-                seq = seqs[ch] = seqs.get(ch, 0) + 1
-                await publish(ch, dumps({"type": "message", "channel": ch, "epoch": EPOCH, "seq": seq,
-                                         "data": req.get("data"), "ts": int(time.time() * 1000)}))
-                await ws.send_message(dumps({"type": "published", "id": rid, "channel": ch, "epoch": EPOCH,
-                                             "seq": seq}))
-            elif kind == "subscribe":
-                ch = req["channel"]
-                subscribers.setdefault(ch, set()).add(ws)
-                mine.add(ch)
-                await ws.send_message(dumps({"type": "subscribed", "id": rid, "channel": ch, "epoch": EPOCH,
-                                             "seq": seqs.get(ch, 0)}))
-            elif kind == "unsubscribe":
-                ch = req["channel"]
-                subscribers.get(ch, set()).discard(ws)
-                mine.discard(ch)
-                await ws.send_message(dumps({"type": "unsubscribed", "id": rid, "channel": ch}))
-            else:
-                await ws.send_message(dumps({"type": "error", "id": rid, "code": "unknown_type",
-                                             "reason": str(kind)}))
+            reply, fanout = registry.handle(ws, await ws.get_message())
+            if fanout is not None:
+                await publish(*fanout)
+            await ws.send_message(reply)
     finally:
-        for ch in mine:
-            subscribers[ch].discard(ws)
+        registry.drop(ws)
 
 
 async def handler(request: WebSocketRequest) -> None:

@@ -14,31 +14,16 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import signal
 import sys
-import time
 
 import trio
 import websockets
+from peer_protocol import HEARTBEAT, MAX_SIZE, Registry, welcome
 from websockets.trio.server import ServerConnection, broadcast, serve
 
-HEARTBEAT = 20.0
-MAX_SIZE = 2**20
-EPOCH = "p"
-WELCOME = json.dumps(
-    {
-        "type": "welcome",
-        "protocol": 1,
-        "server": f"peer-websockets-trio/{websockets.__version__}",
-        "heartbeat": HEARTBEAT,
-        "max_message_size": MAX_SIZE,
-    }
-)
-dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-subscribers: dict[str, set[ServerConnection]] = {}
-seqs: dict[str, int] = {}
+WELCOME = welcome(f"peer-websockets-trio/{websockets.__version__}")
+registry = Registry()
 
 
 async def echo(ws: ServerConnection) -> None:
@@ -48,40 +33,14 @@ async def echo(ws: ServerConnection) -> None:
 
 async def pubsub(ws: ServerConnection) -> None:
     await ws.send(WELCOME)
-    mine: set[str] = set()
     try:
         async for raw in ws:
-            try:
-                req = json.loads(raw)
-                kind, rid = req.get("type"), req.get("id")
-            except (ValueError, AttributeError):
-                await ws.send(dumps({"type": "error", "code": "bad_request", "reason": "not a JSON object"}))
-                continue
-            if kind == "publish":
-                ch = req["channel"]
-                seq = seqs[ch] = seqs.get(ch, 0) + 1
-                frame = dumps(
-                    {"type": "message", "channel": ch, "epoch": EPOCH, "seq": seq,
-                     "data": req.get("data"), "ts": int(time.time() * 1000)}
-                )
-                await broadcast(list(subscribers.get(ch, ())), frame)
-                await ws.send(dumps({"type": "published", "id": rid, "channel": ch, "epoch": EPOCH, "seq": seq}))
-            elif kind == "subscribe":
-                ch = req["channel"]
-                subscribers.setdefault(ch, set()).add(ws)
-                mine.add(ch)
-                await ws.send(dumps({"type": "subscribed", "id": rid, "channel": ch, "epoch": EPOCH,
-                                     "seq": seqs.get(ch, 0)}))
-            elif kind == "unsubscribe":
-                ch = req["channel"]
-                subscribers.get(ch, set()).discard(ws)
-                mine.discard(ch)
-                await ws.send(dumps({"type": "unsubscribed", "id": rid, "channel": ch}))
-            else:
-                await ws.send(dumps({"type": "error", "id": rid, "code": "unknown_type", "reason": str(kind)}))
+            reply, fanout = registry.handle(ws, raw)
+            if fanout is not None:
+                await broadcast(*fanout)
+            await ws.send(reply)
     finally:
-        for ch in mine:
-            subscribers[ch].discard(ws)
+        registry.drop(ws)
 
 
 async def handler(ws: ServerConnection) -> None:
