@@ -44,11 +44,11 @@ async def _exactly_once_under_kills(url, *, seed, count, publishers, kill, ack=T
                     async for item in messages:
                         assert isinstance(item, wc.Message), item  # no Gap: nothing was lost
                         received.append(item)
+                        if len(received) == per_publisher * publishers:
+                            break  # before any kill: a kill after the last message has nothing to resume
                         if len(received) >= next_subscriber_kill:
                             next_subscriber_kill += rng.randint(5, 40)
                             await kill(subscriber, rng)
-                        if len(received) == per_publisher * publishers:
-                            break
             seqs = [m.seq for m in received]
             first = seqs[0]
             assert seqs == list(range(first, first + len(seqs))), "out of order, repeated or missing"
@@ -70,7 +70,9 @@ async def test_aborts_under_subscriber_and_publisher_lose_nothing(start_server, 
         server.url, seed=seed, count=500, publishers=4, kill=_abort
     )
     assert sub_stats.aborts >= 10 and pub_stats.aborts >= 10
-    assert sub_stats.reconnects == sub_stats.aborts  # every abort reconnected, nothing gave up
+    # Every abort reconnected (nothing gave up), but the last one may still be reconnecting when
+    # the last message, already buffered by the client before that abort, completes the stream.
+    assert sub_stats.aborts - 1 <= sub_stats.reconnects <= sub_stats.aborts
     assert sub_stats.gaps == 0
 
 

@@ -6,8 +6,11 @@ closes with 4000 when no pong comes. Each runs in its own cancel scope inside th
 connection's nursery, so when the connection ends, every task it started is gone.
 
 Every subscription is a cursor into its channel's shared history (see ``hub``): a publish
-only marks the subscription dirty and wakes the writer, which sends the frames the hub
-encoded once. Bounds and what happens at each:
+only marks the subscription dirty and registers the connection with the server's
+deliverer (see ``delivery``), whose next pass writes the frames the hub encoded once, and
+the connection's replies, with one non-blocking send. Only when the socket would block
+does the connection's writer task take over, and it waits for the socket. Bounds and what
+happens at each:
 - a subscriber lagging ``outbound_queue_size`` messages (``max_unacked`` with acks) is slow:
   closed with 4008 (policy ``close``; history it is still replaying after a ``since`` does
   not count, only messages published since then) or its publishers wait (policy ``block``);
@@ -123,6 +126,9 @@ class Connection:
         self._dirty: dict[Subscription, None] = {}
         self._acking: set[Subscription] = set()
         self._wake = trio.Event()
+        self._deliverer = server.deliverer
+        self._write_in_flight = False  # the writer task has taken frames it has not yet sent
+        self._sleeping_until = -math.inf  # when the idle writer wakes by itself (retransmits)
         self._close_requested = trio.Event()
         self._writer_done = trio.Event()
         self._reader_scope = trio.CancelScope()
@@ -137,7 +143,33 @@ class Connection:
             return
         if subscription not in self._dirty:
             self._dirty[subscription] = None
+            self._deliverer.schedule(self)
+
+    def write_now(self) -> None:
+        """The deliverer's pass: write what is queued in one non-blocking send, if the socket
+        takes it; whatever cannot go now (a send under way, a full socket, more than one
+        write's worth, a close in progress) is left to the writer task."""
+        if (
+            self._write_in_flight
+            or self.close_code is not None
+            or self.ws.closed is not None
+            or not self.stream.idle
+        ):
             self._wake.set()
+            return
+        data, frames, delivered = self._collect()
+        if not data:
+            return
+        try:
+            complete = self.stream.send_nowait(data)
+        except trio.BrokenResourceError:
+            self.request_close(1006, "connection lost")
+            return
+        self._count_sent(frames, delivered)
+        if not complete or self._control or self._dirty:
+            self._wake.set()
+        elif self._acking and self._next_deadline() < self._sleeping_until:
+            self._wake.set()  # a retransmit is now due before the writer would wake
 
     def slow_consumer(self, subscription: Subscription) -> None:
         if self.close_code is None:
@@ -331,7 +363,7 @@ class Connection:
         subscription.ready = True
         if cursor < stream.head:
             self._dirty[subscription] = None
-            self._wake.set()
+            self._deliverer.schedule(self)
         return stream.position, recovered
 
     def _unsubscribe(self, request: protocol.Unsubscribe) -> None:
@@ -375,7 +407,7 @@ class Connection:
     def _enqueue(self, frame: dict[str, Any]) -> None:
         payload = codec.encode(frame, self.encoding)
         self._control.append(data_frame(payload, binary=self.encoding.is_binary))
-        self._wake.set()
+        self._deliverer.schedule(self)
 
     # -- writer -----------------------------------------------------------------------
 
@@ -389,25 +421,35 @@ class Connection:
                 self._writer_done.set()
 
     async def _write_loop(self) -> None:
-        metrics = self.server.metrics
-        send_all = self.stream.send_all
+        stream = self.stream
         while True:
             if self.close_code is not None and (
-                self.close_code not in _FLUSH_BEFORE_CLOSE or not (self._control or self._dirty)
+                self.close_code not in _FLUSH_BEFORE_CLOSE
+                or not (self._control or self._dirty or stream.backlog)
             ):
                 return
-            if not (self._control or self._dirty):
-                with trio.move_on_at(self._next_deadline()):
+            if not (self._control or self._dirty or stream.backlog):
+                self._sleeping_until = self._next_deadline()
+                with trio.move_on_at(self._sleeping_until):
                     await self._wake.wait()
+                self._sleeping_until = -math.inf
                 self._wake = trio.Event()
                 self._retransmit()
                 continue
-            data, frames, delivered = self._collect()
-            if data:
-                await send_all(data)
-                metrics.messages_out.inc(frames)
-                if delivered:
-                    metrics.deliveries.inc(delivered)
+            self._write_in_flight = True
+            try:
+                data, frames, delivered = self._collect()
+                await stream.send_all(data)  # the backlog of a non-blocking send goes first
+            finally:
+                self._write_in_flight = False
+            self._count_sent(frames, delivered)
+
+    def _count_sent(self, frames: int, delivered: int) -> None:
+        metrics = self.server.metrics
+        if frames:
+            metrics.messages_out.inc(frames)
+        if delivered:
+            metrics.deliveries.inc(delivered)
 
     def _collect(self) -> tuple[bytes, int, int]:
         """Take replies, then messages, up to the write budget: (bytes, frames, deliveries)."""

@@ -26,6 +26,7 @@ from . import __version__, http, logs
 from .codec import Encoding
 from .config import Config
 from .connection import CLOSE_GOING_AWAY, Connection
+from .delivery import Deliverer
 from .echo import Echo
 from .hub import Hub, MemoryHub
 from .metrics import CONTENT_TYPE, Metrics
@@ -50,6 +51,7 @@ class Server:
             block=config.slow_consumer_policy == "block",
         )
         self.metrics = Metrics()
+        self.deliverer = Deliverer()
         self.request_parser = RequestParser(config.channel_pattern)
         self.server_name = f"wsnursery/{__version__}"
         self.connections: set[Connection | Echo] = set()
@@ -79,6 +81,7 @@ class Server:
     ) -> None:
         """Serve on ``listeners`` until ``shutdown()`` has drained."""
         async with trio.open_nursery() as connections:
+            connections.start_soon(self.deliverer.run)
             try:
                 async with trio.open_nursery() as accepting:
                     for listener in listeners:
