@@ -44,7 +44,9 @@ async def test_silent_client_is_closed_4000_and_counted(start_server, path):
             await raw.aclose()
         elapsed = trio.current_time() - started
         assert code == 4000  # the close frame goes out: nothing was half written
-        assert pings == 1  # closed after the first unanswered ping
+        # Pings go out every interval (0.1 s); the first unanswered one closes at its timeout
+        # (0.2 s), by when a second ping may be out too.
+        assert 1 <= pings <= 2, pings
         assert 0.15 <= elapsed < 5, elapsed
         assert metric(running.server, "wsnursery_heartbeat_timeouts_total") == 1
         # The client that answers pings survived several intervals and is still served.

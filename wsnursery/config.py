@@ -101,7 +101,7 @@ class Config:
         20.0, _positive_seconds, "seconds between WebSocket pings to each client"
     )
     heartbeat_timeout: float = _setting(
-        10.0, _positive_seconds, "seconds to wait for a pong; then close 4000"
+        10.0, _positive_seconds, "seconds to wait for a pong (or any frame) after a ping; then close 4000"
     )
     outbound_queue_size: int = _setting(
         1024, _positive_int(), "messages a subscriber may lag behind its channel; then the slow-consumer policy applies"

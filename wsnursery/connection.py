@@ -1,9 +1,10 @@
-"""One pub/sub WebSocket connection: a nursery holding its reader, writer and heartbeat.
+"""One WebSocket connection (pub/sub, or ``/echo``): a nursery holding its reader, writer and heartbeat.
 
-The reader task parses requests and acts on them; the writer task is the only one that
-writes frames (replies and messages, coalesced into one write); the heartbeat pings and
-closes with 4000 when no pong comes. Each runs in its own cancel scope inside the
-connection's nursery, so when the connection ends, every task it started is gone.
+The reader task parses requests and acts on them; the writer task writes the frames the
+server's deliverer could not write without blocking (replies and messages, coalesced into
+one write). Each runs in its own cancel scope inside the connection's nursery, so when the
+connection ends, every task it started is gone. Pings come from the server's one heartbeat
+task (see ``heartbeat``), which closes a connection with 4000 when nothing arrives in time.
 
 Every subscription is a cursor into its channel's shared history (see ``hub``): a publish
 only marks the subscription dirty and registers the connection with the server's
@@ -56,6 +57,7 @@ CLOSE_SLOW_CONSUMER = 4008
 # going-away client keeps its pending frames, the abusive one gets the error frames that explain.
 _FLUSH_BEFORE_CLOSE = (CLOSE_GOING_AWAY, CLOSE_POLICY)
 _LOCAL_ONLY_CODES = (1002, 1007)  # wsproto found a protocol error; the peer was not told
+PING_HEADER = bytes((0x89, 4))  # an unmasked ping frame with a 4-byte payload
 
 
 class Subscription:
@@ -109,8 +111,11 @@ class Connection:
         stream: ServerStream,
         encoding: Encoding,
         remote: str,
+        *,
+        echo: bool = False,
     ) -> None:
         self.server = server
+        self.echo = echo
         self.config = server.config
         self.hub = server.hub
         self.ws = ws
@@ -134,6 +139,7 @@ class Connection:
         self._reader_scope = trio.CancelScope()
         self._closing = trio.CancelScope()  # the close handshake; ``abort`` gives up on it
         self._errors = 0
+        self._pings_sent = 0
 
     # -- what other tasks call -------------------------------------------------------
 
@@ -199,22 +205,23 @@ class Connection:
 
     async def run(self, nursery: trio.Nursery) -> None:
         """Serve until the connection ends; returns the close code (for the log line)."""
-        self._enqueue(
-            protocol.welcome_frame(
-                self.server.server_name, self.config.heartbeat_interval, self.config.max_message_size
+        if not self.echo:
+            self._enqueue(
+                protocol.welcome_frame(
+                    self.server.server_name, self.config.heartbeat_interval, self.config.max_message_size
+                )
             )
-        )
         writer_scope = trio.CancelScope()
-        heartbeat_scope = trio.CancelScope()
         nursery.start_soon(self._writer, writer_scope)
-        nursery.start_soon(self._heartbeat, heartbeat_scope)
+        heartbeats = self.server.heartbeats
+        heartbeats.add(self)
         try:
             with self._reader_scope:
-                await self._read_loop()
+                await (self._echo_loop() if self.echo else self._read_loop())
         except trio_websocket.ConnectionClosed:
             pass
         finally:
-            heartbeat_scope.cancel()
+            heartbeats.remove(self)
             await self._finish(writer_scope)
             for subscription in self.subscriptions.values():
                 self.hub.detach(subscription.channel, subscription)
@@ -265,6 +272,21 @@ class Connection:
             if self.close_code is not None:
                 return
             if len(self._control) >= self.config.max_control_queue:
+                await self._control_space.wait()
+
+    async def _echo_loop(self) -> None:
+        """``/echo``: every message back as it came (text stays text, binary stays binary)."""
+        received = self.server.metrics.messages_in
+        control, limit = self._control, self.config.max_control_queue
+        while True:
+            payload = await self.ws.get_message()
+            received.inc()
+            if isinstance(payload, str):
+                control.append(data_frame(payload.encode("utf-8"), binary=False))
+            else:
+                control.append(data_frame(payload, binary=True))
+            self._deliverer.schedule(self)
+            if len(control) >= limit:
                 await self._control_space.wait()
 
     async def _dispatch(self, request: protocol.Request) -> None:
@@ -516,11 +538,21 @@ class Connection:
                 self.server.metrics.retransmits.inc()
                 self._dirty[subscription] = None
 
-    # -- heartbeat --------------------------------------------------------------------
+    # -- heartbeat (driven by the server's ``heartbeat.Heartbeats``) -------------------
 
-    async def _heartbeat(self, scope: trio.CancelScope) -> None:
-        with scope:
-            await heartbeat(self.ws, self.config, self.server.metrics, self.request_close)
+    def ping(self) -> None:
+        if self.close_code is None:
+            self._pings_sent = (self._pings_sent + 1) & 0xFFFFFFFF
+            self._control.append(PING_HEADER + self._pings_sent.to_bytes(4, "big"))
+            self._deliverer.schedule(self)
+
+    def heard(self) -> int:
+        return self.stream.bytes_in
+
+    def heartbeat_timeout(self) -> None:
+        if self.close_code is None:
+            self.server.metrics.heartbeat_timeouts.inc()
+        self.request_close(CLOSE_HEARTBEAT, "heartbeat timeout")
 
 
 def close_frame_unsent(ws: trio_websocket.WebSocketConnection, code: int) -> bool:
@@ -543,17 +575,3 @@ def _check_since(stream: ChannelStream, since: Position | None, request_id: int 
             "bad_request", f"since.seq {since.seq} is ahead of the stream (at {stream.head})", request_id
         )
 
-
-async def heartbeat(ws: trio_websocket.WebSocketConnection, config: Any, metrics: Any, close: Any) -> None:
-    """Ping every ``heartbeat_interval``; no pong within ``heartbeat_timeout`` closes 4000."""
-    while True:
-        await trio.sleep(config.heartbeat_interval)
-        with trio.move_on_after(config.heartbeat_timeout) as waiting:
-            try:
-                await ws.ping()
-            except trio_websocket.ConnectionClosed:
-                return
-        if waiting.cancelled_caught:
-            metrics.heartbeat_timeouts.inc()
-            close(CLOSE_HEARTBEAT, "heartbeat timeout")
-            return

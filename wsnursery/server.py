@@ -27,7 +27,7 @@ from .codec import Encoding
 from .config import Config
 from .connection import CLOSE_GOING_AWAY, Connection
 from .delivery import Deliverer
-from .echo import Echo
+from .heartbeat import Heartbeats
 from .hub import Hub, MemoryHub
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import RequestParser
@@ -52,9 +52,10 @@ class Server:
         )
         self.metrics = Metrics()
         self.deliverer = Deliverer()
+        self.heartbeats = Heartbeats(config.heartbeat_interval, config.heartbeat_timeout)
         self.request_parser = RequestParser(config.channel_pattern)
         self.server_name = f"wsnursery/{__version__}"
-        self.connections: set[Connection | Echo] = set()
+        self.connections: set[Connection] = set()
         self.websockets = 0  # open WebSocket connections (pub/sub and echo)
         self.sockets = 0
         self.draining = False
@@ -82,6 +83,7 @@ class Server:
         """Serve on ``listeners`` until ``shutdown()`` has drained."""
         async with trio.open_nursery() as connections:
             connections.start_soon(self.deliverer.run)
+            connections.start_soon(self.heartbeats.run)
             try:
                 async with trio.open_nursery() as accepting:
                     for listener in listeners:
@@ -211,7 +213,7 @@ class Server:
         self.metrics.connections_active.inc()
         try:
             server_stream = ServerStream(stream, raw)
-            session: Connection | Echo | None = None
+            session: Connection | None = None
             try:
                 async with trio.open_nursery() as nursery:
                     ws, encoding = await self._accept(nursery, server_stream, head)
@@ -222,12 +224,10 @@ class Server:
                     log.info(
                         "open", extra={"fields": {"remote": remote, "endpoint": endpoint, "encoding": encoding.value}}
                     )
-                    if endpoint == "pubsub":
-                        session = Connection(self, ws, server_stream, encoding, remote)
-                        code, reason = await self._serve(session, nursery)
-                    else:
-                        session = Echo(ws, self.config, self.metrics, server_stream)
-                        code, reason = await self._serve(session)
+                    session = Connection(
+                        self, ws, server_stream, encoding, remote, echo=endpoint == "echo"
+                    )
+                    code, reason = await self._serve(session, nursery)
                     nursery.cancel_scope.cancel()
             except* LocalProtocolError:
                 # trio-websocket answers a ping that arrives after our close frame with a
@@ -265,7 +265,7 @@ class Server:
         self.metrics.connections_rejected.labels("handshake_timeout").inc()
         return None, encoding
 
-    async def _serve(self, session: Connection | Echo, *args: Any) -> tuple[int | None, str]:
+    async def _serve(self, session: Connection, *args: Any) -> tuple[int | None, str]:
         self.connections.add(session)
         if self._aborted:
             session.abort()
