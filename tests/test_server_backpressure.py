@@ -152,3 +152,33 @@ async def test_block_policy_waiting_publisher_is_released_when_the_slow_one_leav
         await wait_until(lambda: len(replies) > stalled_at + 5, what="publishing to resume")
         nursery.cancel_scope.cancel()
     assert replies == list(range(1, len(replies) + 1))
+
+
+async def test_a_reader_that_pauses_gets_every_frame_whole_and_in_order(start_server):
+    """Past what the socket takes without blocking, the rest waits as the stream's backlog and
+    in the connection's writer task; pings queued meanwhile go out between whole frames."""
+    running = await start_server(heartbeat_interval=0.05, heartbeat_timeout=60)
+    paused = await _slow_subscriber(running.port)
+    count, pad = 60, "y" * 60_000  # ~3.6 MB: far past the socket buffers of this machine
+    try:
+        async with connect(running.url) as publisher:
+            for i in range(count):
+                await publisher.publish(CHANNEL, {"i": i, "pad": pad})
+            pings = 0
+            received: list[tuple[int, int]] = []
+            with trio.fail_after(30):
+                while len(received) < count:
+                    frame = await paused.read_frame()
+                    assert frame is not None, "closed early"
+                    opcode, payload = frame
+                    assert opcode in (0x1, 0x9), frame[:1]
+                    if opcode == 0x9:
+                        pings += 1
+                        continue
+                    message = json.loads(payload)  # a torn or interleaved frame fails here
+                    received.append((message["seq"], message["data"]["i"]))
+                    assert message["data"]["pad"] == pad
+        assert received == [(i + 1, i) for i in range(count)]
+        assert pings >= 1
+    finally:
+        await paused.aclose()

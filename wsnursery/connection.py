@@ -133,7 +133,10 @@ class Connection:
         self._wake = trio.Event()
         self._deliverer = server.deliverer
         self._write_in_flight = False  # the writer task has taken frames it has not yet sent
-        self._sleeping_until = -math.inf  # when the idle writer wakes by itself (retransmits)
+        self._sleeping_until = math.inf  # when the idle writer wakes by itself (retransmits)
+        self._nursery: trio.Nursery | None = None
+        self._writer_started = False
+        self._writer_scope = trio.CancelScope()
         self._close_requested = trio.Event()
         self._writer_done = trio.Event()
         self._reader_scope = trio.CancelScope()
@@ -161,7 +164,8 @@ class Connection:
             or self.ws.closed is not None
             or not self.stream.idle
         ):
-            self._wake.set()
+            if self.close_code is None or self._writer_started:
+                self._wake_writer()
             return
         data, frames, delivered = self._collect()
         if not data:
@@ -173,9 +177,16 @@ class Connection:
             return
         self._count_sent(frames, delivered)
         if not complete or self._control or self._dirty:
-            self._wake.set()
+            self._wake_writer()
         elif self._acking and self._next_deadline() < self._sleeping_until:
-            self._wake.set()  # a retransmit is now due before the writer would wake
+            self._wake_writer()  # a retransmit is now due before the writer would wake
+
+    def _wake_writer(self) -> None:
+        """Wake the writer task, starting it the first time: most connections never need it."""
+        self._wake.set()
+        if not self._writer_started and self._nursery is not None:
+            self._writer_started = True
+            self._nursery.start_soon(self._writer, self._writer_scope)
 
     def slow_consumer(self, subscription: Subscription) -> None:
         if self.close_code is None:
@@ -191,7 +202,8 @@ class Connection:
         self.close_code, self.close_reason = code, reason
         self._reader_scope.cancel()
         self._close_requested.set()
-        self._wake.set()
+        if self._writer_started or self._control or self._dirty or self.stream.backlog:
+            self._wake_writer()
 
     def abort(self) -> None:
         """Stop waiting on the close handshake (the server's shutdown has run out of time)."""
@@ -211,8 +223,7 @@ class Connection:
                     self.server.server_name, self.config.heartbeat_interval, self.config.max_message_size
                 )
             )
-        writer_scope = trio.CancelScope()
-        nursery.start_soon(self._writer, writer_scope)
+        self._nursery = nursery
         heartbeats = self.server.heartbeats
         heartbeats.add(self)
         try:
@@ -222,7 +233,8 @@ class Connection:
             pass
         finally:
             heartbeats.remove(self)
-            await self._finish(writer_scope)
+            await self._finish(self._writer_scope)
+            self._nursery = None  # no writer starts after this
             for subscription in self.subscriptions.values():
                 self.hub.detach(subscription.channel, subscription)
 
@@ -238,8 +250,9 @@ class Connection:
                         await self.stream.send_close_frame(self.close_code, self.close_reason)
             else:
                 with self._closing:
-                    with trio.move_on_after(self.config.close_timeout):
-                        await self._writer_done.wait()
+                    if self._writer_started:
+                        with trio.move_on_after(self.config.close_timeout):
+                            await self._writer_done.wait()
                     writer_scope.cancel()
                     if not self.stream.writing:
                         with trio.move_on_after(self.config.close_timeout):
