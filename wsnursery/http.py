@@ -2,7 +2,7 @@
 
 Sans-I/O. Every connection starts as HTTP/1.1. The server reads the head (bounded by
 ``MAX_HEAD_BYTES``; a longer head gets 431) and decides: a WebSocket upgrade goes on to
-trio-websocket with the bytes already read; ``GET /healthz`` and ``GET /metrics`` are
+``handshake`` (checked here, answered 101 there); ``GET /healthz`` and ``GET /metrics`` are
 answered here; anything else gets 404.
 """
 

@@ -22,7 +22,7 @@ import trio
 import trio_websocket
 from wsproto.utilities import LocalProtocolError
 
-from . import __version__, http, logs
+from . import __version__, handshake, http, logs
 from .codec import Encoding
 from .config import Config
 from .connection import CLOSE_GOING_AWAY, Connection
@@ -171,7 +171,7 @@ class Server:
                 await _send_quietly(stream, http.response(408, b"handshake timeout\n"))
             return
         if head.is_websocket:
-            await self._websocket(stream, head, bytes(buffer))
+            await self._websocket(stream, head, bytes(buffer[end:]))
         elif head.method != "GET":
             await stream.send_all(http.response(405, b"method not allowed\n", extra_headers=[("Allow", "GET")]))
         elif head.path == "/healthz":
@@ -193,30 +193,38 @@ class Server:
 
     # -- WebSocket --------------------------------------------------------------------
 
-    async def _websocket(self, stream: trio.SocketStream, head: http.RequestHead, raw: bytes) -> None:
+    async def _websocket(self, stream: trio.SocketStream, head: http.RequestHead, after_head: bytes) -> None:
         endpoint = {"/": "pubsub", "/echo": "echo"}.get(head.path)
         refusal = None
+        key = ""
         if endpoint is None:
             refusal = (404, "no WebSocket endpoint at this path\n", "path")
-        elif self.draining:
+        else:
+            try:
+                key = handshake.check_upgrade(head)
+            except http.HeadError as exc:
+                refusal = (exc.status, f"{exc}\n", "bad_handshake")
+        if refusal is None and self.draining:
             refusal = (503, "server shutting down\n", "draining")
-        elif self.websockets >= self.config.max_connections:
+        elif refusal is None and self.websockets >= self.config.max_connections:
             refusal = (503, "too many connections, try later\n", "max_connections")
         if refusal is not None:
             status, text, reason = refusal
             self.metrics.connections_rejected.labels(reason).inc()
             headers = [("Retry-After", "1")] if status == 503 else []
+            if status == 426:
+                headers = [("Sec-WebSocket-Version", handshake.VERSION)]
             await stream.send_all(http.response(status, text.encode(), extra_headers=headers))
             return
         remote = _peer(stream)
         self.websockets += 1
         self.metrics.connections_active.inc()
         try:
-            server_stream = ServerStream(stream, raw)
+            server_stream = ServerStream(stream, after_head)
             session: Connection | None = None
             try:
                 async with trio.open_nursery() as nursery:
-                    ws, encoding = await self._accept(nursery, server_stream, head)
+                    ws, encoding = await self._accept(nursery, server_stream, head, key)
                     if ws is None:
                         nursery.cancel_scope.cancel()
                         return
@@ -248,20 +256,24 @@ class Server:
             self.metrics.connections_active.dec()
 
     async def _accept(
-        self, nursery: trio.Nursery, stream: ServerStream, head: http.RequestHead
+        self, nursery: trio.Nursery, stream: ServerStream, head: http.RequestHead, key: str
     ) -> tuple[trio_websocket.WebSocketConnection | None, Encoding]:
-        encoding = Encoding.JSON
+        """Answer 101 and start trio-websocket on the open connection (see ``handshake``)."""
+        encoding, subprotocol = Encoding.JSON, None
+        if head.path == "/":
+            encoding, subprotocol = Encoding.negotiate(handshake.offered_subprotocols(head))
         with trio.move_on_after(self.config.handshake_timeout):
-            request = await trio_websocket.wrap_server_stream(
-                nursery,
+            await stream.send_all(handshake.switching_protocols(key, subprotocol))
+            ws = trio_websocket.WebSocketConnection(
                 stream,
+                handshake.OpenedConnection(),  # type: ignore[arg-type]
+                path=head.path,
                 message_queue_size=MESSAGE_QUEUE_SIZE,
                 max_message_size=self.config.max_message_size,
             )
-            subprotocol = None
-            if head.path == "/":
-                encoding, subprotocol = Encoding.negotiate(request.proposed_subprotocols)
-            return await request.accept(subprotocol=subprotocol), encoding
+            # What trio_websocket.wrap_server_stream does after its own handshake.
+            nursery.start_soon(ws._reader_task)
+            return ws, encoding
         self.metrics.connections_rejected.labels("handshake_timeout").inc()
         return None, encoding
 

@@ -1,0 +1,97 @@
+"""The opening handshake (RFC 6455 §4.2), done from the request head the server already read.
+
+Sans-I/O. The server parses every request head once (``http``); for a WebSocket upgrade
+this module checks it, builds the ``101 Switching Protocols`` answer, and hands
+trio-websocket a wsproto connection that is already open, so the head is not parsed a
+second time (by h11 inside wsproto) and no handshake state is kept for the connection's
+lifetime. A request that is not a valid upgrade gets 400, or 426 with the version we speak.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Generator
+
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import Event
+
+from .http import HeadError, RequestHead
+
+WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+VERSION = "13"
+
+
+class VersionError(HeadError):
+    """The client speaks another WebSocket version: 426 with ``Sec-WebSocket-Version: 13``."""
+
+    def __init__(self, offered: str) -> None:
+        super().__init__(426, f"WebSocket version {offered or '(none)'} not supported; use {VERSION}")
+
+
+def _tokens(value: str) -> list[str]:
+    return [token.strip() for token in value.split(",") if token.strip()]
+
+
+def offered_subprotocols(head: RequestHead) -> list[str]:
+    return _tokens(head.headers.get("sec-websocket-protocol", ""))
+
+
+def check_upgrade(head: RequestHead) -> str:
+    """Validate a WebSocket upgrade request; return its ``Sec-WebSocket-Key``."""
+    headers = head.headers
+    if head.method != "GET":
+        raise HeadError(400, "a WebSocket upgrade must be a GET")
+    if "upgrade" not in (token.lower() for token in _tokens(headers.get("connection", ""))):
+        raise HeadError(400, "missing Connection: Upgrade")
+    version = headers.get("sec-websocket-version", "")
+    if version != VERSION:
+        raise VersionError(version)
+    key = headers.get("sec-websocket-key", "")
+    try:
+        valid = len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        valid = False
+    if not valid:
+        raise HeadError(400, "Sec-WebSocket-Key must be 16 bytes in base64")
+    return key
+
+
+def accept_token(key: str) -> str:
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + WEBSOCKET_GUID).digest()).decode()
+
+
+def switching_protocols(key: str, subprotocol: str | None) -> bytes:
+    lines = [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Accept: {accept_token(key)}",
+    ]
+    if subprotocol is not None:
+        lines.append(f"Sec-WebSocket-Protocol: {subprotocol}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class OpenedConnection:
+    """What trio-websocket drives in place of ``wsproto.WSConnection`` once the handshake is
+    done: the same ``client`` / ``state`` / ``send`` / ``receive_data`` / ``events``, served
+    by wsproto's frame-level ``Connection`` (no extensions: permessage-deflate is not offered)."""
+
+    client = False
+
+    def __init__(self) -> None:
+        self.connection = Connection(ConnectionType.SERVER)
+
+    @property
+    def state(self) -> ConnectionState:
+        return self.connection.state
+
+    def send(self, event: Event) -> bytes:
+        return self.connection.send(event)
+
+    def receive_data(self, data: bytes | None) -> None:
+        self.connection.receive_data(data)
+
+    def events(self) -> Generator[Event, None, None]:
+        return self.connection.events()
