@@ -10,6 +10,8 @@ HdrHistogram (microseconds). Connections use `lib.rawws`, a lean asyncio client 
 
 Scenarios (see benches/README.md):
   fanout   1 publisher -> N subscribers on one channel; deliveries/s measured at subscribers
+  fanout_acks  the same, but every subscriber subscribes with `"ack": true` and sends one cumulative
+           `ack` per read (the reliable path; only wsnursery speaks acks)
   echo     N connections doing request/response on /echo; round trips/s
   connect  open handshake + closing handshake, C at a time; connections/s
   idle     N idle connections on / held with heartbeats on; server RSS delta / N
@@ -45,11 +47,16 @@ from hdrh.histogram import HdrHistogram  # noqa: E402
 from lib.rawws import connect  # noqa: E402
 from lib.servers import raise_nofile_limit  # noqa: E402
 
-SCENARIOS = ("fanout", "echo", "connect", "idle")
+SCENARIOS = ("fanout", "fanout_acks", "echo", "connect", "idle")
+FANOUT_SCENARIOS = ("fanout", "fanout_acks")
+#: scenarios that need more of protocol v1 than the peers speak
+WSNURSERY_ONLY = ("fanout_acks",)
 HIST_ARGS = (1, 120_000_000, 3)  # microseconds, 1 us .. 120 s, 3 significant digits
 CHANNEL = "bench.fanout"
 # A `message` frame whose data is the publisher's "IIIIIIII:TTTTTTTTTTTTTTTTTTTT:xxx..." string.
 DATA_RE = re.compile(rb'"data"\s*:\s*"(\d{8}):(\d+):')
+# The channel seq of a `message` (and the head in `subscribed`): fanout_acks acks by it.
+SEQ_RE = re.compile(rb'"seq"\s*:\s*(\d+)')
 mono = time.monotonic_ns  # CLOCK_MONOTONIC: one clock for every process on the machine
 
 
@@ -91,13 +98,16 @@ class Params:
         return cls(**base)
 
     def describe(self, scenario: str) -> str:
-        if scenario == "fanout":
+        if scenario in FANOUT_SCENARIOS:
+            acks = ("; every subscriber subscribes with `ack: true` and sends one cumulative `ack` (highest "
+                    "contiguous seq) per read of its socket, and drops repeats by seq"
+                    if scenario == "fanout_acks" else "")
             return (f"1 publisher -> {self.fanout_subs} subscribers on one channel, {self.payload} B data, "
                     f"published in batches of {self.fanout_batch}, at most {self.fanout_window} batches ahead of the "
                     f"slowest subscriber; first {self.fanout_warmup} messages not measured, then publishing for "
                     f"{self.duration_s:g} s (at most {self.fanout_messages} messages) and until every subscriber "
                     f"got every message; subscriber processes poll every {self.fanout_read_interval * 1000:g} ms "
-                    f"(adds up to that to the latency)")
+                    f"(adds up to that to the latency){acks}")
         if scenario == "echo":
             return (f"{self.echo_conns} connections on /echo, 1 request in flight each, {self.payload} B text, "
                     f"{self.warmup_s:g} s warm-up + {self.duration_s:g} s measured")
@@ -193,16 +203,22 @@ async def close_all(conns, timeout: float = 3.0) -> None:
 # Workers (one process each)
 # ------------------------------------------------------------------------------------------
 class _Sub:
-    __slots__ = ("ws", "count", "expect", "subscribed")
+    __slots__ = ("ws", "count", "expect", "subscribed", "seq", "acked")
 
     def __init__(self):
         self.ws = None
         self.count = 0
         self.expect = 0
         self.subscribed = None
+        self.seq = None  # fanout_acks: highest contiguous channel seq received (None until `subscribed`)
+        self.acked = 0  # fanout_acks: highest seq acked so far
 
 
-async def _w_fanout(ch: Chan, wid: int, host: str, port: int, p: Params, n: int) -> None:
+async def _w_fanout(ch: Chan, wid: int, host: str, port: int, p: Params, n: int, acks: bool = False) -> None:
+    """Subscribers of the fan-out scenarios. With `acks` (fanout_acks) each one subscribes with
+    `"ack": true`, tracks the channel seq (a repeat, i.e. a server retransmit, is dropped and
+    counted; a seq past the next one is a gap) and, once per read of its socket, sends one
+    cumulative `ack` with the highest contiguous seq it holds, as a real client would."""
     loop = asyncio.get_running_loop()
     B, warm = p.fanout_batch, p.fanout_warmup
     # latencies (us) go to a C array during the run and into HdrHistogram afterwards: the
@@ -210,9 +226,34 @@ async def _w_fanout(ch: Chan, wid: int, host: str, port: int, p: Params, n: int)
     lat = array.array("q")
     record = lat.append
     reached: collections.Counter = collections.Counter()
-    st = {"deliveries": 0, "measured": 0, "last_ns": 0, "gaps": 0}
-    subscribe = json.dumps({"type": "subscribe", "id": 1, "channel": CHANNEL}).encode()
+    st = {"deliveries": 0, "measured": 0, "last_ns": 0, "gaps": 0, "repeats": 0, "acks_sent": 0}
+    req = {"type": "subscribe", "id": 1, "channel": CHANNEL}
+    if acks:
+        req["ack"] = True
+    subscribe = json.dumps(req).encode()
     search = DATA_RE.search
+    seq_search = SEQ_RE.search
+    stopping = False
+    failed: list[str] = []
+    # fanout_acks: subscribers that received something since the last flush. The flush runs once
+    # per event-loop iteration (call_soon from the first message), after every socket that was
+    # readable in that iteration has been read once: one ack per subscriber per read.
+    to_ack: list[_Sub] = []
+    ack_prefix = b'{"type":"ack","channel":"%s","seq":' % CHANNEL.encode()
+
+    def flush_acks() -> None:
+        for sub in to_ack:
+            if sub.seq > sub.acked and not sub.ws.close_sent:
+                sub.acked = sub.seq
+                sub.ws.send(ack_prefix + b"%d}" % sub.seq)
+                st["acks_sent"] += 1
+        to_ack.clear()
+
+    def fail(why: str) -> None:
+        # a worker that saw a close or a gap tells the coordinator at once: the run fails loudly
+        if not stopping and not failed:
+            failed.append(why)
+            ch.put(("error", wid, why))
 
     def make_cb(sub: _Sub):
         def cb(payload: bytes, op: int) -> None:
@@ -220,14 +261,33 @@ async def _w_fanout(ch: Chan, wid: int, host: str, port: int, p: Params, n: int)
             if m is None:
                 if not sub.subscribed.done():
                     if b'"subscribed"' in payload:
+                        if acks:
+                            h = seq_search(payload)
+                            sub.seq = sub.acked = int(h.group(1)) if h else 0
                         sub.subscribed.set_result(None)
                     elif b'"error"' in payload:
                         sub.subscribed.set_exception(RuntimeError(f"subscribe refused: {payload[:200]!r}"))
+                elif b'"error"' in payload:
+                    fail(f"subscriber got an error frame: {payload[:200]!r}")
                 return
+            if acks:
+                seq = int(seq_search(payload).group(1))
+                if seq <= sub.seq:  # a retransmit of what we already hold
+                    st["repeats"] += 1
+                    return
+                if seq != sub.seq + 1:
+                    st["gaps"] += 1
+                    fail(f"seq gap: a subscriber got seq {seq} after {sub.seq}")
+                if not to_ack:
+                    loop.call_soon(flush_acks)
+                if sub.seq == sub.acked:
+                    to_ack.append(sub)
+                sub.seq = seq
             now = mono()
             idx = int(m.group(1))
             if idx != sub.expect:
                 st["gaps"] += 1
+                fail(f"gap: a subscriber got message {idx} when {sub.expect} was next")
             sub.expect = idx + 1
             sub.count += 1
             if idx >= warm:
@@ -240,6 +300,13 @@ async def _w_fanout(ch: Chan, wid: int, host: str, port: int, p: Params, n: int)
                     ch.put(("progress", wid, k))
         return cb
 
+    def on_lost(sub: _Sub):
+        def cb(_fut) -> None:
+            code = sub.ws.close_code
+            fail(f"a subscriber's connection ended during the run "
+                 f"({'close code ' + str(code) if code is not None else 'no close frame'})")
+        return cb
+
     async def opener():
         sub = _Sub()
         sub.subscribed = loop.create_future()
@@ -250,13 +317,16 @@ async def _w_fanout(ch: Chan, wid: int, host: str, port: int, p: Params, n: int)
         except BaseException:
             sub.ws.abort()
             raise
+        sub.ws.lost.add_done_callback(on_lost(sub))
         return sub
 
     subs, errs = await open_many(n, p.open_concurrency, opener)
     ch.put(("ready", wid, len(subs), errs[:3]))
     await ch.get()  # ("stop",)
+    stopping = True
     st["deliveries"] = sum(s.count for s in subs)
     st["lost_connections"] = sum(1 for s in subs if s.ws.lost.done())
+    st["close_codes"] = sorted({s.ws.close_code for s in subs if s.ws.close_code is not None})
     st["measured"] = len(lat)
     hist = HdrHistogram(*HIST_ARGS)
     for v in lat:
@@ -264,6 +334,10 @@ async def _w_fanout(ch: Chan, wid: int, host: str, port: int, p: Params, n: int)
     st["hist"] = hist.encode()
     ch.put(("result", wid, st))
     await close_all([s.ws for s in subs])
+
+
+async def _w_fanout_acks(ch: Chan, wid: int, host: str, port: int, p: Params, n: int) -> None:
+    await _w_fanout(ch, wid, host, port, p, n, acks=True)
 
 
 async def _w_echo(ch: Chan, wid: int, host: str, port: int, p: Params, n: int) -> None:
@@ -386,7 +460,7 @@ class CoalescingSelector(selectors.EpollSelector if hasattr(selectors, "EpollSel
             self._last = time.monotonic()
 
 
-WORKERS = {"fanout": _w_fanout, "echo": _w_echo, "connect": _w_connect, "idle": _w_idle}
+WORKERS = {"fanout": _w_fanout, "fanout_acks": _w_fanout_acks, "echo": _w_echo, "connect": _w_connect, "idle": _w_idle}
 
 
 def _worker_entry(conn, wid: int, scenario: str, host: str, port: int, params: dict, n: int) -> None:
@@ -410,7 +484,7 @@ def _worker_entry(conn, wid: int, scenario: str, host: str, port: int, params: d
 
         prof = cProfile.Profile()
         prof.enable()
-    if scenario == "fanout" and p.fanout_read_interval > 0:
+    if scenario in FANOUT_SCENARIOS and p.fanout_read_interval > 0:
         loop = asyncio.SelectorEventLoop(CoalescingSelector(p.fanout_read_interval))
         try:
             loop.run_until_complete(main())
@@ -585,17 +659,33 @@ async def _c_fanout(chans, host, port, p: Params, cpu: CpuWatch, server_pid) -> 
     elapsed = (last - t_start) / 1e9 if t_start and last > t_start else float("nan")
     hist = merge_hists([r["hist"] for r in results])
     expected = max(0, sent - warm_b) * B * p.fanout_subs
+    gaps = sum(r["gaps"] for r in results)
+    lost = sum(r["lost_connections"] for r in results)
+    details = {"deliveries_measured": measured, "deliveries_expected": expected,
+               "deliveries_total": sum(r["deliveries"] for r in results),
+               "seq_gaps": gaps, "messages_published": sent * B,
+               "published_acks": published,  # `published` replies to the publisher
+               "lost_connections": lost,
+               "close_codes": sorted({c for r in results for c in r.get("close_codes", [])}),
+               "elapsed_s": round(elapsed, 3)}
+    acks_sent = sum(r.get("acks_sent", 0) for r in results)
+    if acks_sent:
+        # fanout_acks: subscriber acks over the whole run (warm-up included) and repeats received
+        # (server retransmits of messages whose ack came too late), dropped by seq
+        details["acks_sent"] = acks_sent
+        details["deliveries_per_ack"] = round(details["deliveries_total"] / acks_sent, 2)
+        details["repeats_dropped"] = sum(r.get("repeats", 0) for r in results)
+    error = incomplete
+    if error is None and gaps:
+        error = f"{gaps} seq gaps at the subscribers"
+    if error is None and lost:
+        error = f"{lost} subscriber connections ended during the run (close codes {details['close_codes']})"
+    if error is None and measured != expected:
+        error = f"{measured} deliveries measured, {expected} expected"
     return {
         "metric": "deliveries/s", "value": measured / elapsed if elapsed == elapsed else 0.0,
         "higher_is_better": True, "latency": hist_summary(hist), "cpu": cpu_res,
-        "details": {"deliveries_measured": measured, "deliveries_expected": expected,
-                    "deliveries_total": sum(r["deliveries"] for r in results),
-                    "seq_gaps": sum(r["gaps"] for r in results), "messages_published": sent * B,
-                    "published_acks": published,
-                    "lost_connections": sum(r["lost_connections"] for r in results),
-                    "elapsed_s": round(elapsed, 3)},
-        "error": incomplete or (None if measured == expected else
-                                f"{measured} deliveries measured, {expected} expected"),
+        "details": details, "error": error,
     }
 
 
@@ -680,7 +770,7 @@ def run_scenario(scenario: str, host: str, port: int, params: Params, server_pid
         raise ValueError("the benches only talk to the loopback interface")
     nofile = raise_nofile_limit()
     W = max(1, params.workers)
-    if scenario == "fanout":
+    if scenario in FANOUT_SCENARIOS:
         shares = split(params.fanout_subs, W)
     elif scenario == "echo":
         shares = split(params.echo_conns, W)
@@ -706,7 +796,7 @@ def run_scenario(scenario: str, host: str, port: int, params: Params, server_pid
         chans = [Chan(c) for c in pipes]
         cpu = CpuWatch(server_pid, [pr.pid for pr in procs] + [os.getpid()])
         async with asyncio.timeout(params.timeout_s):
-            if scenario == "fanout":
+            if scenario in FANOUT_SCENARIOS:
                 return await _c_fanout(chans, host, port, params, cpu, server_pid)
             if scenario == "idle":
                 return await _c_idle(chans, host, port, params, cpu, server_pid)

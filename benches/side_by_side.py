@@ -4,6 +4,8 @@ Each (round, scenario, server) run starts a FRESH server subprocess on a 127.0.0
 port, runs one scenario with benches/client.py (worker processes + CPU sampling), and stops
 the server. Servers are rotated in every round so that no server always goes first (noise,
 thermal, page cache). Results: a markdown table and the raw JSON in benches/results/.
+`fanout_acks` (fan-out with acks, the reliable path) runs against wsnursery only, and the report
+says what share of plain fan-out it keeps (same round, wsnursery's fanout_acks / fanout).
 
     python benches/side_by_side.py --quick                 # smoke test, < 2 min
     python benches/side_by_side.py                         # full sizes, 3 rounds
@@ -33,9 +35,11 @@ from lib import machine  # noqa: E402
 from lib.servers import ALL_SERVERS, HOST, REFERENCE, ServerError, ServerProcess, raise_nofile_limit  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-UNITS = {"fanout": "deliveries/s", "echo": "msgs/s", "connect": "conns/s", "idle": "bytes/conn"}
+OURS = "wsnursery"
+UNITS = {"fanout": "deliveries/s", "fanout_acks": "deliveries/s", "echo": "msgs/s", "connect": "conns/s", "idle": "bytes/conn"}
 TITLES = {
     "fanout": "Fan-out: 1 publisher -> N subscribers, deliveries per second (higher is better)",
+    "fanout_acks": "Fan-out with acks (the reliable path, wsnursery only): deliveries per second (higher is better)",
     "echo": "Echo: request/response on /echo, messages per second (higher is better)",
     "connect": "Connection establishment: open + close handshakes per second (higher is better)",
     "idle": "Memory per idle connection, heartbeats on: server RSS delta / N (lower is better)",
@@ -56,6 +60,37 @@ def check_servers(names: list[str]) -> tuple[list[str], dict[str, str]]:
         srv.stop()
         ok.append(name)
     return ok, skipped
+
+
+def applies(scenario: str, server: str) -> bool:
+    """Peers speak only the bench subset of the protocol: no acks."""
+    return scenario not in client.WSNURSERY_ONLY or server == OURS
+
+
+def acks_vs_plain(runs: list[dict]) -> dict | None:
+    """wsnursery's fanout_acks / fanout, per round (both runs of a round OK), and their median.
+
+    Pairing runs of the same round keeps the two figures as close in time (and in machine load)
+    as the rotation allows. Returns None when no round has both."""
+    per_round = []
+    for rnd in sorted({r["round"] for r in runs}):
+        pair = {}
+        for r in runs:
+            if r["round"] == rnd and r["server"] == OURS and r["scenario"] in ("fanout", "fanout_acks"):
+                if not r.get("error") and r.get("value") == r.get("value") and r.get("value"):
+                    pair[r["scenario"]] = r
+        if len(pair) == 2:
+            plain, acked = pair["fanout"], pair["fanout_acks"]
+            us_p, us_a = plain.get("server_us_per_op"), acked.get("server_us_per_op")
+            per_round.append({"round": rnd, "fanout": plain["value"], "fanout_acks": acked["value"],
+                              "ratio": acked["value"] / plain["value"],
+                              "fanout_us_per_op": us_p, "fanout_acks_us_per_op": us_a,
+                              "cpu_ratio": (us_a / us_p) if (us_p and us_a) else None})
+    if not per_round:
+        return None
+    cpu = [x["cpu_ratio"] for x in per_round if x["cpu_ratio"] is not None]
+    return {"rounds": per_round, "median_ratio": statistics.median(x["ratio"] for x in per_round),
+            "median_cpu_ratio": statistics.median(cpu) if cpu else None}
 
 
 def run_one(name: str, scenario: str, params: client.Params) -> dict:
@@ -89,6 +124,8 @@ def summarize(runs: list[dict], servers: list[str], scenarios: list[str]) -> dic
     for sc in scenarios:
         out[sc] = {}
         for name in servers:
+            if not applies(sc, name):
+                continue
             rs = [r for r in runs if r["scenario"] == sc and r["server"] == name]
             good = [r["value"] for r in rs if not r.get("error") and r.get("value") == r.get("value")]
             cpu = [r.get("cpu", {}) for r in rs if r.get("cpu")]
@@ -136,13 +173,17 @@ def markdown(info: dict, settings: dict, summary: dict, runs: list[dict], skippe
     L.append("")
     for sc in scenarios:
         L += [f"## {TITLES[sc]}", "", f"Settings: {params.describe(sc)}.", ""]
-        lat = sc in ("fanout", "echo", "connect")
+        names = [n for n in servers if n in summary[sc]]
+        if not names:
+            L += [f"Not run: only `{OURS}` speaks acks, and it is not among the servers.", ""]
+            continue
+        lat = sc in ("fanout", "fanout_acks", "echo", "connect")
         hdr = ["server", f"median {UNITS[sc]}", "min – max", f"vs {REFERENCE}"]
         if lat:
             hdr += ["server CPU µs/op", f"CPU/op vs {REFERENCE}", "p50 latency", "p99 latency"]
         hdr += ["server CPU", "client CPU (max proc)", "other CPU", "notes"]
         L += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
-        for name in servers:
+        for name in names:
             s = summary[sc][name]
             ratio = "n/a" if s["ratio_vs_ref"] is None else f"{s['ratio_vs_ref']:.2f}×"
             row = [f"`{name}`", _fmt(s["median"], sc),
@@ -166,7 +207,7 @@ def markdown(info: dict, settings: dict, summary: dict, runs: list[dict], skippe
             ocpu = "n/a" if s["other_cpu"] is None else f"{s['other_cpu']:.2f}"
             row += [cpu, ccpu, ocpu, "; ".join(notes)]
             L.append("| " + " | ".join(row) + " |")
-        errs = [(n, e) for n in servers for e in summary[sc][n]["errors"]]
+        errs = [(n, e) for n in names for e in summary[sc][n]["errors"]]
         if errs:
             L += ["", "Errors:"] + [f"- `{n}`: {e.splitlines()[0][:300]}" for n, e in errs]
         if sc == "idle":
@@ -181,6 +222,8 @@ def markdown(info: dict, settings: dict, summary: dict, runs: list[dict], skippe
                                      f"{d['rss_held_mib']} MiB (peak {d['rss_peak_mib']}), opened in {d['open_s']} s, "
                                      f"{d['pings_answered']} server pings answered")
             L += [""] + extra
+        if sc == "fanout_acks":
+            L += [""] + acks_lines(acks_vs_plain(runs))
         L.append("")
     L += ["'server CPU µs/op' = server CPU seconds in the measured window / operations in it (lower is better; "
           "its ratio is server / reference, so < 1 means cheaper than the reference). It is much less sensitive "
@@ -190,6 +233,24 @@ def markdown(info: dict, settings: dict, summary: dict, runs: list[dict], skippe
           "machine (max over rounds). 'client-bound' = a client process used >= 90% of a core while the server "
           "used < 90%: the figure is a lower bound for that server.", ""]
     return "\n".join(L)
+
+
+def acks_lines(cmp: dict | None) -> list[str]:
+    if cmp is None:
+        return [f"Reliable path vs plain fan-out: n/a (needs an OK `fanout` and `fanout_acks` run of `{OURS}` "
+                f"in the same round)."]
+    cpu = cmp["median_cpu_ratio"]
+    L = [f"**Reliable path keeps {cmp['median_ratio']:.0%} of plain fan-out** (`{OURS}` fanout_acks / fanout "
+         f"deliveries/s, median of per-round ratios; issue 5 asks for >= 70%)"
+         + (f"; server CPU per delivery is {cpu:.2f}× that of plain fan-out." if cpu else "."), "",
+         "| round | fanout deliveries/s | fanout_acks deliveries/s | ratio | server CPU µs/op fanout | "
+         "server CPU µs/op fanout_acks | CPU/op ratio |", "|---|---|---|---|---|---|---|"]
+    for x in cmp["rounds"]:
+        f = (lambda v: "n/a" if v is None else f"{v:,.1f}")
+        L.append(f"| {x['round']} | {x['fanout']:,.0f} | {x['fanout_acks']:,.0f} | {x['ratio']:.0%} | "
+                 f"{f(x['fanout_us_per_op'])} | {f(x['fanout_acks_us_per_op'])} | "
+                 f"{'n/a' if x['cpu_ratio'] is None else format(x['cpu_ratio'], '.2f') + '×'} |")
+    return L
 
 
 def main(argv=None) -> int:
@@ -232,7 +293,9 @@ def main(argv=None) -> int:
             order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
             for sc in scenarios:
                 for name in order:
-                    print(f"[round {rnd + 1}/{rounds}] {sc:<8} {name:<22}", end=" ", flush=True)
+                    if not applies(sc, name):
+                        continue
+                    print(f"[round {rnd + 1}/{rounds}] {sc:<11} {name:<22}", end=" ", flush=True)
                     r = run_one(name, sc, params)
                     r["round"] = rnd + 1
                     runs.append(r)
@@ -247,6 +310,7 @@ def main(argv=None) -> int:
                 "command": " ".join(["python"] + [Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
                 "wall_s": time.monotonic() - t0, "reference": REFERENCE, "interrupted": interrupted}
     summary = summarize(runs, servers, scenarios)
+    acks_cmp = acks_vs_plain(runs) if "fanout_acks" in scenarios else None
     md = markdown(info, settings, summary, runs, skipped, servers, scenarios, params)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +318,7 @@ def main(argv=None) -> int:
             f"{'-interrupted' if interrupted else ''}")
     (out / f"{stem}.md").write_text(md)
     (out / f"{stem}.json").write_text(json.dumps({"machine": info, "settings": settings, "skipped": skipped,
-                                                  "summary": summary, "runs": runs}, indent=2, default=str))
+                                                  "summary": summary, "acks_vs_plain": acks_cmp, "runs": runs}, indent=2, default=str))
     print("\n" + md)
     print(f"wrote {out / stem}.md and .json")
     if interrupted:

@@ -258,7 +258,7 @@ class Connection:
                         with trio.move_on_after(self.config.close_timeout):
                             await self.ws.aclose(self.close_code, self.close_reason[:120])
                 writer_scope.cancel()
-            await self.stream.close_now()
+            self.stream.close_now()
 
     # -- reader -----------------------------------------------------------------------
 

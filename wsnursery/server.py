@@ -150,7 +150,7 @@ class Server:
             log.exception("unexpected error on a connection")
         finally:
             self.sockets -= 1
-            await trio.aclose_forcefully(stream)
+            stream.socket.close()  # at once, without a cancel scope and a checkpoint per socket
 
     async def _route(self, stream: trio.SocketStream) -> None:
         buffer = bytearray()

@@ -110,6 +110,7 @@ class ServerStream(trio.abc.Stream):
         async with self._send_lock:
             await self._write(close_frame(code, reason))
 
-    async def close_now(self) -> None:
+    def close_now(self) -> None:
+        """Close the socket at once (trio's socket close also wakes any task waiting on it)."""
         self._closed = True
-        await trio.aclose_forcefully(self._stream)
+        self._stream.socket.close()
