@@ -419,7 +419,11 @@ class Connection:
         if result.newly_acked:
             assert subscription.stream is not None
             subscription.stream.progressed()
-            self._wake.set()
+            # Wake the writer only when the next retransmit is now due before it would wake
+            # (an ack resets the backoff); otherwise it wakes at its old deadline, finds
+            # nothing due and sleeps again: no task switch per ack.
+            if self._next_deadline() < self._sleeping_until:
+                self._wake_writer()
 
     def _replay(self, request: protocol.Replay) -> None:
         subscription = self._require(request.channel, request.id)
