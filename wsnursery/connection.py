@@ -133,7 +133,7 @@ class Connection:
         self._wake = trio.Event()
         self._deliverer = server.deliverer
         self._write_in_flight = False  # the writer task has taken frames it has not yet sent
-        self._sleeping_until = math.inf  # when the idle writer wakes by itself (retransmits)
+        self._timer = server.timer  # wakes us at the earliest ack-retransmit deadline
         self._nursery: trio.Nursery | None = None
         self._writer_started = False
         self._writer_scope = trio.CancelScope()
@@ -178,8 +178,8 @@ class Connection:
         self._count_sent(frames, delivered)
         if not complete or self._control or self._dirty:
             self._wake_writer()
-        elif self._acking and self._next_deadline() < self._sleeping_until:
-            self._wake_writer()  # a retransmit is now due before the writer would wake
+        if self._acking:
+            self._arm_retransmit()
 
     def _wake_writer(self) -> None:
         """Wake the writer task, starting it the first time: most connections never need it."""
@@ -233,6 +233,7 @@ class Connection:
             pass
         finally:
             heartbeats.remove(self)
+            self._timer.disarm(self)
             await self._finish(self._writer_scope)
             self._nursery = None  # no writer starts after this
             for subscription in self.subscriptions.values():
@@ -419,11 +420,7 @@ class Connection:
         if result.newly_acked:
             assert subscription.stream is not None
             subscription.stream.progressed()
-            # Wake the writer only when the next retransmit is now due before it would wake
-            # (an ack resets the backoff); otherwise it wakes at its old deadline, finds
-            # nothing due and sleeps again: no task switch per ack.
-            if self._next_deadline() < self._sleeping_until:
-                self._wake_writer()
+            self._arm_retransmit()  # an ack resets the backoff: the next one may be due sooner
 
     def _replay(self, request: protocol.Replay) -> None:
         subscription = self._require(request.channel, request.id)
@@ -468,12 +465,8 @@ class Connection:
             ):
                 return
             if not (self._control or self._dirty or stream.backlog):
-                self._sleeping_until = self._next_deadline()
-                with trio.move_on_at(self._sleeping_until):
-                    await self._wake.wait()
-                self._sleeping_until = -math.inf
+                await self._wake.wait()
                 self._wake = trio.Event()
-                self._retransmit()
                 continue
             self._write_in_flight = True
             try:
@@ -482,6 +475,8 @@ class Connection:
             finally:
                 self._write_in_flight = False
             self._count_sent(frames, delivered)
+            if self._acking:
+                self._arm_retransmit()
 
     def _count_sent(self, frames: int, delivered: int) -> None:
         metrics = self.server.metrics
@@ -541,6 +536,20 @@ class Connection:
             if due is not None and due < deadline:
                 deadline = due
         return deadline
+
+    def _arm_retransmit(self) -> None:
+        deadline = self._next_deadline()
+        if deadline < math.inf:
+            self._timer.arm(self, deadline)
+
+    def deadline_reached(self) -> None:
+        """The server's timer: an ack deadline passed. Re-send from the oldest unacked message."""
+        if self.close_code is not None:
+            return
+        self._retransmit()
+        if self._dirty:
+            self._deliverer.schedule(self)
+        self._arm_retransmit()
 
     def _retransmit(self) -> None:
         if not self._acking:

@@ -28,6 +28,7 @@ from .config import Config
 from .connection import CLOSE_GOING_AWAY, Connection
 from .delivery import Deliverer
 from .heartbeat import Heartbeats
+from .timers import DeadlineTimer
 from .hub import Hub, MemoryHub
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import RequestParser
@@ -53,6 +54,7 @@ class Server:
         self.metrics = Metrics()
         self.deliverer = Deliverer()
         self.heartbeats = Heartbeats(config.heartbeat_interval, config.heartbeat_timeout)
+        self.timer = DeadlineTimer()
         self.request_parser = RequestParser(config.channel_pattern)
         self.server_name = f"wsnursery/{__version__}"
         self.connections: set[Connection] = set()
@@ -84,6 +86,7 @@ class Server:
         async with trio.open_nursery() as connections:
             connections.start_soon(self.deliverer.run)
             connections.start_soon(self.heartbeats.run)
+            connections.start_soon(self.timer.run)
             try:
                 async with trio.open_nursery() as accepting:
                     for listener in listeners:
