@@ -1,0 +1,66 @@
+"""Smoke test of the bench load client: fanout and fanout_acks against our server, tiny sizes.
+
+Runs `python -m wsnursery serve` and `benches/client.py run` as subprocesses (127.0.0.1 only, every
+wait bounded) and checks that every subscriber got every message, in order, with nothing lost, no
+gap and no close, and that fanout_acks really acknowledged. Takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benches.lib.servers import ServerProcess
+
+REPO = Path(__file__).resolve().parent.parent
+SUBS, BATCH, WARMUP, MESSAGES = 20, 20, 40, 100
+
+
+@pytest.fixture
+def our_server():
+    srv = ServerProcess("wsnursery", start_timeout=15.0)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop(timeout=5.0)
+
+
+def test_fanout_and_fanout_acks_deliver_everything_in_order(our_server, tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable, str(REPO / "benches" / "client.py"), "run",
+        "--url", f"ws://127.0.0.1:{our_server.port}", "--server-pid", str(our_server.pid),
+        "--scenario", "fanout,fanout_acks", "--json", str(out),
+        "--workers", "1", "--fanout-subs", str(SUBS), "--fanout-batch", str(BATCH),
+        "--fanout-warmup", str(WARMUP), "--fanout-messages", str(MESSAGES), "--duration-s", "30",
+        "--fanout-read-interval", "0.02", "--timeout-s", "20", "--stall-s", "5",
+    ]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"bench client did not finish in 60 s; output so far:\n{e.stdout}\n{e.stderr}")
+    report = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}\n" \
+             f"server:\n" + "\n".join(list(our_server.tail)[-10:])
+    assert proc.returncode == 0, report
+    results = {r["scenario"]: r for r in json.loads(out.read_text())}
+    assert set(results) == {"fanout", "fanout_acks"}, report
+    expected = (MESSAGES - WARMUP) * SUBS
+    for name, r in results.items():
+        d = r["details"]
+        assert r["error"] is None, (name, r["error"], report)
+        assert d["deliveries_expected"] == expected, (name, d)
+        assert d["deliveries_measured"] == expected, (name, d)
+        assert d["deliveries_total"] == MESSAGES * SUBS, (name, d)
+        assert d["seq_gaps"] == 0, (name, d)
+        assert d["lost_connections"] == 0, (name, d)
+        assert d["messages_published"] == MESSAGES and d["published_acks"] == MESSAGES, (name, d)
+        assert r["value"] > 0, (name, r)
+    acked = results["fanout_acks"]["details"]
+    # at least one ack per subscriber, at most one per delivery
+    assert SUBS <= acked["acks_sent"] <= MESSAGES * SUBS, acked
+    assert "acks_sent" not in results["fanout"]["details"]
