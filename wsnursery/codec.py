@@ -133,13 +133,16 @@ def _refuse_constant(name: str) -> Any:
     raise DecodeError(f"JSON constant {name} is not allowed")
 
 
+_JSON_DECODER: json.JSONDecoder  # built once below (json.loads with options builds one per call)
+
+
 def decode(payload: str | bytes, encoding: Encoding) -> dict[str, Any]:
     """Decode one payload into a frame map, or raise DecodeError with a readable reason."""
     try:
         if encoding is Encoding.JSON:
             if not isinstance(payload, str):
                 payload = payload.decode("utf-8")
-            value = json.loads(payload, parse_constant=_refuse_constant)
+            value = _JSON_DECODER.decode(payload)
         else:
             value = cbor2.loads(payload)
     except DecodeError:
@@ -173,3 +176,6 @@ def bytes_from_json(value: Any) -> Any:
 def _first_line(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]
+
+
+_JSON_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
