@@ -127,18 +127,17 @@ class Connection:
         self.close_reason = ""
         self._parser = server.request_parser
         self._control: collections.deque[bytes] = collections.deque()
-        self._control_space = trio.Event()
+        self._control_space: trio.Event | None = None  # the reader waits on it when replies pile up
         self._dirty: dict[Subscription, None] = {}
         self._acking: set[Subscription] = set()
-        self._wake = trio.Event()
+        # The writer's task and what it waits on exist only once it is needed (most never are).
+        self._wake: trio.Event | None = None
         self._deliverer = server.deliverer
         self._write_in_flight = False  # the writer task has taken frames it has not yet sent
         self._timer = server.timer  # wakes us at the earliest ack-retransmit deadline
         self._nursery: trio.Nursery | None = None
-        self._writer_started = False
-        self._writer_scope = trio.CancelScope()
-        self._close_requested = trio.Event()
-        self._writer_done = trio.Event()
+        self._writer_scope: trio.CancelScope | None = None
+        self._writer_done: trio.Event | None = None
         self._reader_scope = trio.CancelScope()
         self._closing = trio.CancelScope()  # the close handshake; ``abort`` gives up on it
         self._errors = 0
@@ -164,7 +163,7 @@ class Connection:
             or self.ws.closed is not None
             or not self.stream.idle
         ):
-            if self.close_code is None or self._writer_started:
+            if self.close_code is None or self._wake is not None:
                 self._wake_writer()
             return
         data, frames, delivered = self._collect()
@@ -183,10 +182,13 @@ class Connection:
 
     def _wake_writer(self) -> None:
         """Wake the writer task, starting it the first time: most connections never need it."""
-        self._wake.set()
-        if not self._writer_started and self._nursery is not None:
-            self._writer_started = True
+        if self._wake is None:
+            if self._nursery is None:
+                return  # the connection has finished
+            self._wake, self._writer_done = trio.Event(), trio.Event()
+            self._writer_scope = trio.CancelScope()
             self._nursery.start_soon(self._writer, self._writer_scope)
+        self._wake.set()
 
     def slow_consumer(self, subscription: Subscription) -> None:
         if self.close_code is None:
@@ -201,8 +203,7 @@ class Connection:
             return
         self.close_code, self.close_reason = code, reason
         self._reader_scope.cancel()
-        self._close_requested.set()
-        if self._writer_started or self._control or self._dirty or self.stream.backlog:
+        if self._wake is not None or self._control or self._dirty or self.stream.backlog:
             self._wake_writer()
 
     def abort(self) -> None:
@@ -234,15 +235,24 @@ class Connection:
         finally:
             heartbeats.remove(self)
             self._timer.disarm(self)
-            await self._finish(self._writer_scope)
+            await self._finish()
             self._nursery = None  # no writer starts after this
             for subscription in self.subscriptions.values():
                 self.hub.detach(subscription.channel, subscription)
 
-    async def _finish(self, writer_scope: trio.CancelScope) -> None:
+    def _stop_writer(self) -> None:
+        if self._writer_scope is not None:
+            self._writer_scope.cancel()
+
+    async def _wait_control_space(self) -> None:
+        if self._control_space is None:
+            self._control_space = trio.Event()
+        await self._control_space.wait()
+
+    async def _finish(self) -> None:
         with trio.CancelScope(shield=True):
             if self.close_code is None:  # the peer closed, or trio-websocket did (1009, 1002, 1007)
-                writer_scope.cancel()
+                self._stop_writer()
                 closed = self.ws.closed
                 self.close_code = closed.code if closed else 1006
                 self.close_reason = (closed.reason or "") if closed else ""
@@ -251,14 +261,14 @@ class Connection:
                         await self.stream.send_close_frame(self.close_code, self.close_reason)
             else:
                 with self._closing:
-                    if self._writer_started:
+                    if self._writer_done is not None:
                         with trio.move_on_after(self.config.close_timeout):
                             await self._writer_done.wait()
-                    writer_scope.cancel()
+                    self._stop_writer()
                     if not self.stream.writing:
                         with trio.move_on_after(self.config.close_timeout):
                             await self.ws.aclose(self.close_code, self.close_reason[:120])
-                writer_scope.cancel()
+                self._stop_writer()
             self.stream.close_now()
 
     # -- reader -----------------------------------------------------------------------
@@ -286,7 +296,7 @@ class Connection:
             if self.close_code is not None:
                 return
             if len(self._control) >= self.config.max_control_queue:
-                await self._control_space.wait()
+                await self._wait_control_space()
 
     async def _echo_loop(self) -> None:
         """``/echo``: every message back as it came (text stays text, binary stays binary)."""
@@ -301,7 +311,7 @@ class Connection:
                 control.append(data_frame(payload, binary=True))
             self._deliverer.schedule(self)
             if len(control) >= limit:
-                await self._control_space.wait()
+                await self._wait_control_space()
 
     async def _dispatch(self, request: protocol.Request) -> None:
         if isinstance(request, protocol.Publish):
@@ -454,6 +464,7 @@ class Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.request_close(1006, "connection lost")
             finally:
+                assert self._writer_done is not None
                 self._writer_done.set()
 
     async def _write_loop(self) -> None:
@@ -465,6 +476,7 @@ class Connection:
             ):
                 return
             if not (self._control or self._dirty or stream.backlog):
+                assert self._wake is not None
                 await self._wake.wait()
                 self._wake = trio.Event()
                 continue
@@ -495,8 +507,9 @@ class Connection:
             parts.append(part)
             size += len(part)
         if len(control) < self.config.max_control_queue:
-            self._control_space.set()
-            self._control_space = trio.Event()
+            if self._control_space is not None:
+                self._control_space.set()
+                self._control_space = None
         replies = len(parts)
         encoding = self.encoding
         now = trio.current_time()
