@@ -56,8 +56,36 @@ def test_connect_runs_end_to_end(tmp_path: Path) -> None:
     assert result["establishment_rate_conn_s"] > 0
     assert result["heartbeat_pings_received"] > 0
     assert result["churn"]["reconnected"] == 5 and result["churn"]["success_rate"] == 1.0
+    assert result["churn"]["failed"] == 0 and result["churn"]["server_rejections"] == {}
     c = result["connect_time_ms"]
     assert 0 < c["p50"] <= c["p95"] <= c["p99"]
+    assert result["broadcast"]["passed"]  # on by default: 10 messages to every held connection
+
+
+def test_connect_broadcast_reaches_every_held_connection(tmp_path: Path) -> None:
+    out = tmp_path / "broadcast.json"
+    done = harness("connect", "--hold", "20", "--hold-seconds", "0.2", "--broadcast", "10",
+                   "--broadcast-timeout", "8", "--quiet", "--output", str(out), timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "broadcast: got all 10 in order" in done.stdout
+    b = json.loads(out.read_text())["result"]["broadcast"]
+    assert b["passed"] and b["subscribed"] == 20 and b["published"] == 10 and b["publish_acks"] == 10
+    assert b["connections_got_all_in_order"] == 20 and b["deliveries"] == 200
+    assert b["missing_deliveries"] == 0 and b["duplicate_deliveries"] == 0 and b["out_of_order_connections"] == 0
+    d = b["delivery_latency_ms"]
+    assert 0 < d["p50"] <= d["p99"] <= d["max"]
+    assert len(b["fanout_complete_ms"]) == 10 and b["fanout_complete_ms_max"] == pytest.approx(d["max"], abs=0.1)
+
+
+def test_connect_broadcast_failure_is_loud_with_counts(tmp_path: Path) -> None:
+    """A broadcast that cannot finish in its time (10,000 messages in 0.05 s) exits 1 and says how far it got."""
+    out = tmp_path / "broadcast.json"
+    done = harness("connect", "--hold", "5", "--hold-seconds", "0.1", "--broadcast", "10000",
+                   "--broadcast-timeout", "0.05", "--quiet", "--output", str(out), timeout=30)
+    assert done.returncode == 1
+    assert "FAILED broadcast: 0 of 5 held connections got all 10000 messages in order" in done.stdout
+    b = json.loads(out.read_text())["result"]["broadcast"]
+    assert not b["passed"] and b["published"] < 10000
 
 
 def test_stress_runs_end_to_end(tmp_path: Path) -> None:
@@ -83,6 +111,7 @@ def test_stress_runs_end_to_end(tmp_path: Path) -> None:
     ["load", "--url", "ws://10.0.0.1:80/"],
     ["connect", "--hold", "20000"],
     ["connect", "--hold", "-3"],
+    ["connect", "--broadcast", "-1"],
     ["stress", "--max-level", "ludicrous"],
     ["stress", "--max-connections", "50000"],
 ])
@@ -99,3 +128,61 @@ def test_help_lists_every_option(command: str) -> None:
     assert done.returncode == 0
     for flag in ("--output", "--seed", "--url", "--quiet"):
         assert flag in done.stdout
+
+
+def test_connect_storm_retries_what_the_server_refuses_for_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reconnect refused with 503 (or closed before the handshake answer) is retried within the cap."""
+    import asyncio
+    import base64
+    import hashlib
+
+    from hdrh.histogram import HdrHistogram
+
+    from benches.lib import rawws
+    from harness import connect
+    from harness.load import HIST_ARGS
+
+    assert connect._refused(rawws.HandshakeError("HTTP/1.1 503 Service Unavailable")) == "http_503"
+    assert connect._refused(ConnectionError("connection closed")) == "closed_before_handshake"
+    assert connect._refused(rawws.HandshakeError("HTTP/1.1 404 Not Found")) is None
+
+    monkeypatch.setattr(connect, "RETRY_AFTER_S", 0.05)
+
+    async def scenario() -> tuple[list, list[str], dict]:
+        seen = 0
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal seen
+            seen += 1
+            attempt = seen
+            head = await reader.readuntil(b"\r\n\r\n")
+            if attempt <= 2:
+                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n")
+            elif attempt == 3:
+                writer.transport.abort()
+                return
+            else:
+                key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"sec-websocket-key:"))
+                accept = base64.b64encode(hashlib.sha1(key + rawws.GUID).digest())
+                writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            await writer.drain()
+            await reader.read()  # until the client goes
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            got = await connect._open_all("127.0.0.1", port, "/", 3, 3, HdrHistogram(*HIST_ARGS), None, 5.0,
+                                          retry=True)
+        finally:
+            for ws in got[0]:
+                ws.abort()
+            server.close()
+        return got
+
+    conns, errors, stats = asyncio.run(scenario())
+    assert len(conns) == 3 and errors == []
+    assert stats["refusals"] == {"http_503": 2, "closed_before_handshake": 1}
+    assert stats["first_try"] + stats["retried_ok"] == 3 and stats["retried_ok"] >= 1
