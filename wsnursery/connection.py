@@ -157,14 +157,14 @@ class Connection:
         """The deliverer's pass: write what is queued in one non-blocking send, if the socket
         takes it; whatever cannot go now (a send under way, a full socket, more than one
         write's worth, a close in progress) is left to the writer task."""
-        if (
-            self._write_in_flight
-            or self.close_code is not None
-            or self.ws.closed is not None
-            or not self.stream.idle
-        ):
-            if self.close_code is None or self._wake is not None:
-                self._wake_writer()
+        if self.close_code is not None or self.ws.closed is not None:
+            # Closing: a writer flushing before the close (1001, 1008) takes what is new; no
+            # writer starts now, and nothing is written behind a close frame from here.
+            if self._wake is not None:
+                self._wake.set()
+            return
+        if self._write_in_flight or not self.stream.idle:
+            self._wake_writer()  # a send is under way (ours or trio-websocket's): wait for it
             return
         data, frames, delivered = self._collect()
         if not data:
