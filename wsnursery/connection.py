@@ -34,7 +34,7 @@ from . import codec, logs, protocol
 from .codec import Encoding
 from .protocol import Position, ProtocolError
 from .reliability import AckTracker
-from .wsframe import data_frame
+from .wsframe import OPCODE_PING, control_frame, data_frame
 
 if TYPE_CHECKING:
     from .hub import ChannelStream
@@ -57,7 +57,6 @@ CLOSE_SLOW_CONSUMER = 4008
 # going-away client keeps its pending frames, the abusive one gets the error frames that explain.
 _FLUSH_BEFORE_CLOSE = (CLOSE_GOING_AWAY, CLOSE_POLICY)
 _LOCAL_ONLY_CODES = (1002, 1007)  # wsproto found a protocol error; the peer was not told
-PING_HEADER = bytes((0x89, 4))  # an unmasked ping frame with a 4-byte payload
 
 
 class Subscription:
@@ -177,8 +176,6 @@ class Connection:
         self._count_sent(frames, delivered)
         if not complete or self._control or self._dirty:
             self._wake_writer()
-        if self._acking:
-            self._arm_retransmit()
 
     def _wake_writer(self) -> None:
         """Wake the writer task, starting it the first time: most connections never need it."""
@@ -306,10 +303,9 @@ class Connection:
             payload = await self.ws.get_message()
             received.inc()
             if isinstance(payload, str):
-                control.append(data_frame(payload.encode("utf-8"), binary=False))
+                self._queue_frame(data_frame(payload.encode("utf-8"), binary=False))
             else:
-                control.append(data_frame(payload, binary=True))
-            self._deliverer.schedule(self)
+                self._queue_frame(data_frame(payload, binary=True))
             if len(control) >= limit:
                 await self._wait_control_space()
 
@@ -452,7 +448,11 @@ class Connection:
 
     def _enqueue(self, frame: dict[str, Any]) -> None:
         payload = codec.encode(frame, self.encoding)
-        self._control.append(data_frame(payload, binary=self.encoding.is_binary))
+        self._queue_frame(data_frame(payload, binary=self.encoding.is_binary))
+
+    def _queue_frame(self, frame: bytes) -> None:
+        """Queue a reply (or ping) frame for the deliverer's next pass."""
+        self._control.append(frame)
         self._deliverer.schedule(self)
 
     # -- writer -----------------------------------------------------------------------
@@ -487,8 +487,6 @@ class Connection:
             finally:
                 self._write_in_flight = False
             self._count_sent(frames, delivered)
-            if self._acking:
-                self._arm_retransmit()
 
     def _count_sent(self, frames: int, delivered: int) -> None:
         metrics = self.server.metrics
@@ -513,6 +511,7 @@ class Connection:
         replies = len(parts)
         encoding = self.encoding
         now = trio.current_time()
+        acked_sends = False
         for subscription in list(self._dirty):
             if size >= WRITE_BUDGET:
                 break
@@ -536,9 +535,12 @@ class Connection:
                 tracker = subscription.tracker
                 if tracker is not None and subscription.cursor > tracker.sent:
                     tracker.on_sent(subscription.cursor, now)
+                    acked_sends = True
                 stream.progressed()
             if subscription.cursor >= stream.head:
                 del self._dirty[subscription]
+        if acked_sends:
+            self._arm_retransmit()  # the first unacked send starts a deadline
         return b"".join(parts), len(parts), len(parts) - replies
 
     def _next_deadline(self) -> float:
@@ -582,8 +584,7 @@ class Connection:
     def ping(self) -> None:
         if self.close_code is None:
             self._pings_sent = (self._pings_sent + 1) & 0xFFFFFFFF
-            self._control.append(PING_HEADER + self._pings_sent.to_bytes(4, "big"))
-            self._deliverer.schedule(self)
+            self._queue_frame(control_frame(OPCODE_PING, self._pings_sent.to_bytes(4, "big")))
 
     def heard(self) -> int:
         return self.stream.bytes_in

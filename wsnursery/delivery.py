@@ -37,7 +37,6 @@ class Deliverer:
         self._ready: dict[Writable, None] = {}
         self._arrivals = 0
         self._wake = trio.Event()
-        self.passes = 0  # write passes done (for tests and metrics)
 
     def schedule(self, connection: Writable) -> None:
         """``connection`` has frames to write: include it in the next pass."""
@@ -51,7 +50,6 @@ class Deliverer:
             await self._burst_end()
             self._wake = trio.Event()
             ready, self._ready = self._ready, {}
-            self.passes += 1
             for connection in ready:
                 try:
                     connection.write_now()

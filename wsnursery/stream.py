@@ -18,11 +18,12 @@ import struct
 
 import trio
 
+from .wsframe import OPCODE_CLOSE, control_frame
+
 
 def close_frame(code: int, reason: str = "") -> bytes:
     """An unmasked close frame (server to client)."""
-    payload = struct.pack("!H", code) + reason.encode("utf-8")[:123]
-    return bytes((0x88, len(payload))) + payload
+    return control_frame(OPCODE_CLOSE, struct.pack("!H", code) + reason.encode("utf-8")[:123])
 
 
 class ServerStream(trio.abc.Stream):

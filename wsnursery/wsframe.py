@@ -11,6 +11,14 @@ import struct
 
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
+OPCODE_CLOSE = 0x8
+OPCODE_PING = 0x9
+
+
+def control_frame(opcode: int, payload: bytes) -> bytes:
+    """Return one unmasked control frame (close, ping, pong); its payload is at most 125 bytes."""
+    assert len(payload) <= 125, "control frame payloads are at most 125 bytes (RFC 6455 §5.5)"
+    return bytes((0x80 | opcode, len(payload))) + payload
 
 
 def data_frame(payload: bytes, *, binary: bool) -> bytes:
