@@ -1,8 +1,9 @@
-"""One WebSocket connection (pub/sub, or ``/echo``): a nursery holding its reader, writer and heartbeat.
+"""One WebSocket connection (pub/sub, or ``/echo``): its reader, and a nursery for its writer.
 
-The reader task parses requests and acts on them; the writer task writes the frames the
-server's deliverer could not write without blocking (replies and messages, coalesced into
-one write). Each runs in its own cancel scope inside the connection's nursery, so when the
+The reader (the connection's own task) reads frames with the sans-I/O ``frame_reader``,
+answers pings, parses requests and acts on them; every request in one read is handled
+before it reads again. The writer task writes the frames the server's deliverer could not
+write without blocking (replies and messages, coalesced into one write). Each runs in its own cancel scope inside the connection's nursery, so when the
 connection ends, every task it started is gone. Pings come from the server's one heartbeat
 task (see ``heartbeat``), which closes a connection with 4000 when nothing arrives in time.
 
@@ -27,14 +28,13 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import trio
-import trio_websocket
-from wsproto.connection import ConnectionState
 
 from . import codec, logs, protocol
 from .codec import Encoding
+from .frame_reader import NO_STATUS, OPCODE_PONG, Control, FrameError, FrameReader
 from .protocol import Position, ProtocolError
 from .reliability import AckTracker
-from .wsframe import OPCODE_PING, control_frame, data_frame
+from .wsframe import OPCODE_CLOSE, OPCODE_PING, control_frame, data_frame
 
 if TYPE_CHECKING:
     from .hub import ChannelStream
@@ -43,12 +43,14 @@ if TYPE_CHECKING:
 
 log = logs.get("connection")
 
+READ_SIZE = 65536
 WRITE_BUDGET = 256 * 1024
 BATCH_PER_SUBSCRIPTION = 512
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_LOST = 1006  # no close frame: the peer vanished (never sent on the wire)
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
 CLOSE_HEARTBEAT = 4000
@@ -56,7 +58,9 @@ CLOSE_SLOW_CONSUMER = 4008
 # Closes after which the writer still sends what is queued (bounded by close_timeout): the
 # going-away client keeps its pending frames, the abusive one gets the error frames that explain.
 _FLUSH_BEFORE_CLOSE = (CLOSE_GOING_AWAY, CLOSE_POLICY)
-_LOCAL_ONLY_CODES = (1002, 1007)  # wsproto found a protocol error; the peer was not told
+# Closes after which the peer's close frame is not awaited: its bytes broke the protocol
+# (1002, 1007, 1009), or it has sent nothing for a heartbeat timeout.
+_NO_CLOSE_REPLY_EXPECTED = (1002, 1007, 1009, CLOSE_HEARTBEAT)
 
 
 class Subscription:
@@ -106,8 +110,8 @@ class Connection:
     def __init__(
         self,
         server: Server,
-        ws: trio_websocket.WebSocketConnection,
         stream: ServerStream,
+        already_read: bytes,
         encoding: Encoding,
         remote: str,
         *,
@@ -117,13 +121,15 @@ class Connection:
         self.echo = echo
         self.config = server.config
         self.hub = server.hub
-        self.ws = ws
         self.stream = stream
+        self._frames = FrameReader(self.config.max_message_size)
+        self._frames.feed(already_read)  # what the client sent right behind its request head
         self.encoding = encoding
         self.remote = remote
         self.subscriptions: dict[str, Subscription] = {}
         self.close_code: int | None = None
         self.close_reason = ""
+        self._peer_closed = False  # the client's close frame arrived (we answer it, then close)
         self._parser = server.request_parser
         self._control: collections.deque[bytes] = collections.deque()
         self._control_space: trio.Event | None = None  # the reader waits on it when replies pile up
@@ -156,14 +162,14 @@ class Connection:
         """The deliverer's pass: write what is queued in one non-blocking send, if the socket
         takes it; whatever cannot go now (a send under way, a full socket, more than one
         write's worth, a close in progress) is left to the writer task."""
-        if self.close_code is not None or self.ws.closed is not None:
+        if self.close_code is not None:
             # Closing: a writer flushing before the close (1001, 1008) takes what is new; no
             # writer starts now, and nothing is written behind a close frame from here.
             if self._wake is not None:
                 self._wake.set()
             return
         if self._write_in_flight or not self.stream.idle:
-            self._wake_writer()  # a send is under way (ours or trio-websocket's): wait for it
+            self._wake_writer()  # a send is under way (or a backlog waits): the writer goes next
             return
         data, frames, delivered = self._collect()
         if not data:
@@ -227,8 +233,6 @@ class Connection:
         try:
             with self._reader_scope:
                 await (self._echo_loop() if self.echo else self._read_loop())
-        except trio_websocket.ConnectionClosed:
-            pass
         finally:
             heartbeats.remove(self)
             self._timer.disarm(self)
@@ -247,34 +251,77 @@ class Connection:
         await self._control_space.wait()
 
     async def _finish(self) -> None:
-        with trio.CancelScope(shield=True):
-            if self.close_code is None:  # the peer closed, or trio-websocket did (1009, 1002, 1007)
-                self._stop_writer()
-                closed = self.ws.closed
-                self.close_code = closed.code if closed else 1006
-                self.close_reason = (closed.reason or "") if closed else ""
-                if close_frame_unsent(self.ws, self.close_code):
-                    with self._closing, trio.move_on_after(self.config.close_timeout):
-                        await self.stream.send_close_frame(self.close_code, self.close_reason)
-            else:
-                with self._closing:
-                    if self._writer_done is not None:
-                        with trio.move_on_after(self.config.close_timeout):
-                            await self._writer_done.wait()
-                    self._stop_writer()
-                    if not self.stream.writing:
-                        with trio.move_on_after(self.config.close_timeout):
-                            await self.ws.aclose(self.close_code, self.close_reason[:120])
-                self._stop_writer()
-            self.stream.close_now()
+        """The close handshake, bounded by ``close_timeout`` (and cut short by ``abort``).
+
+        The peer closed: answer with its code at once (what is queued is dropped). We close:
+        the writer finishes its write (and flushes the queue, for 1001 and 1008), we send our
+        close frame, then wait for the peer's, except after a protocol error or a heartbeat
+        timeout. The peer vanished (1006): nothing to send.
+        """
+        with trio.CancelScope(shield=True), self._closing:
+            if self.close_code is None:  # the reader was cancelled from outside
+                self.close_code, self.close_reason = CLOSE_LOST, "connection lost"
+            code = self.close_code
+            if code != CLOSE_LOST and not self._peer_closed and self._writer_done is not None:
+                # The writer finishes the write under way (and the queue, for 1001 and 1008).
+                with trio.move_on_after(self.config.close_timeout):
+                    await self._writer_done.wait()
+            self._stop_writer()
+            if code != CLOSE_LOST:
+                with trio.move_on_after(self.config.close_timeout):
+                    try:
+                        await self.stream.send_close_frame(
+                            None if code == NO_STATUS else code, self.close_reason
+                        )
+                        if not self._peer_closed and code not in _NO_CLOSE_REPLY_EXPECTED:
+                            while await self._receive_message() is not None:
+                                pass  # what the peer sent before its close frame is dropped
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+        self.stream.close_now()
 
     # -- reader -----------------------------------------------------------------------
+
+    async def _receive_message(self) -> str | bytes | None:
+        """The next message (text as ``str``, binary as ``bytes``); None once the connection ends.
+
+        Pings are answered here (a pong queued like any reply, so they wait for the reply
+        queue too), pongs only count as traffic for the heartbeat. It ends on the peer's close
+        frame, the end of the stream (1006), or a protocol error (its close code).
+        """
+        frames = self._frames
+        while True:
+            try:
+                event = frames.next_event()
+            except FrameError as exc:
+                self.request_close(exc.code, exc.reason)
+                return None
+            if event is None:
+                try:
+                    data = await self.stream.receive_some(READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    self.request_close(CLOSE_LOST, "connection lost")
+                    return None
+                frames.feed(data)
+                continue
+            if type(event) is not Control:
+                return event
+            if event.opcode == OPCODE_CLOSE:
+                self._peer_closed = True
+                if self.close_code is None:
+                    self.close_code, self.close_reason = event.code, event.reason
+                return None
+            if event.opcode == OPCODE_PING and self.close_code is None:
+                self._queue_frame(control_frame(OPCODE_PONG, event.payload))
+                if len(self._control) >= self.config.max_control_queue:
+                    await self._wait_control_space()
 
     async def _read_loop(self) -> None:
         metrics = self.server.metrics
         expect_text = not self.encoding.is_binary
-        while True:
-            payload = await self.ws.get_message()
+        while (payload := await self._receive_message()) is not None:
             metrics.messages_in.inc()
             if isinstance(payload, str) != expect_text:
                 kind = "text" if expect_text else "binary"
@@ -299,8 +346,7 @@ class Connection:
         """``/echo``: every message back as it came (text stays text, binary stays binary)."""
         received = self.server.metrics.messages_in
         control, limit = self._control, self.config.max_control_queue
-        while True:
-            payload = await self.ws.get_message()
+        while (payload := await self._receive_message()) is not None:
             received.inc()
             if isinstance(payload, str):
                 self._queue_frame(data_frame(payload.encode("utf-8"), binary=False))
@@ -593,19 +639,6 @@ class Connection:
         if self.close_code is None:
             self.server.metrics.heartbeat_timeouts.inc()
         self.request_close(CLOSE_HEARTBEAT, "heartbeat timeout")
-
-
-def close_frame_unsent(ws: trio_websocket.WebSocketConnection, code: int) -> bool:
-    """True when trio-websocket closed with ``code`` after a protocol error without telling the peer.
-
-    wsproto reports a malformed frame (1002) or invalid UTF-8 (1007) as if the peer had closed,
-    and trio-websocket sends no close frame; its reader task may since have moved the state to
-    LOCAL_CLOSING (still sending nothing). A close the peer started ends REMOTE_CLOSING or CLOSED.
-    """
-    return code in _LOCAL_ONLY_CODES and ws._wsproto.state in (
-        ConnectionState.OPEN,
-        ConnectionState.LOCAL_CLOSING,
-    )
 
 
 def _check_since(stream: ChannelStream, since: Position | None, request_id: int | None) -> None:

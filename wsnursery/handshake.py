@@ -1,20 +1,16 @@
 """The opening handshake (RFC 6455 §4.2), done from the request head the server already read.
 
 Sans-I/O. The server parses every request head once (``http``); for a WebSocket upgrade
-this module checks it, builds the ``101 Switching Protocols`` answer, and hands
-trio-websocket a wsproto connection that is already open, so the head is not parsed a
-second time (by h11 inside wsproto) and no handshake state is kept for the connection's
-lifetime. A request that is not a valid upgrade gets 400, or 426 with the version we speak.
+this module checks it and builds the ``101 Switching Protocols`` answer. No handshake
+state outlives it: from then on the connection reads frames with ``frame_reader``. A
+request that is not a valid upgrade gets 400, or 426 with the version we speak. No
+extension is offered back (permessage-deflate is not spoken), so RSV bits stay errors.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Generator
-
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import Event
 
 from .http import HeadError, RequestHead
 
@@ -71,27 +67,3 @@ def switching_protocols(key: str, subprotocol: str | None) -> bytes:
     if subprotocol is not None:
         lines.append(f"Sec-WebSocket-Protocol: {subprotocol}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-class OpenedConnection:
-    """What trio-websocket drives in place of ``wsproto.WSConnection`` once the handshake is
-    done: the same ``client`` / ``state`` / ``send`` / ``receive_data`` / ``events``, served
-    by wsproto's frame-level ``Connection`` (no extensions: permessage-deflate is not offered)."""
-
-    client = False
-
-    def __init__(self) -> None:
-        self.connection = Connection(ConnectionType.SERVER)
-
-    @property
-    def state(self) -> ConnectionState:
-        return self.connection.state
-
-    def send(self, event: Event) -> bytes:
-        return self.connection.send(event)
-
-    def receive_data(self, data: bytes | None) -> None:
-        self.connection.receive_data(data)
-
-    def events(self) -> Generator[Event, None, None]:
-        return self.connection.events()

@@ -19,8 +19,6 @@ import time
 from typing import Any
 
 import trio
-import trio_websocket
-from wsproto.utilities import LocalProtocolError
 
 from . import __version__, handshake, http, logs
 from .codec import Encoding
@@ -37,7 +35,6 @@ from .stream import ServerStream
 log = logs.get("server")
 
 SPARE_SOCKETS = 64
-MESSAGE_QUEUE_SIZE = 4  # messages trio-websocket buffers ahead of the reader
 
 
 class Server:
@@ -223,30 +220,16 @@ class Server:
         self.websockets += 1
         self.metrics.connections_active.inc()
         try:
-            server_stream = ServerStream(stream, after_head)
-            session: Connection | None = None
-            try:
-                async with trio.open_nursery() as nursery:
-                    ws, encoding = await self._accept(nursery, server_stream, head, key)
-                    if ws is None:
-                        nursery.cancel_scope.cancel()
-                        return
-                    self.metrics.connections_opened.labels(endpoint).inc()
-                    log.info(
-                        "open", extra={"fields": {"remote": remote, "endpoint": endpoint, "encoding": encoding.value}}
-                    )
-                    session = Connection(
-                        self, ws, server_stream, encoding, remote, echo=endpoint == "echo"
-                    )
-                    code, reason = await self._serve(session, nursery)
-                    nursery.cancel_scope.cancel()
-            except* LocalProtocolError:
-                # trio-websocket answers a ping that arrives after our close frame with a
-                # pong wsproto refuses (LOCAL_CLOSING): the connection is ending anyway.
-                code = session.close_code or 1006 if session else 1006
-                reason = session.close_reason if session else ""
-            if session is None:
+            encoding = await self._accept(stream, head, key)
+            if encoding is None:
                 return  # the handshake did not finish
+            server_stream = ServerStream(stream, len(after_head))
+            session = Connection(self, server_stream, after_head, encoding, remote, echo=endpoint == "echo")
+            self.metrics.connections_opened.labels(endpoint).inc()
+            log.info("open", extra={"fields": {"remote": remote, "endpoint": endpoint, "encoding": encoding.value}})
+            async with trio.open_nursery() as nursery:
+                code, reason = await self._serve(session, nursery)
+                nursery.cancel_scope.cancel()
             self.metrics.connections_closed.labels(str(code)).inc()
             self.metrics.bytes_in.inc(server_stream.bytes_in)
             self.metrics.bytes_out.inc(server_stream.bytes_out)
@@ -258,27 +241,16 @@ class Server:
             self.websockets -= 1
             self.metrics.connections_active.dec()
 
-    async def _accept(
-        self, nursery: trio.Nursery, stream: ServerStream, head: http.RequestHead, key: str
-    ) -> tuple[trio_websocket.WebSocketConnection | None, Encoding]:
-        """Answer 101 and start trio-websocket on the open connection (see ``handshake``)."""
+    async def _accept(self, stream: trio.SocketStream, head: http.RequestHead, key: str) -> Encoding | None:
+        """Answer 101 with the negotiated subprotocol (see ``handshake``); None if it timed out."""
         encoding, subprotocol = Encoding.JSON, None
         if head.path == "/":
             encoding, subprotocol = Encoding.negotiate(handshake.offered_subprotocols(head))
         with trio.move_on_after(self.config.handshake_timeout):
             await stream.send_all(handshake.switching_protocols(key, subprotocol))
-            ws = trio_websocket.WebSocketConnection(
-                stream,
-                handshake.OpenedConnection(),  # type: ignore[arg-type]
-                path=head.path,
-                message_queue_size=MESSAGE_QUEUE_SIZE,
-                max_message_size=self.config.max_message_size,
-            )
-            # What trio_websocket.wrap_server_stream does after its own handshake.
-            nursery.start_soon(ws._reader_task)
-            return ws, encoding
+            return encoding
         self.metrics.connections_rejected.labels("handshake_timeout").inc()
-        return None, encoding
+        return None
 
     async def _serve(self, session: Connection, *args: Any) -> tuple[int | None, str]:
         self.connections.add(session)

@@ -1,14 +1,9 @@
-"""The TCP stream a WebSocket connection runs on, as handed to trio-websocket.
+"""The TCP stream a WebSocket connection runs on: whole frames out, bytes in, counted.
 
-It replays the HTTP head the server already read, serialises every send (trio-websocket's
-own frames and the connection's pre-encoded frames share one socket, whole frames at a
-time), counts bytes, and keeps the socket open when trio-websocket closes it after a
-protocol error, so the connection can still send the right close code (1002, 1007) before
-it closes the socket for real with ``close_now``.
-
-``send_nowait`` writes without blocking when no send is under way: what the socket does not
-take at once is kept as the backlog (at most the one write it came from), and every later
-send writes the backlog first, so frames never interleave.
+Every send is serialised, so frames never interleave on the socket. ``send_nowait`` writes
+without blocking when no send is under way: what the socket does not take at once is kept
+as the backlog (at most the one write it came from), and every later send writes the
+backlog first. ``close_now`` closes the socket at once, without a checkpoint.
 """
 
 from __future__ import annotations
@@ -21,20 +16,26 @@ import trio
 from .wsframe import OPCODE_CLOSE, control_frame
 
 
-def close_frame(code: int, reason: str = "") -> bytes:
-    """An unmasked close frame (server to client)."""
-    return control_frame(OPCODE_CLOSE, struct.pack("!H", code) + reason.encode("utf-8")[:123])
+def close_frame(code: int | None, reason: str = "") -> bytes:
+    """An unmasked close frame (server to client); no payload when ``code`` is None."""
+    if code is None:
+        return control_frame(OPCODE_CLOSE, b"")
+    return control_frame(OPCODE_CLOSE, struct.pack("!H", code) + _truncate_utf8(reason, 123))
 
 
-class ServerStream(trio.abc.Stream):
-    def __init__(self, stream: trio.SocketStream, already_read: bytes) -> None:
+def _truncate_utf8(text: str, limit: int) -> bytes:
+    """``text`` in UTF-8, cut to at most ``limit`` bytes without splitting a character."""
+    return text.encode("utf-8")[:limit].decode("utf-8", "ignore").encode("utf-8")
+
+
+class ServerStream:
+    def __init__(self, stream: trio.SocketStream, bytes_in: int = 0) -> None:
         self._stream = stream
         self._fd = stream.socket.fileno()
-        self._pending = already_read
         self._send_lock = trio.StrictFIFOLock()
         self._closed = False
         self.backlog: memoryview | None = None  # the unsent end of a send_nowait
-        self.bytes_in = len(already_read)
+        self.bytes_in = bytes_in  # counts what the server read before it made the stream
         self.bytes_out = 0
         self.writing = False  # True while a send_all is under way (a frame may be half sent)
 
@@ -47,14 +48,10 @@ class ServerStream(trio.abc.Stream):
         """No send under way and nothing held back: ``send_nowait`` may write."""
         return self.backlog is None and not self._closed and not self._send_lock.locked()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int) -> bytes:
+        """Some bytes, or ``b""`` at end of stream (raises ``trio.BrokenResourceError`` on a reset)."""
         if self._closed:
             raise trio.ClosedResourceError("stream closed")
-        if self._pending:
-            size = len(self._pending) if max_bytes is None else max_bytes
-            data, self._pending = self._pending[:size], self._pending[size:]
-            await trio.lowlevel.checkpoint()
-            return data
         data = await self._stream.receive_some(max_bytes)
         self.bytes_in += len(data)
         return data
@@ -96,19 +93,11 @@ class ServerStream(trio.abc.Stream):
         self.writing = False
         self.bytes_out += len(data)
 
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        """Called by trio-websocket: stop using the stream; the socket closes in close_now."""
-        self._closed = True
-        await trio.lowlevel.checkpoint()
-
-    async def send_close_frame(self, code: int, reason: str) -> None:
-        """Write a close frame past a closed WebSocket (after a protocol error)."""
-        if self.writing:
-            return  # a frame is half written; the peer sees the TCP close instead
+    async def send_close_frame(self, code: int | None, reason: str = "") -> None:
+        """Write a close frame (without a code when ``code`` is None) after the backlog."""
         async with self._send_lock:
+            if self.writing:
+                return  # a cancelled send left a frame half written: the peer sees the TCP close
             await self._write(close_frame(code, reason))
 
     def close_now(self) -> None:

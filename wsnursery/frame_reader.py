@@ -1,0 +1,182 @@
+"""Client-to-server WebSocket frames in, whole messages and control frames out (RFC 6455 §5).
+
+Sans-I/O, like wsproto's frame protocol, which it replaces on the server's receive path:
+the server feeds it the bytes it reads and pulls events until it needs more. A text
+message comes out as ``str``, a binary message as ``bytes``, a ping, pong or close as a
+``Control``. Unconsumed frames stay buffered, so a reader that stops pulling (a close
+under way) can pull again later and lose nothing.
+
+A violation raises ``FrameError`` with the close code to send, and every later pull
+raises it again:
+- 1002: an unmasked frame, an RSV bit (no extension is negotiated), an unknown opcode, a
+  fragmented or oversized control frame, a continuation with nothing to continue, a new
+  message inside a fragmented one, a close payload of one byte or a close code that may
+  not be sent;
+- 1007: a text message or a close reason that is not UTF-8;
+- 1009: a message longer than ``max_message_size``. This is checked from the frame
+  header, before the payload is buffered, so the buffer never holds more than one
+  message's worth plus one read.
+"""
+
+from __future__ import annotations
+
+from .wsframe import OPCODE_BINARY, OPCODE_CLOSE, OPCODE_PING, OPCODE_TEXT
+
+OPCODE_CONTINUATION = 0x0
+OPCODE_PONG = 0xA
+NO_STATUS = 1005  # a close frame without a code (RFC 6455 §7.1.5); never sent on the wire
+
+_DATA_OPCODES = (OPCODE_TEXT, OPCODE_BINARY)
+_CONTROL_OPCODES = (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG)
+
+
+class FrameError(Exception):
+    """The peer broke the protocol; close the connection with ``code``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class Control:
+    """A ping, pong or close frame. For a close, ``code`` and ``reason`` are filled in."""
+
+    __slots__ = ("opcode", "payload", "code", "reason")
+
+    def __init__(self, opcode: int, payload: bytes, code: int = NO_STATUS, reason: str = "") -> None:
+        self.opcode = opcode
+        self.payload = payload
+        self.code = code
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Control(opcode={self.opcode:#x}, payload={self.payload!r}, code={self.code})"
+
+
+def may_be_sent(code: int) -> bool:
+    """Close codes a peer may send (RFC 6455 §7.4 and the IANA registry)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def unmask(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
+    """XOR ``payload`` with the repeated 4-byte ``mask``, as one big-integer operation."""
+    length = len(payload)
+    if not length:
+        return b""
+    key = int.from_bytes(bytes(mask) * ((length + 3) // 4), "little") & ((1 << (8 * length)) - 1)
+    return (int.from_bytes(payload, "little") ^ key).to_bytes(length, "little")
+
+
+class FrameReader:
+    """Parses what a client sends; see the module docstring for the rules it enforces."""
+
+    def __init__(self, max_message_size: int) -> None:
+        self.max_message_size = max_message_size
+        self._buffer = bytearray()
+        self._fragments: list[bytes] = []  # a fragmented message being put together
+        self._fragment_opcode = 0  # its opcode (text or binary); 0 while none is under way
+        self._fragment_size = 0
+        self._error: FrameError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes fed and not yet consumed."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_event(self) -> str | bytes | Control | None:
+        """The next message or control frame, or None until more bytes are fed."""
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next()
+        except FrameError as exc:
+            self._error = exc
+            raise
+
+    def _next(self) -> str | bytes | Control | None:
+        buffer = self._buffer
+        while True:
+            available = len(buffer)
+            if available < 2:
+                return None
+            first, second = buffer[0], buffer[1]
+            fin, opcode = first & 0x80, first & 0x0F
+            if first & 0x70:
+                raise FrameError(1002, "RSV bits set without a negotiated extension")
+            if not second & 0x80:
+                raise FrameError(1002, "client frames must be masked")
+            length = second & 0x7F
+            header = 6
+            if opcode in _CONTROL_OPCODES:
+                if not fin:
+                    raise FrameError(1002, "fragmented control frame")
+                if length > 125:
+                    raise FrameError(1002, "control frame payload over 125 bytes")
+            elif opcode in _DATA_OPCODES:
+                if self._fragment_opcode:
+                    raise FrameError(1002, "new message before the fragmented one finished")
+            elif opcode == OPCODE_CONTINUATION:
+                if not self._fragment_opcode:
+                    raise FrameError(1002, "continuation frame with no message to continue")
+            else:
+                raise FrameError(1002, f"reserved opcode {opcode:#x}")
+            if length == 126:
+                if available < 4:
+                    return None
+                length = int.from_bytes(buffer[2:4], "big")
+                header = 8
+            elif length == 127:
+                if available < 10:
+                    return None
+                length = int.from_bytes(buffer[2:10], "big")
+                if length >> 63:
+                    raise FrameError(1002, "64-bit payload length with its top bit set")
+                header = 14
+            if opcode not in _CONTROL_OPCODES and self._fragment_size + length > self.max_message_size:
+                raise FrameError(1009, f"message over {self.max_message_size} bytes")
+            end = header + length
+            if available < end:
+                return None
+            payload = unmask(buffer[header:end], buffer[header - 4 : header])
+            del buffer[:end]
+            if opcode in _CONTROL_OPCODES:
+                return _control(opcode, payload)
+            if opcode != OPCODE_CONTINUATION:
+                if fin:
+                    return _message(opcode, payload)
+                self._fragment_opcode = opcode
+            self._fragments.append(payload)
+            self._fragment_size += length
+            if fin:
+                opcode, payload = self._fragment_opcode, b"".join(self._fragments)
+                self._fragments.clear()
+                self._fragment_opcode = self._fragment_size = 0
+                return _message(opcode, payload)
+
+
+def _message(opcode: int, payload: bytes) -> str | bytes:
+    if opcode == OPCODE_BINARY:
+        return payload
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FrameError(1007, "text message is not valid UTF-8") from None
+
+
+def _control(opcode: int, payload: bytes) -> Control:
+    if opcode != OPCODE_CLOSE or not payload:
+        return Control(opcode, payload)
+    if len(payload) == 1:
+        raise FrameError(1002, "close payload of one byte")
+    code = int.from_bytes(payload[:2], "big")
+    if not may_be_sent(code):
+        raise FrameError(1002, f"close code {code} may not be sent")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise FrameError(1007, "close reason is not valid UTF-8") from None
+    return Control(opcode, payload, code, reason)
