@@ -160,4 +160,5 @@ def test_aborts_lose_nothing_under_asyncio():
             backend="asyncio",
         )
     assert sub_stats.aborts >= 5 and pub_stats.aborts >= 5
-    assert sub_stats.reconnects == sub_stats.aborts
+    # As under trio: the last abort may still be reconnecting when the stream completes.
+    assert sub_stats.aborts - 1 <= sub_stats.reconnects <= sub_stats.aborts
