@@ -16,9 +16,10 @@ from .test_server_support import (  # server_errors: a fixture
     raw_request,
     raw_welcome,
     server_errors,  # noqa: F401
+    text_frame,
     wait_until,
 )
-from .wsclient import RawClient, connect
+from .wsclient import RawClient, connect, masked_frame
 
 PAD = "x" * 16_384
 MAX_PUBLISHES = 5_000  # far more than the socket buffers of this machine hold
@@ -182,3 +183,29 @@ async def test_a_reader_that_pauses_gets_every_frame_whole_and_in_order(start_se
         assert pings >= 1
     finally:
         await paused.aclose()
+
+
+async def test_publishes_pipelined_in_one_read_do_not_make_a_reading_subscriber_slow(start_server):
+    """Hundreds of publishes arrive in one read; a subscriber that reads is never 4008.
+
+    The reader handles every request of a read before it reads again; the deliverer must
+    still get a pass between publishes, so a subscriber's lag stays far below its limit.
+    """
+    running = await start_server(outbound_queue_size=16, history_size=1024)
+    count = 600
+    async with connect(running.url) as sub:
+        await sub.subscribe(CHANNEL)
+        publisher = await RawClient.connect(running.port)
+        try:
+            await raw_welcome(publisher)
+            burst = b"".join(
+                masked_frame(0x1, text_frame({"type": "publish", "id": i, "channel": CHANNEL, "data": i}))
+                for i in range(count)
+            )
+            await publisher.stream.send_all(burst)  # about 40 KB: one read on the server
+            with trio.fail_after(30):
+                got = [m["data"] for m in await sub.messages(count)]
+        finally:
+            await publisher.aclose()
+    assert got == list(range(count))
+    assert metric(running.server, "wsnursery_slow_consumer_closes_total") == 0

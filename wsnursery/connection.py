@@ -13,9 +13,10 @@ deliverer (see ``delivery``), whose next pass writes the frames the hub encoded 
 the connection's replies, with one non-blocking send. Only when the socket would block
 does the connection's writer task take over, and it waits for the socket. Bounds and what
 happens at each:
-- a subscriber lagging ``outbound_queue_size`` messages (``max_unacked`` with acks) is slow:
-  closed with 4008 (policy ``close``; history it is still replaying after a ``since`` does
-  not count, only messages published since then) or its publishers wait (policy ``block``);
+- a subscriber lagging ``outbound_queue_size`` messages (``max_unacked`` with acks) while
+  its socket is backed up, or holding ``max_unacked`` sent and unacked ones, is slow: closed
+  with 4008 (policy ``close``; history it is still replaying after a ``since`` does not
+  count, only messages published since then) or its publishers wait (policy ``block``);
 - replies queued past ``max_control_queue``: the reader stops reading until they are sent;
 - one write carries at most ``WRITE_BUDGET`` bytes (or one frame, if larger);
 - ``max_subscriptions`` per connection, ``max_errors`` error frames before a 1008 close.
@@ -86,6 +87,11 @@ class Subscription:
         return self.stream.head - behind
 
     @property
+    def unacked(self) -> int:
+        """Messages written to the client and not acknowledged (0 without acks)."""
+        return 0 if self.tracker is None else max(0, self.cursor - self.tracker.acked)
+
+    @property
     def overdue(self) -> int:
         """The lag that makes a slow consumer: messages published since the cursor was placed.
 
@@ -151,7 +157,14 @@ class Connection:
     # -- what other tasks call -------------------------------------------------------
 
     def subscription_notified(self, subscription: Subscription) -> None:
-        if subscription.overdue > subscription.limit:
+        # Over the limit is slow when the client holds it up: its socket is backed up (a
+        # backlog, or the writer waiting on it), or it has not acked what it was sent. Messages
+        # merely not written yet are not its fault: the deliverer's next pass writes them.
+        # (Publishes pipelined in one read all arrive before that pass; the lag they add is
+        # bounded by the read size, and the channel's history bounds any lag.)
+        if subscription.overdue > subscription.limit and (
+            not self.stream.idle or subscription.unacked >= subscription.limit
+        ):
             self.slow_consumer(subscription)
             return
         if subscription not in self._dirty:
