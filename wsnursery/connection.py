@@ -150,7 +150,7 @@ class Connection:
         self._writer_scope: trio.CancelScope | None = None
         self._writer_done: trio.Event | None = None
         self._reader_scope = trio.CancelScope()
-        self._closing = trio.CancelScope()  # the close handshake; ``abort`` gives up on it
+        self._closing = trio.CancelScope(shield=True)  # the close handshake; ``abort`` gives up on it
         self._errors = 0
         self._pings_sent = 0
 
@@ -264,33 +264,30 @@ class Connection:
         await self._control_space.wait()
 
     async def _finish(self) -> None:
-        """The close handshake, bounded by ``close_timeout`` (and cut short by ``abort``).
+        """The close handshake, within ``close_timeout`` in all (and cut short by ``abort``).
 
         The peer closed: answer with its code at once (what is queued is dropped). We close:
         the writer finishes its write (and flushes the queue, for 1001 and 1008), we send our
         close frame, then wait for the peer's, except after a protocol error or a heartbeat
         timeout. The peer vanished (1006): nothing to send.
         """
-        with trio.CancelScope(shield=True), self._closing:
+        closing = self._closing
+        closing.deadline = trio.current_time() + self.config.close_timeout
+        with closing:  # shielded: the close handshake runs even when the server is stopping
             if self.close_code is None:  # the reader was cancelled from outside
                 self.close_code, self.close_reason = CLOSE_LOST, "connection lost"
             code = self.close_code
             if code != CLOSE_LOST and not self._peer_closed and self._writer_done is not None:
-                # The writer finishes the write under way (and the queue, for 1001 and 1008).
-                with trio.move_on_after(self.config.close_timeout):
-                    await self._writer_done.wait()
+                await self._writer_done.wait()  # its write under way (and, for 1001 and 1008, the queue)
             self._stop_writer()
             if code != CLOSE_LOST:
-                with trio.move_on_after(self.config.close_timeout):
-                    try:
-                        await self.stream.send_close_frame(
-                            None if code == NO_STATUS else code, self.close_reason
-                        )
-                        if not self._peer_closed and code not in _NO_CLOSE_REPLY_EXPECTED:
-                            while await self._receive_message() is not None:
-                                pass  # what the peer sent before its close frame is dropped
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
+                try:
+                    await self.stream.send_close_frame(None if code == NO_STATUS else code, self.close_reason)
+                    if not self._peer_closed and code not in _NO_CLOSE_REPLY_EXPECTED:
+                        while await self._receive_message() is not None:
+                            pass  # what the peer sent before its close frame is dropped
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
         self.stream.close_now()
 
     # -- reader -----------------------------------------------------------------------
