@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import trio
 import trio_websocket
@@ -125,8 +127,23 @@ async def test_half_a_head_gets_408_after_handshake_timeout(start_server):
     elapsed = trio.current_time() - started
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     assert 0.25 <= elapsed < 3, elapsed
+    assert metric(running.server, "wsnursery_connections_rejected_total", reason="handshake_timeout") == 1
     async with connect(running.url) as client:  # others are still served
         assert client.welcome["type"] == "welcome"
+
+
+async def test_http_answer_to_a_client_that_never_reads_is_bounded_by_handshake_timeout(start_server):
+    """/metrics is bigger than a small receive buffer: the answer's send waits, within the bound."""
+    running = await start_server(handshake_timeout=0.5)
+    for n in range(2000):  # an exposition of several hundred KB: one close-code series each
+        running.server.metrics.connections_closed.labels(str(3000 + n)).inc()
+    assert len(running.server.metrics.exposition()) > 200_000
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    await sock.connect(("127.0.0.1", running.port))
+    async with trio.SocketStream(sock) as stream:
+        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await wait_until(lambda: running.server.sockets == 0, timeout=5, what="the socket to be dropped")
 
 
 async def test_head_sent_in_pieces_within_the_timeout_is_accepted(start_server):

@@ -2,8 +2,9 @@
 
 Every TCP connection is handled in its own task of the server's connection nursery, and
 every WebSocket connection in a nursery of its own (see ``connection``). Bounds:
-- the handshake (HTTP head and upgrade) must finish within ``handshake_timeout``, else the
-  socket is closed (408 when a head was started);
+- the request head, and any plain HTTP answer (``/metrics`` can be large), must be done
+  within ``handshake_timeout``, else the socket is closed (408 when a head was started);
+  the ``101`` answer goes into a send buffer nothing was written to, so it cannot block;
 - WebSocket connections past ``max_connections`` get HTTP 503 with ``Retry-After``;
 - raw sockets past ``max_connections + SPARE_SOCKETS`` are closed at once, so health checks
   still get through at the limit while file descriptors stay bounded.
@@ -155,7 +156,7 @@ class Server:
     async def _route(self, stream: trio.SocketStream) -> None:
         buffer = bytearray()
         head = None
-        with trio.move_on_after(self.config.handshake_timeout):
+        with trio.move_on_after(self.config.handshake_timeout):  # the head, and any HTTP answer
             try:
                 while (end := http.find_head_end(buffer)) < 0:
                     data = await stream.receive_some(4096)
@@ -166,20 +167,25 @@ class Server:
             except http.HeadError as exc:
                 await stream.send_all(http.response(exc.status, f"{exc}\n".encode()))
                 return
-        if head is None:
+            if not head.is_websocket:
+                await stream.send_all(self._http_response(head))
+                return
+        if head is None:  # the timeout came first
+            self.metrics.connections_rejected.labels("handshake_timeout").inc()
             if buffer:
                 await _send_quietly(stream, http.response(408, b"handshake timeout\n"))
             return
         if head.is_websocket:
             await self._websocket(stream, head, bytes(buffer[end:]))
-        elif head.method != "GET":
-            await stream.send_all(http.response(405, b"method not allowed\n", extra_headers=[("Allow", "GET")]))
-        elif head.path == "/healthz":
-            await stream.send_all(self._health())
-        elif head.path == "/metrics":
-            await stream.send_all(http.response(200, self.metrics.exposition(), CONTENT_TYPE))
-        else:
-            await stream.send_all(http.response(404, b"not found\n"))
+
+    def _http_response(self, head: http.RequestHead) -> bytes:
+        if head.method != "GET":
+            return http.response(405, b"method not allowed\n", extra_headers=[("Allow", "GET")])
+        if head.path == "/healthz":
+            return self._health()
+        if head.path == "/metrics":
+            return http.response(200, self.metrics.exposition(), CONTENT_TYPE)
+        return http.response(404, b"not found\n")
 
     def _health(self) -> bytes:
         body = {
@@ -221,8 +227,6 @@ class Server:
         self.metrics.connections_active.inc()
         try:
             encoding = await self._accept(stream, head, key)
-            if encoding is None:
-                return  # the handshake did not finish
             server_stream = ServerStream(stream, len(after_head))
             session = Connection(self, server_stream, after_head, encoding, remote, echo=endpoint == "echo")
             self.metrics.connections_opened.labels(endpoint).inc()
@@ -241,16 +245,17 @@ class Server:
             self.websockets -= 1
             self.metrics.connections_active.dec()
 
-    async def _accept(self, stream: trio.SocketStream, head: http.RequestHead, key: str) -> Encoding | None:
-        """Answer 101 with the negotiated subprotocol (see ``handshake``); None if it timed out."""
+    async def _accept(self, stream: trio.SocketStream, head: http.RequestHead, key: str) -> Encoding:
+        """Answer 101 with the negotiated subprotocol (see ``handshake``).
+
+        No timeout: nothing was written to this socket before, so its send buffer (at least
+        4 KiB on Linux) takes the few hundred bytes of the answer without blocking.
+        """
         encoding, subprotocol = Encoding.JSON, None
         if head.path == "/":
             encoding, subprotocol = Encoding.negotiate(handshake.offered_subprotocols(head))
-        with trio.move_on_after(self.config.handshake_timeout):
-            await stream.send_all(handshake.switching_protocols(key, subprotocol))
-            return encoding
-        self.metrics.connections_rejected.labels("handshake_timeout").inc()
-        return None
+        await stream.send_all(handshake.switching_protocols(key, subprotocol))
+        return encoding
 
     async def _serve(self, session: Connection, *args: Any) -> tuple[int | None, str]:
         self.connections.add(session)
