@@ -162,8 +162,13 @@ class Connection:
         # merely not written yet are not its fault: the deliverer's next pass writes them.
         # (Publishes pipelined in one read all arrive before that pass; the lag they add is
         # bounded by the read size, and the channel's history bounds any lag.)
-        if subscription.overdue > subscription.limit and (
-            not self.stream.idle or subscription.unacked >= subscription.limit
+        # Called for every subscriber on every publish: the cheap bound first (overdue <= lag).
+        tracker, limit = subscription.tracker, subscription.limit
+        behind = subscription.cursor if tracker is None else min(subscription.cursor, tracker.acked)
+        if (
+            subscription.stream.head - behind > limit  # type: ignore[union-attr]
+            and subscription.overdue > limit
+            and (not self.stream.idle or subscription.unacked >= limit)
         ):
             self.slow_consumer(subscription)
             return
