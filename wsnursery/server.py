@@ -31,7 +31,7 @@ from .timers import DeadlineTimer
 from .hub import Hub, MemoryHub
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import RequestParser
-from .stream import ServerStream
+from .stream import ServerStream, send_at_once
 
 log = logs.get("server")
 
@@ -254,7 +254,7 @@ class Server:
         encoding, subprotocol = Encoding.JSON, None
         if head.path == "/":
             encoding, subprotocol = Encoding.negotiate(handshake.offered_subprotocols(head))
-        await stream.send_all(handshake.switching_protocols(key, subprotocol))
+        await send_at_once(stream, handshake.switching_protocols(key, subprotocol))
         return encoding
 
     async def _serve(self, session: Connection, *args: Any) -> tuple[int | None, str]:

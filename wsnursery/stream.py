@@ -46,7 +46,7 @@ class ServerStream:
     @property
     def idle(self) -> bool:
         """No send under way and nothing held back: ``send_nowait`` may write."""
-        return self.backlog is None and not self._closed and not self._send_lock.locked()
+        return self.backlog is None and not self._closed and not self._send_lock.locked() and not self.writing
 
     async def receive_some(self, max_bytes: int) -> bytes:
         """Some bytes, or ``b""`` at end of stream (raises ``trio.BrokenResourceError`` on a reset)."""
@@ -94,13 +94,34 @@ class ServerStream:
         self.bytes_out += len(data)
 
     async def send_close_frame(self, code: int | None, reason: str = "") -> None:
-        """Write a close frame (without a code when ``code`` is None) after the backlog."""
+        """Write a close frame (without a code when ``code`` is None) after the backlog.
+
+        When the socket takes it at once, no trip through the scheduler (one per connection).
+        """
+        frame = close_frame(code, reason)
+        if self.idle:
+            if self.send_nowait(frame):
+                return
+            frame = b""  # the rest of it is the backlog, which _write sends first
         async with self._send_lock:
             if self.writing:
                 return  # a cancelled send left a frame half written: the peer sees the TCP close
-            await self._write(close_frame(code, reason))
+            await self._write(frame)
 
     def close_now(self) -> None:
         """Close the socket at once (trio's socket close also wakes any task waiting on it)."""
         self._closed = True
         self._stream.socket.close()
+
+
+async def send_at_once(stream: trio.SocketStream, data: bytes) -> None:
+    """``stream.send_all(data)``, without a trip through the scheduler when the socket takes
+    all of it at once (a handshake answer on a new connection always fits)."""
+    try:
+        sent = os.write(stream.socket.fileno(), data)
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:
+        raise trio.BrokenResourceError(str(exc)) from exc
+    if sent < len(data):
+        await stream.send_all(memoryview(data)[sent:])
