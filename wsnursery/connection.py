@@ -3,8 +3,9 @@
 The reader (the connection's own task) reads frames with the sans-I/O ``frame_reader``,
 answers pings, parses requests and acts on them; every request in one read is handled
 before it reads again. The writer task writes the frames the server's deliverer could not
-write without blocking (replies and messages, coalesced into one write). Each runs in its own cancel scope inside the connection's nursery, so when the
-connection ends, every task it started is gone. Pings come from the server's one heartbeat
+write without blocking (replies and messages, coalesced into one write). Each runs in its
+own cancel scope, and the writer in the connection's nursery, so when the connection ends,
+every task it started is gone. Pings come from the server's one heartbeat
 task (see ``heartbeat``), which closes a connection with 4000 when nothing arrives in time.
 
 Every subscription is a cursor into its channel's shared history (see ``hub``): a publish
