@@ -209,3 +209,28 @@ async def test_publishes_pipelined_in_one_read_do_not_make_a_reading_subscriber_
             await publisher.aclose()
     assert got == list(range(count))
     assert metric(running.server, "wsnursery_slow_consumer_closes_total") == 0
+
+
+async def test_ping_flood_from_a_client_that_does_not_read_stays_bounded(start_server):
+    """Pongs queue like replies: at ``max_control_queue`` the server stops reading, and once
+    the client reads, every ping has its pong, in order."""
+    running = await start_server(max_control_queue=8)
+    raw = await RawClient.connect(running.port, "/echo", rcvbuf=4096)
+    count = 100_000
+    burst = b"".join(masked_frame(0x9, b"%08d" % i) for i in range(count))  # 1.4 MB
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(raw.stream.send_all, burst)  # waits while the server does not read
+            [connection] = running.server.connections
+            await wait_until(lambda: len(connection._control) >= 8, timeout=30, what="the pong queue to fill")
+            assert len(connection._control) == 8  # and not one more: the reader waits
+            pongs: list[bytes] = []
+            with trio.fail_after(60):
+                while len(pongs) < count:
+                    frame = await raw.read_frame()
+                    assert frame is not None, f"connection ended after {len(pongs)} pongs"
+                    if frame[0] == 0xA:
+                        pongs.append(frame[1])
+    finally:
+        await raw.aclose()
+    assert pongs == [b"%08d" % i for i in range(count)]
