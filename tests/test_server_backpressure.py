@@ -234,3 +234,49 @@ async def test_ping_flood_from_a_client_that_does_not_read_stays_bounded(start_s
     finally:
         await raw.aclose()
     assert pongs == [b"%08d" % i for i in range(count)]
+
+
+async def test_client_close_while_the_writer_is_mid_frame_is_answered_after_that_frame(start_server):
+    """The writer's send under way finishes before the close answer (never half a frame then EOF)."""
+    running = await start_server(close_timeout=5.0)
+    raw = await RawClient.connect(running.port, "/echo", rcvbuf=4096)
+    big = b"x" * 100_000
+    try:
+        for _ in range(30):  # far more than the socket buffers hold: the writer is mid-send
+            await raw.send_frame(0x2, big)
+        await wait_until(lambda: any(c._writer_done is not None for c in running.server.connections),
+                         what="the writer to take over")
+        await raw.send_frame(0x8, (1000).to_bytes(2, "big") + b"bye")
+        frames = []
+        with trio.fail_after(30):
+            while (frame := await raw.read_frame()) is not None:
+                frames.append(frame)
+                if frame[0] == 0x8:
+                    break
+    finally:
+        await raw.aclose()
+    assert frames, "nothing came back"
+    assert frames[-1] == (0x8, (1000).to_bytes(2, "big") + b"bye"), frames[-1][:2]
+    assert all(frame == (0x2, big) for frame in frames[:-1])
+
+
+async def test_oversize_message_still_being_sent_gets_the_1009_close_frame(start_server):
+    """The server drains what the client still sends after a 1009 instead of closing a socket
+    with unread input (which resets the connection and can destroy the close frame)."""
+    running = await start_server(max_message_size=4096, close_timeout=5.0)
+    raw = await RawClient.connect(running.port, "/echo")
+    sent = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def send_big() -> None:  # the whole of it: the server reads and drops it
+                await raw.send_frame(0x2, b"y" * 4_000_000)
+                sent.set()
+
+            nursery.start_soon(send_big)
+            assert await raw.read_close_code() == 1009
+            with trio.fail_after(10):
+                await sent.wait()
+            assert await raw.read_frame() is None  # then the server ends the TCP connection
+    finally:
+        await raw.aclose()

@@ -60,9 +60,8 @@ CLOSE_SLOW_CONSUMER = 4008
 # Closes after which the writer still sends what is queued (bounded by close_timeout): the
 # going-away client keeps its pending frames, the abusive one gets the error frames that explain.
 _FLUSH_BEFORE_CLOSE = (CLOSE_GOING_AWAY, CLOSE_POLICY)
-# Closes after which the peer's close frame is not awaited: its bytes broke the protocol
-# (1002, 1007, 1009), or it has sent nothing for a heartbeat timeout.
-_NO_CLOSE_REPLY_EXPECTED = (1002, 1007, 1009, CLOSE_HEARTBEAT)
+# Closes for bytes that broke the protocol: no close frame is parsed after them.
+_PROTOCOL_ERRORS = (1002, 1007, 1009)
 
 
 class Subscription:
@@ -158,6 +157,8 @@ class Connection:
     # -- what other tasks call -------------------------------------------------------
 
     def subscription_notified(self, subscription: Subscription) -> None:
+        if self.close_code is not None:
+            return  # closing: a flush (1001, 1008) takes what was queued, nothing published after
         # Over the limit is slow when the client holds it up: its socket is backed up (a
         # backlog, or the writer waiting on it), or it has not acked what it was sent. Messages
         # merely not written yet are not its fault: the deliverer's next pass writes them.
@@ -272,10 +273,13 @@ class Connection:
     async def _finish(self) -> None:
         """The close handshake, within ``close_timeout`` in all (and cut short by ``abort``).
 
-        The peer closed: answer with its code at once (what is queued is dropped). We close:
-        the writer finishes its write (and flushes the queue, for 1001 and 1008), we send our
-        close frame, then wait for the peer's, except after a protocol error or a heartbeat
-        timeout. The peer vanished (1006): nothing to send.
+        First the writer finishes the write under way (for our 1001 and 1008, the whole
+        queue), so a close frame never follows half a frame. The peer closed: answer with
+        its code (what is still queued is dropped). We close: send our close frame, then
+        wait for the peer's; after a protocol error (1002, 1007, 1009), stop sending and drop
+        what the peer still sends until it closes, since closing a socket with unread input
+        resets the connection, which can destroy the close frame on its way; after a
+        heartbeat timeout, wait for nothing. The peer vanished (1006): nothing to send.
         """
         closing = self._closing
         closing.deadline = trio.current_time() + self.config.close_timeout
@@ -283,13 +287,15 @@ class Connection:
             if self.close_code is None:  # the reader was cancelled from outside
                 self.close_code, self.close_reason = CLOSE_LOST, "connection lost"
             code = self.close_code
-            if code != CLOSE_LOST and not self._peer_closed and self._writer_done is not None:
-                await self._writer_done.wait()  # its write under way (and, for 1001 and 1008, the queue)
+            if code != CLOSE_LOST and self._writer_done is not None:
+                await self._writer_done.wait()
             self._stop_writer()
             if code != CLOSE_LOST:
                 try:
                     await self.stream.send_close_frame(None if code == NO_STATUS else code, self.close_reason)
-                    if not self._peer_closed and code not in _NO_CLOSE_REPLY_EXPECTED:
+                    if code in _PROTOCOL_ERRORS:
+                        await self.stream.drain()
+                    elif not self._peer_closed and code != CLOSE_HEARTBEAT:
                         while await self._receive_message() is not None:
                             pass  # what the peer sent before its close frame is dropped
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -328,6 +334,8 @@ class Connection:
                 self._peer_closed = True
                 if self.close_code is None:
                     self.close_code, self.close_reason = event.code, event.reason
+                if self._wake is not None:
+                    self._wake.set()  # the writer finishes the write under way, then stops
                 return None
             if event.opcode == OPCODE_PING and self.close_code is None:
                 self._queue_frame(control_frame(OPCODE_PONG, event.payload))
@@ -534,6 +542,7 @@ class Connection:
         while True:
             if self.close_code is not None and (
                 self.close_code not in _FLUSH_BEFORE_CLOSE
+                or self._peer_closed
                 or not (self._control or self._dirty or stream.backlog)
             ):
                 return
@@ -615,6 +624,8 @@ class Connection:
         return deadline
 
     def _arm_retransmit(self) -> None:
+        if self.close_code is not None:
+            return  # the connection is ending (its timer was disarmed, or is about to be)
         deadline = self._next_deadline()
         if deadline < math.inf:
             self._timer.arm(self, deadline)

@@ -90,7 +90,7 @@ class FrameReader:
     def next_event(self) -> str | bytes | Control | None:
         """The next message or control frame, or None until more bytes are fed."""
         if self._error is not None:
-            raise self._error
+            raise self._error.with_traceback(None)  # the same error, without a growing traceback
         try:
             return self._next()
         except FrameError as exc:

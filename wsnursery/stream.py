@@ -9,6 +9,7 @@ backlog first. ``close_now`` closes the socket at once, without a checkpoint.
 from __future__ import annotations
 
 import os
+import socket
 import struct
 
 import trio
@@ -107,6 +108,16 @@ class ServerStream:
             if self.writing:
                 return  # a cancelled send left a frame half written: the peer sees the TCP close
             await self._write(frame)
+
+    async def drain(self) -> None:
+        """Stop sending (FIN after what was written) and drop what arrives until the peer
+        closes too. The caller bounds it with a deadline."""
+        try:
+            self._stream.socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        while await self.receive_some(65536):
+            pass
 
     def close_now(self) -> None:
         """Close the socket at once (trio's socket close also wakes any task waiting on it)."""
