@@ -162,7 +162,8 @@ def markdown(info: dict, settings: dict, summary: dict, runs: list[dict], skippe
     L = [f"# wsnursery side-by-side benches — {settings['started']}", ""]
     L += [f"- {line}" for line in machine.header_lines(info)]
     L += [f"- Mode: {'--quick' if settings['quick'] else 'full'}; rounds: {settings['rounds']}; client worker "
-          f"processes: {params.workers}; servers rotated every round; fresh server process per run",
+          f"processes: {params.workers}; servers rotated every round; fresh server process per run, "
+          f"its output written to a file at its default log level",
           f"- Reference for ratios: `{REFERENCE}` (ratio = server median / reference median)",
           f"- Command: `{settings['command']}`", f"- Wall time: {settings['wall_s']:.0f} s"]
     if settings.get("interrupted"):

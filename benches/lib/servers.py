@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import collections
 import os
 import re
 import resource
 import signal
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,8 +58,17 @@ class ServerError(RuntimeError):
 
 
 class ServerProcess:
-    """A server under test. Output of both pipes is drained continuously (a server that logs
-    a lot must never block on a full pipe) and the last lines are kept for error messages."""
+    """A server under test, its stdout and stderr written to one temporary file.
+
+    A file, not a pipe: a pipe needs a reader in the bench process, and that reader woke once
+    per server log line (about 4 context switches per connection against wsnursery, which logs
+    a line per open and per close, and none against the peers, which log nothing). That was the
+    bench's cost, charged to the 2 cores the server shares with the client. A file is also what
+    a deployed server writes to. The file is read only to find the port and, on an error, for
+    the last lines (`tail`); it is removed when the server stops."""
+
+    TAIL_LINES = 40
+    TAIL_BYTES = 16_384
 
     def __init__(self, name: str, argv: list[str] | None = None, start_timeout: float = 20.0):
         self.name = name
@@ -68,43 +76,61 @@ class ServerProcess:
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
-        self.tail: collections.deque[str] = collections.deque(maxlen=40)
-        self._port_found = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._output = None  # the temporary file the server writes to
+        self._last_tail: list[str] = []
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def _drain(self, stream, label: str) -> None:
-        for raw in iter(stream.readline, b""):
+    @property
+    def tail(self) -> list[str]:
+        """The last lines the server wrote (the last read before its file was removed)."""
+        if self._output is None:
+            return self._last_tail
+        size = os.fstat(self._output.fileno()).st_size
+        start = max(0, size - self.TAIL_BYTES)
+        data = os.pread(self._output.fileno(), size - start, start)
+        lines = data.decode("utf-8", "replace").splitlines()
+        if start:
+            lines = lines[1:]  # the first line is cut
+        return lines[-self.TAIL_LINES:]
+
+    def _find_port(self, seen: int) -> int:
+        """Look for the port in output written since offset `seen`; return the new offset."""
+        fd = self._output.fileno()
+        data = os.pread(fd, os.fstat(fd).st_size - seen, seen)
+        end = data.rfind(b"\n")
+        if end < 0:
+            return seen
+        for raw in data[:end].splitlines():
             line = raw.decode("utf-8", "replace").rstrip()
-            self.tail.append(f"[{label}] {line}")
-            if self.port is None:
-                m = _READY.match(line) or _LISTENING.search(line)
-                if m:
-                    self.port = int(m.group(1))
-                    self._port_found.set()
-        stream.close()
+            m = _READY.match(line) or _LISTENING.search(line)
+            if m:
+                self.port = int(m.group(1))
+                break
+        return seen + end + 1
 
     def start(self) -> "ServerProcess":
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._output = tempfile.TemporaryFile(prefix=f"{self.name}-", suffix=".log")
         self.proc = subprocess.Popen(
-            self.argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, preexec_fn=_child_setup, start_new_session=True,
+            self.argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=self._output,
+            stderr=self._output, preexec_fn=_child_setup, start_new_session=True,
         )
-        for stream, label in ((self.proc.stdout, "out"), (self.proc.stderr, "err")):
-            t = threading.Thread(target=self._drain, args=(stream, label), daemon=True)
-            t.start()
-            self._threads.append(t)
         deadline = time.monotonic() + self.start_timeout
-        while not self._port_found.wait(0.05):
+        seen = 0
+        while True:
+            seen = self._find_port(seen)
+            if self.port is not None:
+                return self
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 why = (f"exited with {self.proc.returncode}" if self.proc.poll() is not None
                        else f"printed no READY/listening line within {self.start_timeout:.0f}s")
+                tail = self.tail
                 self.stop()
-                raise ServerError(f"{self.name} {why}; last output:\n  " + "\n  ".join(list(self.tail)[-12:]))
-        return self
+                raise ServerError(f"{self.name} {why}; last output:\n  " + "\n  ".join(tail[-12:]))
+            time.sleep(0.02)  # a startup poll with a deadline, not a synchronisation
 
     def stop(self, timeout: float = 8.0) -> int | None:
         """SIGINT, then SIGTERM, then SIGKILL; returns the exit code."""
@@ -122,8 +148,10 @@ class ServerProcess:
                 p.wait(wait)
             except subprocess.TimeoutExpired:
                 continue
-        for t in self._threads:
-            t.join(2.0)
+        if self._output is not None:
+            self._last_tail = self.tail
+            self._output.close()
+            self._output = None
         return p.poll()
 
     def __enter__(self) -> "ServerProcess":
