@@ -510,7 +510,7 @@ class Connection:
         return subscription
 
     async def _error(self, error: ProtocolError) -> None:
-        self.server.metrics.errors.labels(error.code).inc()
+        self.server.metrics.count(self.server.metrics.errors, error.code)
         self._enqueue(protocol.error_frame(error.code, error.reason, error.request_id))
         self._errors += 1
         if self._errors >= self.config.max_errors:

@@ -64,6 +64,7 @@ class Server:
         self._stop = trio.Event()
         self._started = time.monotonic()
         self.metrics.track_queue_depth(lambda: sum(c.queued for c in self.connections))
+        self.metrics.track_connections_active(lambda: self.websockets)
 
     # -- lifetime ---------------------------------------------------------------------
 
@@ -137,7 +138,7 @@ class Server:
                 continue
             if self.sockets >= limit:
                 await trio.aclose_forcefully(stream)
-                self.metrics.connections_rejected.labels("sockets").inc()
+                self.metrics.count(self.metrics.connections_rejected, "sockets")
                 continue
             self.sockets += 1
             nursery.start_soon(self._handle_socket, stream)
@@ -171,7 +172,7 @@ class Server:
                 await stream.send_all(self._http_response(head))
                 return
         if head is None:  # the timeout came first
-            self.metrics.connections_rejected.labels("handshake_timeout").inc()
+            self.metrics.count(self.metrics.connections_rejected, "handshake_timeout")
             if buffer:
                 await _send_quietly(stream, http.response(408, b"handshake timeout\n"))
             return
@@ -216,7 +217,7 @@ class Server:
             refusal = (503, "too many connections, try later\n", "max_connections")
         if refusal is not None:
             status, text, reason = refusal
-            self.metrics.connections_rejected.labels(reason).inc()
+            self.metrics.count(self.metrics.connections_rejected, reason)
             headers = [("Retry-After", "1")] if status == 503 else []
             if status == 426:
                 headers = [("Sec-WebSocket-Version", handshake.VERSION)]
@@ -224,17 +225,17 @@ class Server:
             return
         remote = _peer(stream)
         self.websockets += 1
-        self.metrics.connections_active.inc()
         try:
             encoding = await self._accept(stream, head, key)
             server_stream = ServerStream(stream, len(after_head))
             session = Connection(self, server_stream, after_head, encoding, remote, echo=endpoint == "echo")
-            self.metrics.connections_opened.labels(endpoint).inc()
+            self.metrics.count(self.metrics.connections_opened, endpoint)
             log.info("open", extra={"fields": {"remote": remote, "endpoint": endpoint, "encoding": encoding.value}})
             async with trio.open_nursery() as nursery:
                 code, reason = await self._serve(session, nursery)
-                nursery.cancel_scope.cancel()
-            self.metrics.connections_closed.labels(str(code)).inc()
+                if nursery.child_tasks:  # a writer; cancel() formats the task's repr, so only then
+                    nursery.cancel_scope.cancel()
+            self.metrics.count(self.metrics.connections_closed, str(code))
             self.metrics.bytes_in.inc(server_stream.bytes_in)
             self.metrics.bytes_out.inc(server_stream.bytes_out)
             log.info(
@@ -243,7 +244,6 @@ class Server:
             )
         finally:
             self.websockets -= 1
-            self.metrics.connections_active.dec()
 
     async def _accept(self, stream: trio.SocketStream, head: http.RequestHead, key: str) -> Encoding:
         """Answer 101 with the negotiated subprotocol (see ``handshake``).
