@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benches.lib.servers import ServerProcess
+from benches.lib.servers import ServerError, ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 SUBS, BATCH, WARMUP, MESSAGES = 20, 20, 40, 100
@@ -64,3 +64,21 @@ def test_fanout_and_fanout_acks_deliver_everything_in_order(our_server, tmp_path
     # at least one ack per subscriber, at most one per delivery
     assert SUBS <= acked["acks_sent"] <= MESSAGES * SUBS, acked
     assert "acks_sent" not in results["fanout"]["details"]
+
+
+def test_server_process_reports_the_output_of_a_server_that_did_not_start():
+    """The bench's server runner reads the server's output from a file: a server that exits
+    before it listens is reported with its last lines, and the file is gone afterwards."""
+    argv = [sys.executable, "-c", "import sys; print('about to fail'); sys.exit('no such setting: x')"]
+    srv = ServerProcess("broken", argv, start_timeout=15.0)
+    with pytest.raises(ServerError) as caught:
+        srv.start()
+    message = str(caught.value)
+    assert "broken exited with 1" in message, message
+    assert "about to fail" in message and "no such setting: x" in message, message
+    assert srv.tail[-1] == "no such setting: x"
+    assert srv._output is None
+
+
+def test_server_process_finds_the_port_and_keeps_the_last_lines(our_server):
+    assert our_server.port and any("listening on ws://127.0.0.1:" in line for line in our_server.tail)

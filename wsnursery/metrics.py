@@ -65,8 +65,9 @@ class Metrics:
         self.connections_active.set_function(read)
 
     def count(self, counter: Counter, label: str) -> None:
-        """``counter.labels(label).inc()``, without prometheus_client's label checks and lock
-        after the first time (they cost a few microseconds on every connection)."""
+        """``counter.labels(label).inc()``, with the child looked up here after the first time:
+        ``labels()`` checks the label and takes the metric's lock on every call, about 2 us
+        more, twice per connection."""
         child = self._children.get((counter, label))
         if child is None:
             child = self._children[(counter, label)] = counter.labels(label)
