@@ -164,7 +164,8 @@ class Connection:
         # merely not written yet are not its fault: the deliverer's next pass writes them.
         # (Publishes pipelined in one read all arrive before that pass; the lag they add is
         # bounded by the read size, and the channel's history bounds any lag.)
-        # Called for every subscriber on every publish: the cheap bound first (overdue <= lag).
+        # Called for every subscriber on every publish: the cheap bound first (overdue <= lag),
+        # with ``Subscription.lag`` inlined (the property call alone costs ~100 ns here).
         tracker, limit = subscription.tracker, subscription.limit
         behind = subscription.cursor if tracker is None else min(subscription.cursor, tracker.acked)
         if (

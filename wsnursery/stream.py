@@ -64,12 +64,7 @@ class ServerStream:
         ``trio.BrokenResourceError`` when the connection is gone.
         """
         assert self.idle, "send_nowait while a send is under way"
-        try:
-            sent = os.write(self._fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            raise trio.BrokenResourceError(str(exc)) from exc
+        sent = _write_now(self._fd, data)
         self.bytes_out += sent
         if sent < len(data):
             self.backlog = memoryview(data)[sent:]
@@ -128,11 +123,17 @@ class ServerStream:
 async def send_at_once(stream: trio.SocketStream, data: bytes) -> None:
     """``stream.send_all(data)``, without a trip through the scheduler when the socket takes
     all of it at once (a handshake answer on a new connection always fits)."""
-    try:
-        sent = os.write(stream.socket.fileno(), data)
-    except BlockingIOError:
-        sent = 0
-    except OSError as exc:
-        raise trio.BrokenResourceError(str(exc)) from exc
+    sent = _write_now(stream.socket.fileno(), data)
     if sent < len(data):
         await stream.send_all(memoryview(data)[sent:])
+
+
+def _write_now(fd: int, data: bytes) -> int:
+    """Write what the non-blocking socket ``fd`` takes now; return how much (0 when full).
+    Raises ``trio.BrokenResourceError`` when the connection is gone."""
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        raise trio.BrokenResourceError(str(exc)) from exc
