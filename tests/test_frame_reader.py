@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import pytest
@@ -11,20 +12,13 @@ from wsproto.frame_protocol import FrameProtocol
 
 from wsnursery.frame_reader import NO_STATUS, Control, FrameError, FrameReader, unmask
 
+from .wsclient import masked_frame
+
 MAX = 4096
 
 
-def masked(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes = b"\x01\x02\x03\x04", rsv: int = 0) -> bytes:
-    """One client frame, built by hand so that tests can break any rule."""
-    first = (0x80 if fin else 0) | rsv | opcode
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", first, 0x80 | length)
-    elif length < 65536:
-        header = struct.pack("!BBH", first, 0x80 | 126, length)
-    else:
-        header = struct.pack("!BBQ", first, 0x80 | 127, length)
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+# One client frame, built by hand; a fixed mask unless a test picks one.
+masked = functools.partial(masked_frame, mask=b"\x01\x02\x03\x04")
 
 
 def drain(reader: FrameReader) -> list:
@@ -157,20 +151,16 @@ def test_violations_raise_their_close_code_and_stay_raised(wire, code):
     assert again.value is first.value
 
 
-def test_oversize_is_refused_from_the_header_before_the_payload_arrives():
+@pytest.mark.parametrize("length, code", [
+    pytest.param(2**40, 1009, id="oversize-refused-from-the-header-before-the-payload-arrives"),
+    pytest.param(2**63, 1002, id="top-bit-of-a-64-bit-length-is-a-protocol-error"),
+])
+def test_a_64_bit_length_is_judged_from_the_header_alone(length, code):
     reader = FrameReader(MAX)
-    reader.feed(struct.pack("!BBQ", 0x82, 0x80 | 127, 2**40))
+    reader.feed(struct.pack("!BBQ", 0x82, 0x80 | 127, length))
     with pytest.raises(FrameError) as error:
         reader.next_event()
-    assert error.value.code == 1009
-
-
-def test_top_bit_of_a_64_bit_length_is_a_protocol_error():
-    reader = FrameReader(MAX)
-    reader.feed(struct.pack("!BBQ", 0x82, 0x80 | 127, 2**63))
-    with pytest.raises(FrameError) as error:
-        reader.next_event()
-    assert error.value.code == 1002
+    assert error.value.code == code
 
 
 def test_an_unfinished_frame_waits_and_stays_buffered():

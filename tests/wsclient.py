@@ -88,9 +88,11 @@ def bytes_form(data: bytes) -> dict[str, str]:
 # -- a raw client, for peers that misbehave ------------------------------------------------
 
 
-def masked_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    mask = os.urandom(4)
-    first = (0x80 if fin else 0) | opcode
+def masked_frame(opcode: int, payload: bytes, fin: bool = True, *, mask: bytes | None = None, rsv: int = 0) -> bytes:
+    """One client frame, built by hand so that tests can break any rule (a random mask
+    unless ``mask`` is given; ``rsv`` sets reserved bits)."""
+    mask = os.urandom(4) if mask is None else mask
+    first = (0x80 if fin else 0) | rsv | opcode
     length = len(payload)
     if length < 126:
         header = struct.pack("!BB", first, 0x80 | length)
