@@ -33,10 +33,10 @@ import trio
 
 from . import codec, logs, protocol
 from .codec import Encoding
-from .frame_reader import NO_STATUS, OPCODE_PONG, Control, FrameError, FrameReader
+from .frame_reader import NO_STATUS, Control, FrameError, FrameReader
 from .protocol import Position, ProtocolError
 from .reliability import AckTracker
-from .wsframe import OPCODE_CLOSE, OPCODE_PING, control_frame, data_frame
+from .wsframe import OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, control_frame, data_frame
 
 if TYPE_CHECKING:
     from .hub import ChannelStream

@@ -20,10 +20,8 @@ raises it again:
 
 from __future__ import annotations
 
-from .wsframe import OPCODE_BINARY, OPCODE_CLOSE, OPCODE_PING, OPCODE_TEXT
+from .wsframe import OPCODE_BINARY, OPCODE_CLOSE, OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT
 
-OPCODE_CONTINUATION = 0x0
-OPCODE_PONG = 0xA
 NO_STATUS = 1005  # a close frame without a code (RFC 6455 §7.1.5); never sent on the wire
 
 _DATA_OPCODES = (OPCODE_TEXT, OPCODE_BINARY)
