@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.frame_protocol import FrameProtocol
 
-from wsnursery.frame_reader import NO_STATUS, Control, FrameError, FrameReader, unmask
+from wsnursery.wire import CloseCode
+from wsnursery.frame_reader import Control, FrameError, FrameReader, unmask
 
 from .wsclient import masked_frame
 
@@ -106,7 +107,7 @@ def test_unmask_is_its_own_inverse(size):
 
 
 def test_close_frames():
-    assert (read_all(masked(0x8, b""), [])[0].code) == NO_STATUS
+    assert (read_all(masked(0x8, b""), [])[0].code) == CloseCode.NO_STATUS
     event = read_all(masked(0x8, struct.pack("!H", 4008) + "lent".encode()), [])[0]
     assert (event.code, event.reason) == (4008, "lent")
 

@@ -33,10 +33,11 @@ import trio
 
 from . import codec, logs, protocol
 from .codec import Encoding
-from .frame_reader import NO_STATUS, Control, FrameError, FrameReader
+from .frame_reader import Control, FrameError, FrameReader
 from .protocol import Position, ProtocolError
 from .reliability import AckTracker
-from .wsframe import OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG, control_frame, data_frame
+from .wire import CloseCode, Opcode
+from .wsframe import control_frame, data_frame
 
 if TYPE_CHECKING:
     from .hub import ChannelStream
@@ -49,19 +50,11 @@ READ_SIZE = 65536
 WRITE_BUDGET = 256 * 1024
 BATCH_PER_SUBSCRIPTION = 512
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_LOST = 1006  # no close frame: the peer vanished (never sent on the wire)
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL = 1011
-CLOSE_HEARTBEAT = 4000
-CLOSE_SLOW_CONSUMER = 4008
 # Closes after which the writer still sends what is queued (bounded by close_timeout): the
 # going-away client keeps its pending frames, the abusive one gets the error frames that explain.
-_FLUSH_BEFORE_CLOSE = (CLOSE_GOING_AWAY, CLOSE_POLICY)
+_FLUSH_BEFORE_CLOSE = (CloseCode.GOING_AWAY, CloseCode.POLICY)
 # Closes for bytes that broke the protocol: no close frame is parsed after them.
-_PROTOCOL_ERRORS = (1002, 1007, 1009)
+_PROTOCOL_ERRORS = (CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_PAYLOAD, CloseCode.TOO_BIG)
 
 
 class Subscription:
@@ -198,7 +191,7 @@ class Connection:
         try:
             complete = self.stream.send_nowait(data)
         except trio.BrokenResourceError:
-            self.request_close(1006, "connection lost")
+            self.request_close(CloseCode.LOST, "connection lost")
             return
         self._count_sent(frames, delivered)
         if not complete or self._control or self._dirty:
@@ -218,7 +211,7 @@ class Connection:
         if self.close_code is None:
             self.server.metrics.slow_consumer_closes.inc()
         self.request_close(
-            CLOSE_SLOW_CONSUMER, f"slow consumer on {subscription.channel}; resume with since"
+            CloseCode.SLOW_CONSUMER, f"slow consumer on {subscription.channel}; resume with since"
         )
 
     def request_close(self, code: int, reason: str) -> None:
@@ -286,17 +279,17 @@ class Connection:
         closing.deadline = trio.current_time() + self.config.close_timeout
         with closing:  # shielded: the close handshake runs even when the server is stopping
             if self.close_code is None:  # the reader was cancelled from outside
-                self.close_code, self.close_reason = CLOSE_LOST, "connection lost"
+                self.close_code, self.close_reason = CloseCode.LOST, "connection lost"
             code = self.close_code
-            if code != CLOSE_LOST and self._writer_done is not None:
+            if code != CloseCode.LOST and self._writer_done is not None:
                 await self._writer_done.wait()
             self._stop_writer()
-            if code != CLOSE_LOST:
+            if code != CloseCode.LOST:
                 try:
-                    await self.stream.send_close_frame(None if code == NO_STATUS else code, self.close_reason)
+                    await self.stream.send_close_frame(None if code == CloseCode.NO_STATUS else code, self.close_reason)
                     if code in _PROTOCOL_ERRORS:
                         await self.stream.drain()
-                    elif not self._peer_closed and code != CLOSE_HEARTBEAT:
+                    elif not self._peer_closed and code != CloseCode.HEARTBEAT_TIMEOUT:
                         while await self._receive_message() is not None:
                             pass  # what the peer sent before its close frame is dropped
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -325,21 +318,21 @@ class Connection:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
                 if not data:
-                    self.request_close(CLOSE_LOST, "connection lost")
+                    self.request_close(CloseCode.LOST, "connection lost")
                     return None
                 frames.feed(data)
                 continue
             if type(event) is not Control:
                 return event
-            if event.opcode == OPCODE_CLOSE:
+            if event.opcode == Opcode.CLOSE:
                 self._peer_closed = True
                 if self.close_code is None:
                     self.close_code, self.close_reason = event.code, event.reason
                 if self._wake is not None:
                     self._wake.set()  # the writer finishes the write under way, then stops
                 return None
-            if event.opcode == OPCODE_PING and self.close_code is None:
-                self._queue_frame(control_frame(OPCODE_PONG, event.payload))
+            if event.opcode == Opcode.PING and self.close_code is None:
+                self._queue_frame(control_frame(Opcode.PONG, event.payload))
                 if len(self._control) >= self.config.max_control_queue:
                     await self._wait_control_space()
 
@@ -351,7 +344,7 @@ class Connection:
             if isinstance(payload, str) != expect_text:
                 kind = "text" if expect_text else "binary"
                 self.request_close(
-                    CLOSE_UNSUPPORTED_DATA,
+                    CloseCode.UNSUPPORTED_DATA,
                     f"{self.encoding.subprotocol} carries {kind} frames only",
                 )
                 return
@@ -515,7 +508,7 @@ class Connection:
         self._enqueue(protocol.error_frame(error.code, error.reason, error.request_id))
         self._errors += 1
         if self._errors >= self.config.max_errors:
-            self.request_close(CLOSE_POLICY, f"too many errors ({self._errors})")
+            self.request_close(CloseCode.POLICY, f"too many errors ({self._errors})")
 
     def _enqueue(self, frame: dict[str, Any]) -> None:
         payload = codec.encode(frame, self.encoding)
@@ -533,7 +526,7 @@ class Connection:
             try:
                 await self._write_loop()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.request_close(1006, "connection lost")
+                self.request_close(CloseCode.LOST, "connection lost")
             finally:
                 assert self._writer_done is not None
                 self._writer_done.set()
@@ -658,7 +651,7 @@ class Connection:
     def ping(self) -> None:
         if self.close_code is None:
             self._pings_sent = (self._pings_sent + 1) & 0xFFFFFFFF
-            self._queue_frame(control_frame(OPCODE_PING, self._pings_sent.to_bytes(4, "big")))
+            self._queue_frame(control_frame(Opcode.PING, self._pings_sent.to_bytes(4, "big")))
 
     def heard(self) -> int:
         return self.stream.bytes_in
@@ -666,7 +659,7 @@ class Connection:
     def heartbeat_timeout(self) -> None:
         if self.close_code is None:
             self.server.metrics.heartbeat_timeouts.inc()
-        self.request_close(CLOSE_HEARTBEAT, "heartbeat timeout")
+        self.request_close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
 
 
 def _check_since(stream: ChannelStream, since: Position | None, request_id: int | None) -> None:

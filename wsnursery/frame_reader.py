@@ -20,12 +20,11 @@ raises it again:
 
 from __future__ import annotations
 
-from .wsframe import OPCODE_BINARY, OPCODE_CLOSE, OPCODE_CONTINUATION, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT
+from .wire import CloseCode, Opcode, may_be_sent
 
-NO_STATUS = 1005  # a close frame without a code (RFC 6455 §7.1.5); never sent on the wire
 
-_DATA_OPCODES = (OPCODE_TEXT, OPCODE_BINARY)
-_CONTROL_OPCODES = (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG)
+_DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY)
+_CONTROL_OPCODES = (Opcode.CLOSE, Opcode.PING, Opcode.PONG)
 
 
 class FrameError(Exception):
@@ -42,7 +41,7 @@ class Control:
 
     __slots__ = ("opcode", "payload", "code", "reason")
 
-    def __init__(self, opcode: int, payload: bytes, code: int = NO_STATUS, reason: str = "") -> None:
+    def __init__(self, opcode: int, payload: bytes, code: int = CloseCode.NO_STATUS, reason: str = "") -> None:
         self.opcode = opcode
         self.payload = payload
         self.code = code
@@ -50,11 +49,6 @@ class Control:
 
     def __repr__(self) -> str:
         return f"Control(opcode={self.opcode:#x}, payload={self.payload!r}, code={self.code})"
-
-
-def may_be_sent(code: int) -> bool:
-    """Close codes a peer may send (RFC 6455 §7.4 and the IANA registry)."""
-    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 def unmask(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
@@ -104,24 +98,24 @@ class FrameReader:
             first, second = buffer[0], buffer[1]
             fin, opcode = first & 0x80, first & 0x0F
             if first & 0x70:
-                raise FrameError(1002, "RSV bits set without a negotiated extension")
+                raise FrameError(CloseCode.PROTOCOL_ERROR, "RSV bits set without a negotiated extension")
             if not second & 0x80:
-                raise FrameError(1002, "client frames must be masked")
+                raise FrameError(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
             length = second & 0x7F
             header = 6
             if opcode in _CONTROL_OPCODES:
                 if not fin:
-                    raise FrameError(1002, "fragmented control frame")
+                    raise FrameError(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
                 if length > 125:
-                    raise FrameError(1002, "control frame payload over 125 bytes")
+                    raise FrameError(CloseCode.PROTOCOL_ERROR, "control frame payload over 125 bytes")
             elif opcode in _DATA_OPCODES:
                 if self._fragment_opcode:
-                    raise FrameError(1002, "new message before the fragmented one finished")
-            elif opcode == OPCODE_CONTINUATION:
+                    raise FrameError(CloseCode.PROTOCOL_ERROR, "new message before the fragmented one finished")
+            elif opcode == Opcode.CONTINUATION:
                 if not self._fragment_opcode:
-                    raise FrameError(1002, "continuation frame with no message to continue")
+                    raise FrameError(CloseCode.PROTOCOL_ERROR, "continuation frame with no message to continue")
             else:
-                raise FrameError(1002, f"reserved opcode {opcode:#x}")
+                raise FrameError(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
             if length == 126:
                 if available < 4:
                     return None
@@ -132,10 +126,10 @@ class FrameReader:
                     return None
                 length = int.from_bytes(buffer[2:10], "big")
                 if length >> 63:
-                    raise FrameError(1002, "64-bit payload length with its top bit set")
+                    raise FrameError(CloseCode.PROTOCOL_ERROR, "64-bit payload length with its top bit set")
                 header = 14
             if opcode not in _CONTROL_OPCODES and self._fragment_size + length > self.max_message_size:
-                raise FrameError(1009, f"message over {self.max_message_size} bytes")
+                raise FrameError(CloseCode.TOO_BIG, f"message over {self.max_message_size} bytes")
             end = header + length
             if available < end:
                 return None
@@ -143,7 +137,7 @@ class FrameReader:
             del buffer[:end]
             if opcode in _CONTROL_OPCODES:
                 return _control(opcode, payload)
-            if opcode != OPCODE_CONTINUATION:
+            if opcode != Opcode.CONTINUATION:
                 if fin:
                     return _message(opcode, payload)
                 self._fragment_opcode = opcode
@@ -157,24 +151,24 @@ class FrameReader:
 
 
 def _message(opcode: int, payload: bytes) -> str | bytes:
-    if opcode == OPCODE_BINARY:
+    if opcode == Opcode.BINARY:
         return payload
     try:
         return payload.decode("utf-8")
     except UnicodeDecodeError:
-        raise FrameError(1007, "text message is not valid UTF-8") from None
+        raise FrameError(CloseCode.INVALID_PAYLOAD, "text message is not valid UTF-8") from None
 
 
 def _control(opcode: int, payload: bytes) -> Control:
-    if opcode != OPCODE_CLOSE or not payload:
+    if opcode != Opcode.CLOSE or not payload:
         return Control(opcode, payload)
     if len(payload) == 1:
-        raise FrameError(1002, "close payload of one byte")
+        raise FrameError(CloseCode.PROTOCOL_ERROR, "close payload of one byte")
     code = int.from_bytes(payload[:2], "big")
     if not may_be_sent(code):
-        raise FrameError(1002, f"close code {code} may not be sent")
+        raise FrameError(CloseCode.PROTOCOL_ERROR, f"close code {code} may not be sent")
     try:
         reason = payload[2:].decode("utf-8")
     except UnicodeDecodeError:
-        raise FrameError(1007, "close reason is not valid UTF-8") from None
+        raise FrameError(CloseCode.INVALID_PAYLOAD, "close reason is not valid UTF-8") from None
     return Control(opcode, payload, code, reason)

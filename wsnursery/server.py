@@ -24,7 +24,8 @@ import trio
 from . import __version__, handshake, http, logs
 from .codec import Encoding
 from .config import Config
-from .connection import CLOSE_GOING_AWAY, Connection
+from .connection import Connection
+from .wire import CloseCode
 from .delivery import Deliverer
 from .heartbeat import Heartbeats
 from .timers import DeadlineTimer
@@ -120,7 +121,7 @@ class Server:
             self.config.shutdown_timeout,
         )
         for connection in list(self.connections):
-            connection.request_close(CLOSE_GOING_AWAY, "server shutting down")
+            connection.request_close(CloseCode.GOING_AWAY, "server shutting down")
         with trio.move_on_after(self.config.shutdown_timeout):
             while self.websockets:
                 await trio.sleep(0.01)

@@ -14,14 +14,15 @@ import struct
 
 import trio
 
-from .wsframe import OPCODE_CLOSE, control_frame
+from .wire import Opcode
+from .wsframe import control_frame
 
 
 def close_frame(code: int | None, reason: str = "") -> bytes:
     """An unmasked close frame (server to client); no payload when ``code`` is None."""
     if code is None:
-        return control_frame(OPCODE_CLOSE, b"")
-    return control_frame(OPCODE_CLOSE, struct.pack("!H", code) + _truncate_utf8(reason, 123))
+        return control_frame(Opcode.CLOSE, b"")
+    return control_frame(Opcode.CLOSE, struct.pack("!H", code) + _truncate_utf8(reason, 123))
 
 
 def _truncate_utf8(text: str, limit: int) -> bytes:

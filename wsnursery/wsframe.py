@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import struct
 
-OPCODE_CONTINUATION = 0x0
-OPCODE_TEXT = 0x1
-OPCODE_BINARY = 0x2
-OPCODE_CLOSE = 0x8
-OPCODE_PING = 0x9
-OPCODE_PONG = 0xA
+from .wire import Opcode
 
 
 def control_frame(opcode: int, payload: bytes) -> bytes:
@@ -25,7 +20,7 @@ def control_frame(opcode: int, payload: bytes) -> bytes:
 
 def data_frame(payload: bytes, *, binary: bool) -> bytes:
     """Return one complete, unfragmented, unmasked data frame holding ``payload``."""
-    first = 0x80 | (OPCODE_BINARY if binary else OPCODE_TEXT)
+    first = 0x80 | (Opcode.BINARY if binary else Opcode.TEXT)
     length = len(payload)
     if length < 126:
         header = bytes((first, length))
