@@ -35,11 +35,20 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from benches.lib import rawws
-from benches.lib.servers import raise_nofile_limit
-from harness.load import (HIST_ARGS, CpuClock, ManagedServer, UsageError, machine, machine_line, parse_url,
-                          summary, write_outputs)
+from harness import rawws
+from harness.load import (
+    HIST_ARGS,
+    CpuClock,
+    ManagedServer,
+    UsageError,
+    machine,
+    machine_line,
+    parse_url,
+    summary,
+    write_outputs,
+)
 from harness.report import Progress, table
+from harness.servers import raise_nofile_limit
 
 MAX_CONNECTIONS = 10_000
 RETRY_AFTER_S = 1.0  # what wsnursery sends with its 503; rawws does not expose the header

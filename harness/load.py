@@ -1,6 +1,6 @@
 """``python -m harness load``: throughput and latency over real WebSocket connections.
 
-One asyncio process drives every client with the lean frame parser of ``benches/lib/rawws.py``
+One asyncio process drives every client with the lean frame parser of ``harness/rawws.py``
 (so the load generator stays cheaper than the server it measures). Each client keeps a window
 of messages in flight:
 
@@ -21,7 +21,6 @@ import asyncio
 import dataclasses
 import ipaddress
 import json
-import os
 import random
 import re
 import threading
@@ -32,10 +31,10 @@ from typing import Any
 import psutil
 from hdrh.histogram import HdrHistogram
 
-from benches.lib import rawws
-from benches.lib.machine import describe, header_lines
-from benches.lib.servers import ServerProcess, raise_nofile_limit
+from harness import rawws
+from harness.machine import describe
 from harness.report import Progress
+from harness.servers import ServerProcess, raise_nofile_limit, wsnursery_argv
 
 SCENARIOS: dict[str, tuple[int, int, int]] = {  # name -> clients, messages per client, payload bytes
     "small": (10, 100, 64),
@@ -92,10 +91,7 @@ class ManagedServer:
     """``python -m wsnursery serve`` on 127.0.0.1:0 with its peak RSS sampled in a thread."""
 
     def __init__(self, extra: list[str] | None = None) -> None:
-        import sys
-
-        argv = [sys.executable, "-m", "wsnursery", "serve", "--host", "127.0.0.1", "--port", "0", *(extra or [])]
-        self.proc = ServerProcess("wsnursery", argv)
+        self.proc = ServerProcess("wsnursery", wsnursery_argv(*(extra or [])))
         self.peak_rss = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benches.lib.servers import ServerError, ServerProcess
+from harness.servers import ServerError, ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 SUBS, BATCH, WARMUP, MESSAGES = 20, 20, 40, 100

@@ -4,7 +4,7 @@ Why not a library client: the benches need the *client* to stay cheaper than any
 drives, and receiving tens of thousands of small frames per second is where general clients
 spend their time (per-frame objects, UTF-8 decoding, queues, futures). This one parses frames
 straight out of the receive buffer and hands each complete message to a callback as `bytes`
-(text is not decoded). `python benches/client.py compare` measures it against the `websockets`
+(text is not decoded). `python -m harness.bench compare` measures it against the `websockets`
 asyncio client and wsproto on the same frame stream.
 
 What it does: the opening handshake (checks `101` and `Sec-WebSocket-Accept`, optional
