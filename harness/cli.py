@@ -45,6 +45,8 @@ LOAD_COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
 }
 ALL_COMMANDS = ("reliability", *LOAD_COMMANDS)
+#: what the ``harness`` extra of pyproject.toml installs (hypothesis, hdrhistogram, psutil)
+HARNESS_EXTRA_MODULES = frozenset({"hypothesis", "hdrh", "psutil"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -135,7 +137,14 @@ def _reliability_parser(commands: Any, with_options: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     asked = argv[:1] if argv and argv[0] in ALL_COMMANDS else []
-    args = build_parser(asked).parse_args(argv)
+    try:
+        args = build_parser(asked).parse_args(argv)
+    except ModuleNotFoundError as exc:  # the server installed without the harness extra
+        if (exc.name or "").partition(".")[0] not in HARNESS_EXTRA_MODULES:
+            raise
+        print(f"harness: no module named {exc.name!r}: install the harness with "
+              "pip install 'wsnursery[harness]'", file=sys.stderr)
+        return EXIT_USAGE
     if args.command == "reliability":
         import trio
 
