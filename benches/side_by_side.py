@@ -93,9 +93,9 @@ def acks_vs_plain(runs: list[dict]) -> dict | None:
     for rnd in sorted({r["round"] for r in runs}):
         pair = {}
         for r in runs:
-            if r["round"] == rnd and r["server"] == OURS and r["scenario"] in ("fanout", "fanout_acks"):
-                if not r.get("error") and r.get("value") == r.get("value") and r.get("value"):
-                    pair[r["scenario"]] = r
+            if (r["round"] == rnd and r["server"] == OURS and r["scenario"] in ("fanout", "fanout_acks")
+                    and not r.get("error") and r.get("value") == r.get("value") and r.get("value")):
+                pair[r["scenario"]] = r
         if len(pair) == 2:
             plain, acked = pair["fanout"], pair["fanout_acks"]
             us_p, us_a = plain.get("server_us_per_op"), acked.get("server_us_per_op")
@@ -178,9 +178,9 @@ def markdown(info: dict, settings: dict, summary: dict, runs: list[dict], skippe
     ncpu = info["logical_cpus"] or 1
     L = [f"# wsnursery side-by-side benches — {settings['started']}", ""]
     L += [f"- {line}" for line in machine.header_lines(info)]
-    L += [f"- Mode: {'--quick' if settings['quick'] else 'full'}; rounds: {settings['rounds']}; client worker "
-          f"processes: {params.workers}; servers rotated every round; fresh server process per run, "
-          f"its output written to a file at its default log level",
+    L += [(f"- Mode: {'--quick' if settings['quick'] else 'full'}; rounds: {settings['rounds']}; client worker "
+           f"processes: {params.workers}; servers rotated every round; fresh server process per run, "
+           f"its output written to a file at its default log level"),
           f"- Reference for ratios: `{REFERENCE}` (ratio = server median / reference median)",
           f"- Command: `{settings['command']}`", f"- Wall time: {settings['wall_s']:.0f} s"]
     if settings.get("interrupted"):
@@ -243,26 +243,26 @@ def markdown(info: dict, settings: dict, summary: dict, runs: list[dict], skippe
         if sc == "fanout_acks":
             L += [""] + acks_lines(acks_vs_plain(runs))
         L.append("")
-    L += ["'server CPU µs/op' = server CPU seconds in the measured window / operations in it (lower is better; "
-          "its ratio is server / reference, so < 1 means cheaper than the reference). It is much less sensitive "
-          "than throughput to other load on the machine, which only delays the server.", "",
-          "CPU columns are in cores (1.00 = one core busy) over the measured window, medians over rounds; "
-          "'client' sums the worker processes and the coordinator; 'other' is every other process on the "
-          "machine (max over rounds). 'client-bound' = a client process used >= 90% of a core while the server "
-          "used < 90%: the figure is a lower bound for that server.", ""]
+    L += [("'server CPU µs/op' = server CPU seconds in the measured window / operations in it (lower is better; "
+           "its ratio is server / reference, so < 1 means cheaper than the reference). It is much less sensitive "
+           "than throughput to other load on the machine, which only delays the server."), "",
+          ("CPU columns are in cores (1.00 = one core busy) over the measured window, medians over rounds; "
+           "'client' sums the worker processes and the coordinator; 'other' is every other process on the "
+           "machine (max over rounds). 'client-bound' = a client process used >= 90% of a core while the server "
+           "used < 90%: the figure is a lower bound for that server."), ""]
     return "\n".join(L)
 
 
 def acks_lines(cmp: dict | None) -> list[str]:
     if cmp is None:
-        return [f"Reliable path vs plain fan-out: n/a (needs an OK `fanout` and `fanout_acks` run of `{OURS}` "
-                f"in the same round)."]
+        return [(f"Reliable path vs plain fan-out: n/a (needs an OK `fanout` and `fanout_acks` run of `{OURS}` "
+                 f"in the same round).")]
     cpu = cmp["median_cpu_ratio"]
     L = [f"**Reliable path keeps {cmp['median_ratio']:.0%} of plain fan-out** (`{OURS}` fanout_acks / fanout "
          f"deliveries/s, median of per-round ratios; issue 5 asks for >= 70%)"
          + (f"; server CPU per delivery is {cpu:.2f}× that of plain fan-out." if cpu else "."), "",
-         "| round | fanout deliveries/s | fanout_acks deliveries/s | ratio | server CPU µs/op fanout | "
-         "server CPU µs/op fanout_acks | CPU/op ratio |", "|---|---|---|---|---|---|---|"]
+         ("| round | fanout deliveries/s | fanout_acks deliveries/s | ratio | server CPU µs/op fanout | "
+          "server CPU µs/op fanout_acks | CPU/op ratio |"), "|---|---|---|---|---|---|---|"]
     for x in cmp["rounds"]:
         f = (lambda v: "n/a" if v is None else f"{v:,.1f}")
         L.append(f"| {x['round']} | {x['fanout']:,.0f} | {x['fanout_acks']:,.0f} | {x['ratio']:.0%} | "

@@ -26,7 +26,7 @@ import re
 import threading
 import time
 import urllib.parse
-from typing import Any
+from typing import Any, Self
 
 import psutil
 from hdrh.histogram import HdrHistogram
@@ -75,7 +75,7 @@ def summary(hist: HdrHistogram) -> dict[str, float]:
     """Percentiles in milliseconds."""
     if hist.get_total_count() == 0:
         return {k: 0.0 for k in ("min", "p50", "p95", "p99", "p999", "max", "mean")}
-    ms = lambda us: round(us / 1000.0, 3)  # noqa: E731
+    ms = lambda us: round(us / 1000.0, 3)
     return {
         "min": ms(hist.get_min_value()),
         "p50": ms(hist.get_value_at_percentile(50)),
@@ -96,7 +96,7 @@ class ManagedServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "ManagedServer":
+    def __enter__(self) -> Self:
         self.proc.start()
         self._ps = psutil.Process(self.proc.pid)
         self.sample()
@@ -127,7 +127,7 @@ class ManagedServer:
         while not self._stop.wait(0.2):
             self.sample()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._thread:
             self._thread.join(1.0)

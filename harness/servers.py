@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Self
 
 HOST = "127.0.0.1"
 
@@ -36,7 +37,7 @@ def _child_setup() -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
+    except Exception:  # noqa: BLE001, S110 - not Linux: stop() still ends the server
         pass
 
 
@@ -113,12 +114,14 @@ class ServerProcess:
                 break
         return seen + end + 1
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> Self:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self._output = tempfile.TemporaryFile(prefix=f"{self.name}-", suffix=".log")
+        # held open for the server's life, closed (and so removed) by stop()
+        self._output = tempfile.TemporaryFile(prefix=f"{self.name}-", suffix=".log")  # noqa: SIM115
         self.proc = subprocess.Popen(
             self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=self._output,
-            stderr=self._output, preexec_fn=_child_setup, start_new_session=True,
+            # preexec_fn is safe here: callers start a server before any thread of their own
+            stderr=self._output, preexec_fn=_child_setup, start_new_session=True,  # noqa: PLW1509
         )
         deadline = time.monotonic() + self.start_timeout
         seen = 0
@@ -156,7 +159,7 @@ class ServerProcess:
             self._output = None
         return p.poll()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import multiprocessing as mp
 import os
 import time
@@ -157,7 +158,7 @@ async def _c_fanout(chans, host, port, p: Params, cpu: CpuWatch, server_pid) -> 
     incomplete = None
     try:
         for b in range(nb):
-            await wait_until(lambda: b - min(progress) < p.fanout_window)
+            await wait_until(lambda: b - min(progress) < p.fanout_window)  # noqa: B023 - awaited before b moves
             if b == warm_b:
                 # start the clock on an empty pipeline: every warm-up message delivered, so the
                 # window's deliveries and the window's server CPU are the same work
@@ -211,7 +212,7 @@ async def _c_fanout(chans, host, port, p: Params, cpu: CpuWatch, server_pid) -> 
     if error is None and measured != expected:
         error = f"{measured} deliveries measured, {expected} expected"
     return {
-        "metric": "deliveries/s", "value": measured / elapsed if elapsed == elapsed else 0.0,
+        "metric": "deliveries/s", "value": 0.0 if math.isnan(elapsed) else measured / elapsed,
         "higher_is_better": True, "latency": hist_summary(hist), "cpu": cpu_res,
         "details": details, "error": error,
     }
@@ -341,7 +342,7 @@ def run_scenario(scenario: str, host: str, port: int, params: Params, server_pid
             # server CPU time per operation: much less sensitive to other load on the machine than
             # throughput (which needs the server to get a core)
             res["server_us_per_op"] = round(cpu["server_cpu"] * cpu["window_s"] / ops * 1e6, 2)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - whatever went wrong is the run's error, reported in the result
         res = {"metric": None, "value": float("nan"), "latency": {"count": 0}, "cpu": {}, "details": {},
                "error": f"{type(e).__name__}: {e}"}
     finally:

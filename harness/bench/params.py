@@ -52,10 +52,10 @@ class Params:
     stall_s: float = 15.0  # fan-out aborts when no batch completes for this long
 
     @classmethod
-    def quick(cls, **kw) -> "Params":
-        base = dict(fanout_subs=500, fanout_messages=1000, fanout_warmup=40, connect_concurrency=20,
-                    idle_conns=1000, idle_settle=0.5, idle_hold=1.0, warmup_s=0.5, duration_s=2.0,
-                    timeout_s=45.0, stall_s=10.0)
+    def quick(cls, **kw) -> Params:
+        base = {"fanout_subs": 500, "fanout_messages": 1000, "fanout_warmup": 40, "connect_concurrency": 20,
+                "idle_conns": 1000, "idle_settle": 0.5, "idle_hold": 1.0, "warmup_s": 0.5, "duration_s": 2.0,
+                "timeout_s": 45.0, "stall_s": 10.0}
         base.update(kw)
         return cls(**base)
 

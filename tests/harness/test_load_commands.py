@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def harness(*argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "harness", *argv], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, check=False)
 
 
 def ordered(lat: dict) -> None:
