@@ -4,4 +4,4 @@ import sys
 
 from harness.bench.cli import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m harness.bench"))

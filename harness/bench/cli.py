@@ -43,9 +43,10 @@ def raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str | None = None) -> int:
     signal.signal(signal.SIGINT, raise_keyboard_interrupt)
-    ap = argparse.ArgumentParser(description="wsnursery bench load client", formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = argparse.ArgumentParser(prog=prog, description="wsnursery bench load client",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run scenarios against a running server")
