@@ -75,7 +75,9 @@ def summary(hist: HdrHistogram) -> dict[str, float]:
     """Percentiles in milliseconds."""
     if hist.get_total_count() == 0:
         return {k: 0.0 for k in ("min", "p50", "p95", "p99", "p999", "max", "mean")}
-    ms = lambda us: round(us / 1000.0, 3)
+    def ms(us: float) -> float:
+        return round(us / 1000.0, 3)
+
     return {
         "min": ms(hist.get_min_value()),
         "p50": ms(hist.get_value_at_percentile(50)),
