@@ -23,11 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cbor2
 
-import cbor2  # noqa: E402
-
-from lib import machine  # noqa: E402
+from harness import machine
 
 _json_enc = json.JSONEncoder(separators=(",", ":")).encode
 _json_dec = json.loads

@@ -1,7 +1,7 @@
 """Side-by-side benches: wsnursery against three peer servers, same client, same machine.
 
 Each (round, scenario, server) run starts a FRESH server subprocess on a 127.0.0.1 ephemeral
-port, runs one scenario with benches/client.py (worker processes + CPU sampling), and stops
+port, runs one scenario with the load client `harness.bench` (worker processes + CPU sampling), and stops
 the server. Servers are rotated in every round so that no server always goes first (noise,
 thermal, page cache). Results: a markdown table and the raw JSON in benches/results/.
 `fanout_acks` (fan-out with acks, the reliable path) runs against wsnursery only, and the report
@@ -10,9 +10,10 @@ says what share of plain fan-out it keeps (same round, wsnursery's fanout_acks /
     python benches/side_by_side.py --quick                 # smoke test, < 2 min
     python benches/side_by_side.py                         # full sizes, 3 rounds
     python benches/side_by_side.py --servers wsnursery,websockets_asyncio --scenarios fanout,echo --rounds 5
-    python benches/side_by_side.py --idle-conns 2000       # any client.Params field can be overridden
+    python benches/side_by_side.py --idle-conns 2000       # any harness.bench Params field can be overridden
 
-Everything talks to 127.0.0.1 only, every run is bounded in count and time.
+Everything talks to 127.0.0.1 only, every run is bounded in count and time. Needs the harness
+importable (`pip install -e '.[bench]'`, or `PYTHONPATH=$PWD` from the repository root).
 """
 
 from __future__ import annotations
@@ -28,14 +29,30 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import machine
+from harness.bench import cli as client_cli
+from harness.bench import params as client  # the load client's scenarios and Params
+from harness.bench.coordinator import run_scenario
+from harness.servers import (
+    HOST,
+    ServerError,
+    ServerProcess,
+    raise_nofile_limit,
+    wsnursery_argv,
+)
 
-import client  # noqa: E402
-from lib import machine  # noqa: E402
-from lib.servers import ALL_SERVERS, HOST, REFERENCE, ServerError, ServerProcess, raise_nofile_limit  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
+BENCHES = Path(__file__).resolve().parent
+RESULTS = BENCHES / "results"
+PEERS = BENCHES / "peers"
 OURS = "wsnursery"
+#: name -> argv. "wsnursery" is ours; the others are the peers in benches/peers/, run by path.
+COMMANDS: dict[str, list[str]] = {
+    OURS: wsnursery_argv(),
+    **{name: [sys.executable, str(PEERS / f"{name}.py"), "--host", HOST, "--port", "0"]
+       for name in ("websockets_asyncio", "websockets_trio", "trio_websocket_plain")},
+}
+ALL_SERVERS = tuple(COMMANDS)
+REFERENCE = "websockets_asyncio"
 UNITS = {"fanout": "deliveries/s", "fanout_acks": "deliveries/s", "echo": "msgs/s", "connect": "conns/s", "idle": "bytes/conn"}
 TITLES = {
     "fanout": "Fan-out: 1 publisher -> N subscribers, deliveries per second (higher is better)",
@@ -50,7 +67,7 @@ def check_servers(names: list[str]) -> tuple[list[str], dict[str, str]]:
     """Start each server once; drop (with the reason) the ones that do not come up."""
     ok, skipped = [], {}
     for name in names:
-        srv = ServerProcess(name)
+        srv = ServerProcess(name, COMMANDS[name])
         try:
             srv.start()
         except ServerError as e:
@@ -76,9 +93,9 @@ def acks_vs_plain(runs: list[dict]) -> dict | None:
     for rnd in sorted({r["round"] for r in runs}):
         pair = {}
         for r in runs:
-            if r["round"] == rnd and r["server"] == OURS and r["scenario"] in ("fanout", "fanout_acks"):
-                if not r.get("error") and r.get("value") == r.get("value") and r.get("value"):
-                    pair[r["scenario"]] = r
+            if (r["round"] == rnd and r["server"] == OURS and r["scenario"] in ("fanout", "fanout_acks")
+                    and not r.get("error") and r.get("value") == r.get("value") and r.get("value")):
+                pair[r["scenario"]] = r
         if len(pair) == 2:
             plain, acked = pair["fanout"], pair["fanout_acks"]
             us_p, us_a = plain.get("server_us_per_op"), acked.get("server_us_per_op")
@@ -94,14 +111,14 @@ def acks_vs_plain(runs: list[dict]) -> dict | None:
 
 
 def run_one(name: str, scenario: str, params: client.Params) -> dict:
-    srv = ServerProcess(name)
+    srv = ServerProcess(name, COMMANDS[name])
     try:
         srv.start()
     except ServerError as e:
         return {"scenario": scenario, "server": name, "value": math.nan, "error": f"server did not start: {e}",
                 "cpu": {}, "latency": {"count": 0}, "details": {}}
     try:
-        res = client.run_scenario(scenario, HOST, srv.port, params, srv.pid)
+        res = run_scenario(scenario, HOST, srv.port, params, srv.pid)
     finally:
         rc = srv.stop()
     res["server"] = name
@@ -161,9 +178,9 @@ def markdown(info: dict, settings: dict, summary: dict, runs: list[dict], skippe
     ncpu = info["logical_cpus"] or 1
     L = [f"# wsnursery side-by-side benches — {settings['started']}", ""]
     L += [f"- {line}" for line in machine.header_lines(info)]
-    L += [f"- Mode: {'--quick' if settings['quick'] else 'full'}; rounds: {settings['rounds']}; client worker "
-          f"processes: {params.workers}; servers rotated every round; fresh server process per run, "
-          f"its output written to a file at its default log level",
+    L += [(f"- Mode: {'--quick' if settings['quick'] else 'full'}; rounds: {settings['rounds']}; client worker "
+           f"processes: {params.workers}; servers rotated every round; fresh server process per run, "
+           f"its output written to a file at its default log level"),
           f"- Reference for ratios: `{REFERENCE}` (ratio = server median / reference median)",
           f"- Command: `{settings['command']}`", f"- Wall time: {settings['wall_s']:.0f} s"]
     if settings.get("interrupted"):
@@ -226,26 +243,26 @@ def markdown(info: dict, settings: dict, summary: dict, runs: list[dict], skippe
         if sc == "fanout_acks":
             L += [""] + acks_lines(acks_vs_plain(runs))
         L.append("")
-    L += ["'server CPU µs/op' = server CPU seconds in the measured window / operations in it (lower is better; "
-          "its ratio is server / reference, so < 1 means cheaper than the reference). It is much less sensitive "
-          "than throughput to other load on the machine, which only delays the server.", "",
-          "CPU columns are in cores (1.00 = one core busy) over the measured window, medians over rounds; "
-          "'client' sums the worker processes and the coordinator; 'other' is every other process on the "
-          "machine (max over rounds). 'client-bound' = a client process used >= 90% of a core while the server "
-          "used < 90%: the figure is a lower bound for that server.", ""]
+    L += [("'server CPU µs/op' = server CPU seconds in the measured window / operations in it (lower is better; "
+           "its ratio is server / reference, so < 1 means cheaper than the reference). It is much less sensitive "
+           "than throughput to other load on the machine, which only delays the server."), "",
+          ("CPU columns are in cores (1.00 = one core busy) over the measured window, medians over rounds; "
+           "'client' sums the worker processes and the coordinator; 'other' is every other process on the "
+           "machine (max over rounds). 'client-bound' = a client process used >= 90% of a core while the server "
+           "used < 90%: the figure is a lower bound for that server."), ""]
     return "\n".join(L)
 
 
 def acks_lines(cmp: dict | None) -> list[str]:
     if cmp is None:
-        return [f"Reliable path vs plain fan-out: n/a (needs an OK `fanout` and `fanout_acks` run of `{OURS}` "
-                f"in the same round)."]
+        return [(f"Reliable path vs plain fan-out: n/a (needs an OK `fanout` and `fanout_acks` run of `{OURS}` "
+                 f"in the same round).")]
     cpu = cmp["median_cpu_ratio"]
     L = [f"**Reliable path keeps {cmp['median_ratio']:.0%} of plain fan-out** (`{OURS}` fanout_acks / fanout "
          f"deliveries/s, median of per-round ratios; issue 5 asks for >= 70%)"
          + (f"; server CPU per delivery is {cpu:.2f}× that of plain fan-out." if cpu else "."), "",
-         "| round | fanout deliveries/s | fanout_acks deliveries/s | ratio | server CPU µs/op fanout | "
-         "server CPU µs/op fanout_acks | CPU/op ratio |", "|---|---|---|---|---|---|---|"]
+         ("| round | fanout deliveries/s | fanout_acks deliveries/s | ratio | server CPU µs/op fanout | "
+          "server CPU µs/op fanout_acks | CPU/op ratio |"), "|---|---|---|---|---|---|---|"]
     for x in cmp["rounds"]:
         f = (lambda v: "n/a" if v is None else f"{v:,.1f}")
         L.append(f"| {x['round']} | {x['fanout']:,.0f} | {x['fanout_acks']:,.0f} | {x['ratio']:.0%} | "
@@ -264,7 +281,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="", help="suffix for the result file names")
     client.add_param_args(ap)
     args = ap.parse_args(argv)
-    signal.signal(signal.SIGINT, client.raise_keyboard_interrupt)
+    signal.signal(signal.SIGINT, client_cli.raise_keyboard_interrupt)
     params = client.params_from_args(args)
     rounds = args.rounds or (1 if args.quick else 3)
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
@@ -300,7 +317,7 @@ def main(argv=None) -> int:
                     r = run_one(name, sc, params)
                     r["round"] = rnd + 1
                     runs.append(r)
-                    print(client.format_result(r).split("\n")[0].split(": ", 1)[-1], flush=True)
+                    print(client_cli.format_result(r).split("\n")[0].split(": ", 1)[-1], flush=True)
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: writing the runs finished so far", file=sys.stderr, flush=True)

@@ -2,22 +2,51 @@
 
 Bad flags print one line and exit 2. ``reliability`` exits 0 only when nothing was lost,
 duplicated or reordered and faults fired; 1 otherwise, with the seed to replay.
+
+Each command's module (and what it pulls in: trio, hypothesis, the server, psutil, HDR
+histograms) is imported only when that command runs or shows its own ``--help``:
+``python -m harness --help`` imports none of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from typing import Any, NoReturn, Sequence
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import trio
-
-from harness import reliability
-from harness.faults import ALL_KINDS
 from harness.report import table, write_json
+
+if TYPE_CHECKING:
+    from harness import reliability
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+#: The commands after ``reliability``: name -> (module with ``add_arguments`` and ``command``, help,
+#: description). A module is imported only when its command is asked for.
+LOAD_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "load": (
+        "harness.load", "throughput and latency over real WebSocket connections",
+        ("Drive N clients x M messages (pub/sub round trip or echo) and report throughput, "
+         "latency percentiles (HDR), connection time, error rate, server RSS and the client's own CPU."),
+    ),
+    "connect": (
+        "harness.connect",
+        "connection establishment rate, connections held with heartbeats, reconnection storm",
+        ("Open --hold connections at once, hold them while the server heartbeats, "
+         "optionally drop --churn of them and reconnect them all together."),
+    ),
+    "stress": (
+        "harness.stress", "the eight stress-guide load levels, scaled to this machine",
+        ("Run the load levels minimal .. maximum of the stress guide over real WebSocket "
+         "connections, scaled down to what one machine holds (the scale factor is printed per level)."),
+    ),
+}
+ALL_COMMANDS = ("reliability", *LOAD_COMMANDS)
+#: what the ``harness`` extra of pyproject.toml installs (hypothesis, hdrhistogram, psutil)
+HARNESS_EXTRA_MODULES = frozenset({"hypothesis", "hdrh", "psutil"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,6 +55,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _rate(text: str) -> float:
+    from harness import reliability
+
     try:
         value = float(text)
     except ValueError:
@@ -49,6 +80,8 @@ def _positive(kind: type) -> Any:
 
 
 def _faults(text: str) -> tuple[str, ...]:
+    from harness.faults import ALL_KINDS
+
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     known = {kind.value for kind in ALL_KINDS}
     unknown = [name for name in names if name not in known]
@@ -57,16 +90,30 @@ def _faults(text: str) -> tuple[str, ...]:
     return names
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(options_of: Collection[str] = ALL_COMMANDS) -> argparse.ArgumentParser:
+    """The parser of every command; only the commands in ``options_of`` get their options (and
+    have their module imported), so ``main`` builds just the one it runs."""
     parser = _Parser(prog="harness", description="Fault, load, connection and stress runs for WebSocket servers.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _reliability_parser(commands, "reliability" in options_of)
+    for name, (module, help_, description) in LOAD_COMMANDS.items():
+        sub = commands.add_parser(name, help=help_, description=description)
+        if name in options_of:
+            importlib.import_module(module).add_arguments(sub, _positive(int), _positive(float))
+    return parser
 
+
+def _reliability_parser(commands: Any, with_options: bool) -> None:
     rel = commands.add_parser(
         "reliability",
         help="fault-injection run: zero lost, duplicated, reordered",
         description="Replay failure-rate scenarios through a frame-aware fault proxy and check "
         "end to end that every message arrives exactly once, in order.",
     )
+    if not with_options:
+        return
+    from harness import reliability
+
     defaults = reliability.Options()
     rel.add_argument("--scenario", choices=[*reliability.SCENARIOS, "all"],
                      help="named failure rate: normal 0, low 0.05, high 0.15, extreme 0.25; all = the four side by side")
@@ -86,42 +133,31 @@ def build_parser() -> argparse.ArgumentParser:
     rel.add_argument("--output", metavar="FILE.json", help="write the report as JSON")
     rel.add_argument("--quiet", action="store_true", help="no progress line")
 
-    from harness import connect as connect_cmd, load as load_cmd, stress as stress_cmd
-
-    load = commands.add_parser(
-        "load", help="throughput and latency over real WebSocket connections",
-        description="Drive N clients x M messages (pub/sub round trip or echo) and report throughput, "
-        "latency percentiles (HDR), connection time, error rate, server RSS and the client's own CPU.",
-    )
-    load_cmd.add_arguments(load, _positive(int), _positive(float))
-    conn = commands.add_parser(
-        "connect", help="connection establishment rate, connections held with heartbeats, reconnection storm",
-        description="Open --hold connections at once, hold them while the server heartbeats, "
-        "optionally drop --churn of them and reconnect them all together.",
-    )
-    connect_cmd.add_arguments(conn, _positive(int), _positive(float))
-    stress = commands.add_parser(
-        "stress", help="the eight stress-guide load levels, scaled to this machine",
-        description="Run the load levels minimal .. maximum of the stress guide over real WebSocket "
-        "connections, scaled down to what one machine holds (the scale factor is printed per level).",
-    )
-    stress_cmd.add_arguments(stress, _positive(int), _positive(float))
-    return parser
-
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    asked = argv[:1] if argv and argv[0] in ALL_COMMANDS else []
+    try:
+        args = build_parser(asked).parse_args(argv)
+    except ModuleNotFoundError as exc:  # the server installed without the harness extra
+        if (exc.name or "").partition(".")[0] not in HARNESS_EXTRA_MODULES:
+            raise
+        print(f"harness: no module named {exc.name!r}: install the harness with "
+              "pip install 'wsnursery[harness]'", file=sys.stderr)
+        return EXIT_USAGE
     if args.command == "reliability":
-        return trio.run(_reliability, args)
-    from harness import connect as connect_cmd, load as load_cmd, stress as stress_cmd
+        import trio
 
-    run = {"load": load_cmd.command, "connect": connect_cmd.command, "stress": stress_cmd.command}[args.command]
+        return trio.run(_reliability, args)
+    run = importlib.import_module(LOAD_COMMANDS[args.command][0]).command
+    from harness.load import UsageError
+
     try:
         return run(args)
-    except load_cmd.UsageError as exc:
+    except UsageError as exc:
         print(f"harness {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except Exception as exc:  # a server that would not start, a refused connection: one line, exit 1
+    except Exception as exc:  # noqa: BLE001 - a server that would not start, a refused connection: one line, exit 1
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"harness {args.command}: {type(exc).__name__}: {first}", file=sys.stderr)
         return EXIT_FAILED
@@ -131,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _reliability(args: argparse.Namespace) -> int:
+    from harness import reliability
+
     if args.url and not args.url.startswith(("ws://127.", "ws://localhost", "ws://[::1]")):
         print("harness: --url must point at 127.0.0.1, localhost or [::1]", file=sys.stderr)
         return EXIT_USAGE

@@ -35,15 +35,24 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from benches.lib import rawws
-from benches.lib.servers import raise_nofile_limit
-from harness.load import (HIST_ARGS, CpuClock, ManagedServer, UsageError, machine, machine_line, parse_url,
-                          summary, write_outputs)
+from harness import rawws
+from harness.load import (
+    HIST_ARGS,
+    CpuClock,
+    ManagedServer,
+    UsageError,
+    machine,
+    machine_line,
+    parse_url,
+    summary,
+    write_outputs,
+)
 from harness.report import Progress, table
+from harness.servers import raise_nofile_limit
 
 MAX_CONNECTIONS = 10_000
 RETRY_AFTER_S = 1.0  # what wsnursery sends with its 503; rawws does not expose the header
-_REJECTED_RE = re.compile(r'^wsnursery_connections_rejected_total\{reason="([^"]+)"\}\s+([0-9.e+]+)', re.M)
+_REJECTED_RE = re.compile(r'^wsnursery_connections_rejected_total\{reason="([^"]+)"\}\s+([0-9.e+]+)', re.MULTILINE)
 
 
 def add_arguments(p: Any, positive_int: Any, positive_float: Any) -> None:
@@ -176,7 +185,7 @@ def _diff(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[s
 class _Subscriber:
     """One held connection's view of the broadcast: its subscribe reply and what arrived when."""
 
-    __slots__ = ("subscribed", "received", "times", "seqs", "errors", "bad")
+    __slots__ = ("bad", "errors", "received", "seqs", "subscribed", "times")
 
     def __init__(self) -> None:
         self.subscribed = False
@@ -234,9 +243,8 @@ async def _broadcast(conns: list, k: int, timeout: float, progress: Progress | N
                     all_subscribed.set()
             elif kind == "published":
                 acks[frame.get("id")] = now
-            elif kind == "error":
-                if len(sub.errors) < 3:
-                    sub.errors.append(f"{frame.get('code')}: {frame.get('reason')}"[:200])
+            elif kind == "error" and len(sub.errors) < 3:
+                sub.errors.append(f"{frame.get('code')}: {frame.get('reason')}"[:200])
         return on_message
 
     request = json.dumps({"type": "subscribe", "id": 1, "channel": channel}).encode()
@@ -431,8 +439,8 @@ def command(args: Any) -> int:
         b = result["broadcast"]
         d = b["delivery_latency_ms"]
         rows += [
-            (f"broadcast: got all {b['messages']} in order", f"{b['connections_got_all_in_order']:,} of "
-                                                             f"{b['held_connections']:,}"),
+            (f"broadcast: got all {b['messages']} in order",
+             f"{b['connections_got_all_in_order']:,} of {b['held_connections']:,}"),
             ("broadcast: subscribed / published", f"{b['subscribed']:,} / {b['published']} of {b['messages']}"),
             ("broadcast: delivery p50 / p99 / max ms", f"{d['p50']} / {d['p99']} / {d['max']}"),
             ("broadcast: all had a message, median / max ms",

@@ -1,6 +1,6 @@
 """``python -m harness load``: throughput and latency over real WebSocket connections.
 
-One asyncio process drives every client with the lean frame parser of ``benches/lib/rawws.py``
+One asyncio process drives every client with the lean frame parser of ``harness/rawws.py``
 (so the load generator stays cheaper than the server it measures). Each client keeps a window
 of messages in flight:
 
@@ -21,21 +21,20 @@ import asyncio
 import dataclasses
 import ipaddress
 import json
-import os
 import random
 import re
 import threading
 import time
 import urllib.parse
-from typing import Any
+from typing import Any, Self
 
 import psutil
 from hdrh.histogram import HdrHistogram
 
-from benches.lib import rawws
-from benches.lib.machine import describe, header_lines
-from benches.lib.servers import ServerProcess, raise_nofile_limit
+from harness import rawws
+from harness.machine import describe
 from harness.report import Progress
+from harness.servers import ServerProcess, raise_nofile_limit, wsnursery_argv
 
 SCENARIOS: dict[str, tuple[int, int, int]] = {  # name -> clients, messages per client, payload bytes
     "small": (10, 100, 64),
@@ -76,7 +75,9 @@ def summary(hist: HdrHistogram) -> dict[str, float]:
     """Percentiles in milliseconds."""
     if hist.get_total_count() == 0:
         return {k: 0.0 for k in ("min", "p50", "p95", "p99", "p999", "max", "mean")}
-    ms = lambda us: round(us / 1000.0, 3)  # noqa: E731
+    def ms(us: float) -> float:
+        return round(us / 1000.0, 3)
+
     return {
         "min": ms(hist.get_min_value()),
         "p50": ms(hist.get_value_at_percentile(50)),
@@ -92,15 +93,12 @@ class ManagedServer:
     """``python -m wsnursery serve`` on 127.0.0.1:0 with its peak RSS sampled in a thread."""
 
     def __init__(self, extra: list[str] | None = None) -> None:
-        import sys
-
-        argv = [sys.executable, "-m", "wsnursery", "serve", "--host", "127.0.0.1", "--port", "0", *(extra or [])]
-        self.proc = ServerProcess("wsnursery", argv)
+        self.proc = ServerProcess("wsnursery", wsnursery_argv(*(extra or [])))
         self.peak_rss = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "ManagedServer":
+    def __enter__(self) -> Self:
         self.proc.start()
         self._ps = psutil.Process(self.proc.pid)
         self.sample()
@@ -131,7 +129,7 @@ class ManagedServer:
         while not self._stop.wait(0.2):
             self.sample()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._thread:
             self._thread.join(1.0)

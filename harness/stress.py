@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.load import LoadSpec, UsageError, machine, machine_line, run_with_server, write_outputs
+from harness.load import (
+    LoadSpec,
+    UsageError,
+    machine,
+    machine_line,
+    run_with_server,
+    write_outputs,
+)
 from harness.report import table
 
 #: name -> (connections, messages per connection) exactly as in the stress guide.

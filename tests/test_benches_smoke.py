@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benches.lib.servers import ServerError, ServerProcess
+from harness.servers import ServerError, ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 SUBS, BATCH, WARMUP, MESSAGES = 20, 20, 40, 100
@@ -41,7 +41,7 @@ def test_fanout_and_fanout_acks_deliver_everything_in_order(our_server, tmp_path
         "--fanout-read-interval", "0.02", "--timeout-s", "20", "--stall-s", "5",
     ]
     try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"bench client did not finish in 60 s; output so far:\n{e.stdout}\n{e.stderr}")
     report = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}\n" \
@@ -82,3 +82,12 @@ def test_server_process_reports_the_output_of_a_server_that_did_not_start():
 
 def test_server_process_finds_the_port_and_keeps_the_last_lines(our_server):
     assert our_server.port and any("listening on ws://127.0.0.1:" in line for line in our_server.tail)
+
+
+@pytest.mark.parametrize("script", ["side_by_side.py", "micro.py", "client.py"])
+def test_bench_scripts_import_the_harness_as_a_package(script, tmp_path):
+    """Each script runs by path from any folder: it imports `harness.*`, never another bench file."""
+    proc = subprocess.run([sys.executable, str(REPO / "benches" / script), "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage:"), proc.stdout

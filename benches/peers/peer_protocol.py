@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 EPOCH = "p"
 HEARTBEAT = 20.0

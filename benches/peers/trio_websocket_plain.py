@@ -21,7 +21,12 @@ import sys
 
 import trio
 from peer_protocol import HEARTBEAT, MAX_SIZE, Registry, welcome
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    serve_websocket,
+)
 
 WELCOME = welcome("peer-trio-websocket")
 registry = Registry()

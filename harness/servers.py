@@ -1,4 +1,10 @@
-"""Start and stop the servers under test as subprocesses on 127.0.0.1 ephemeral ports."""
+"""Start and stop a server under test as a subprocess on a 127.0.0.1 ephemeral port.
+
+``ServerProcess("wsnursery")`` runs ``python -m wsnursery serve`` with this interpreter; any
+other server is given as its argv (``benches/side_by_side.py`` runs its peers from
+``benches/peers/`` that way). A server is ready once it prints ``READY <port>`` or wsnursery's
+``listening on ws://127.0.0.1:<port>/`` line.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +16,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
+from typing import Self
 
-BENCHES = Path(__file__).resolve().parent.parent
-REPO = BENCHES.parent
 HOST = "127.0.0.1"
 
-#: name -> argv. "wsnursery" is ours; the others are the peers in benches/peers/.
-COMMANDS: dict[str, list[str]] = {
-    "wsnursery": [sys.executable, "-m", "wsnursery", "serve", "--host", HOST, "--port", "0"],
-    "websockets_asyncio": [sys.executable, str(BENCHES / "peers" / "websockets_asyncio.py"), "--host", HOST,
-                           "--port", "0"],
-    "websockets_trio": [sys.executable, str(BENCHES / "peers" / "websockets_trio.py"), "--host", HOST,
-                        "--port", "0"],
-    "trio_websocket_plain": [sys.executable, str(BENCHES / "peers" / "trio_websocket_plain.py"), "--host", HOST,
-                             "--port", "0"],
-}
-ALL_SERVERS = tuple(COMMANDS)
-REFERENCE = "websockets_asyncio"
+
+def wsnursery_argv(*extra: str) -> list[str]:
+    """``python -m wsnursery serve`` on 127.0.0.1, an ephemeral port, with this interpreter."""
+    return [sys.executable, "-m", "wsnursery", "serve", "--host", HOST, "--port", "0", *extra]
+
 
 _READY = re.compile(r"^READY (\d+)\s*$")
 _LISTENING = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)/")
@@ -40,7 +37,7 @@ def _child_setup() -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
+    except Exception:  # noqa: BLE001, S110 - not Linux: stop() still ends the server
         pass
 
 
@@ -72,9 +69,13 @@ class ServerProcess:
     TAIL_LINES = 40
     TAIL_BYTES = 16_384
 
-    def __init__(self, name: str, argv: list[str] | None = None, start_timeout: float = 20.0):
+    def __init__(self, name: str, argv: list[str] | None = None, start_timeout: float = 20.0,
+                 cwd: str | os.PathLike[str] | None = None):
+        if argv is None and name != "wsnursery":
+            raise ValueError(f"no command known for server {name!r}: give its argv")
         self.name = name
-        self.argv = argv or COMMANDS[name]
+        self.argv = argv or wsnursery_argv()
+        self.cwd = cwd  # None: this process's working directory
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
@@ -113,12 +114,14 @@ class ServerProcess:
                 break
         return seen + end + 1
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> Self:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self._output = tempfile.TemporaryFile(prefix=f"{self.name}-", suffix=".log")
+        # held open for the server's life, closed (and so removed) by stop()
+        self._output = tempfile.TemporaryFile(prefix=f"{self.name}-", suffix=".log")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            self.argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=self._output,
-            stderr=self._output, preexec_fn=_child_setup, start_new_session=True,
+            self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=self._output,
+            # preexec_fn is safe here: callers start a server before any thread of their own
+            stderr=self._output, preexec_fn=_child_setup, start_new_session=True,  # noqa: PLW1509
         )
         deadline = time.monotonic() + self.start_timeout
         seen = 0
@@ -156,7 +159,7 @@ class ServerProcess:
             self._output = None
         return p.poll()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

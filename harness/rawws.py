@@ -4,7 +4,7 @@ Why not a library client: the benches need the *client* to stay cheaper than any
 drives, and receiving tens of thousands of small frames per second is where general clients
 spend their time (per-frame objects, UTF-8 decoding, queues, futures). This one parses frames
 straight out of the receive buffer and hands each complete message to a callback as `bytes`
-(text is not decoded). `python benches/client.py compare` measures it against the `websockets`
+(text is not decoded). `python -m harness.bench compare` measures it against the `websockets`
 asyncio client and wsproto on the same frame stream.
 
 What it does: the opening handshake (checks `101` and `Sec-WebSocket-Accept`, optional
@@ -27,7 +27,7 @@ try:  # C implementation shipped with `websockets`; same result as the fallback 
 except ImportError:  # pragma: no cover
     _apply_mask = None
 
-__all__ = ["RawWS", "connect", "HandshakeError", "OP_TEXT", "OP_BINARY"]
+__all__ = ["OP_BINARY", "OP_TEXT", "HandshakeError", "RawWS", "connect"]
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
@@ -244,7 +244,7 @@ class RawWS(asyncio.BufferedProtocol):
             async with asyncio.timeout(timeout):
                 try:
                     await self.close_received
-                except Exception:
+                except Exception:  # noqa: BLE001, S110 - lost without a close frame: wait for the socket below
                     pass
                 await self.lost  # the server closes TCP first (RFC 6455 7.1.1)
         except TimeoutError:

@@ -1,4 +1,4 @@
-"""Machine and library description printed at the top of every bench report."""
+"""Machine and library description printed at the top of every harness and bench report."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Which client receives many small frames fastest? (`python benches/client.py compare`)
+"""Which client receives many small frames fastest? (`python -m harness.bench compare`)
 
 A "blaster" process (raw asyncio, pre-built frames, no per-frame work) streams N unmasked text
 frames shaped like our `message` frame to one connection, then a close frame. Each client
@@ -7,7 +7,7 @@ frame has been handed to the application and report frames/s and the client's CP
 it is never the limit of a client that is slower than memcpy.
 
 Clients compared (all on asyncio, one connection):
-  rawws                   benches/lib/rawws.py (what the load client uses)
+  rawws                   harness/rawws.py (what the load clients use)
   websockets              websockets.asyncio.client, `async for message in ws` (decoded str)
   websockets-bytes        same, `await ws.recv(decode=False)` (no UTF-8 decode)
   wsproto                 wsproto.WSConnection on an asyncio.Protocol
@@ -95,7 +95,7 @@ def _blaster_proc(q, frames: int, size: int, conns: int) -> None:
 
 # -- clients ---------------------------------------------------------------------------------
 async def c_rawws(port: int) -> int:
-    from .rawws import connect
+    from harness.rawws import connect
 
     count = 0
 
@@ -201,7 +201,7 @@ def measure(name: str, frames: int, size: int) -> dict:
 
 
 def main(frames: int, size: int, repeat: int) -> list[dict]:
-    from . import machine
+    from harness import machine
 
     info = machine.describe()
     print("\n".join(machine.header_lines(info)))

@@ -1,1 +1,0 @@
-"""Shared helpers for the wsnursery benches (client, server processes, machine header)."""
