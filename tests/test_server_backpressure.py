@@ -113,7 +113,7 @@ async def test_block_policy_makes_the_publisher_wait_for_the_slow_reader(start_s
                 replies.append(reply["seq"])
 
         nursery.start_soon(publisher)
-        stream = running.server.hub.stream(CHANNEL)
+        stream = running.server.hub.broadcast(CHANNEL)
         await wait_until(stream.any_full, timeout=30, what="the slow subscriber to fill its queue")
         # Publish replies stall while the slow reader is stalled ...
         stalled_at = len(replies)
@@ -146,7 +146,7 @@ async def test_block_policy_waiting_publisher_is_released_when_the_slow_one_leav
                 replies.append((await pub.publish(CHANNEL, {"pad": PAD}))["seq"])
 
         nursery.start_soon(publisher)
-        stream = running.server.hub.stream(CHANNEL)
+        stream = running.server.hub.broadcast(CHANNEL)
         await wait_until(stream.any_full, timeout=30, what="the slow subscriber to fill its queue")
         stalled_at = len(replies)
         await slow.aclose()  # the slow subscriber goes away: nobody is full any more

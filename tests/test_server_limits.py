@@ -256,7 +256,7 @@ async def test_max_channels_refuses_when_every_channel_has_subscribers(start_ser
         await holder.request({"type": "unsubscribe", "id": 5, "channel": "c1"})
         assert (await client.publish("c3", "y"))["seq"] == 1
         assert running.server.hub.channel_count == 2
-        assert running.server.hub.stream("c1") is None
+        assert running.server.hub.broadcast("c1") is None
         # c1 comes back as a new stream: a resume from the old one is reported as lost.
         await holder.request({"type": "unsubscribe", "id": 6, "channel": "c2"})  # make room
         again = await client.subscribe("c1", since={"epoch": first["epoch"], "seq": 1})
@@ -272,5 +272,5 @@ async def test_max_channels_evicts_the_least_recently_used_idle_channel(start_se
         await client.publish("old", "touched")  # now "mid" is the least recently used
         await client.publish("fourth", 1)
         hub = running.server.hub
-        assert hub.stream("mid") is None
-        assert all(hub.stream(name) is not None for name in ("old", "new", "fourth"))
+        assert hub.broadcast("mid") is None
+        assert all(hub.broadcast(name) is not None for name in ("old", "new", "fourth"))

@@ -12,7 +12,8 @@ import math
 import os
 import re
 import tomllib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
@@ -111,6 +112,10 @@ class Config:
     )
     history_size: int = _setting(
         4096, _positive_int(), "messages kept per channel for resume and replay (at least the queue and unacked limits)"
+    )
+    history_bytes: int = _setting(
+        64 * 2**20, _positive_int(2**40),
+        "bytes of history kept per channel (each message counts the size its publisher sent); the oldest are dropped",
     )
     history_age: float = _setting(
         300.0, _positive_seconds, "seconds a message is kept in a channel's history"

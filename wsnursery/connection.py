@@ -40,7 +40,7 @@ from .wire import CloseCode, Opcode
 from .wsframe import control_frame, data_frame
 
 if TYPE_CHECKING:
-    from .hub import ChannelStream
+    from .broadcast import Broadcast
     from .server import Server
     from .stream import ServerStream
 
@@ -60,12 +60,12 @@ _PROTOCOL_ERRORS = (CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_PAYLOAD, CloseCo
 class Subscription:
     """A connection's cursor into one channel's stream (a ``hub.Sink``)."""
 
-    __slots__ = ("connection", "channel", "stream", "cursor", "tracker", "limit", "ready", "replay_end")
+    __slots__ = ("connection", "channel", "broadcast", "cursor", "tracker", "limit", "ready", "replay_end")
 
     def __init__(self, connection: Connection, channel: str, tracker: AckTracker | None) -> None:
         self.connection = connection
         self.channel = channel
-        self.stream: ChannelStream | None = None
+        self.broadcast: Broadcast | None = None
         self.cursor = 0  # seq of the last message written to the client
         self.tracker = tracker
         config = connection.server.config
@@ -75,9 +75,9 @@ class Subscription:
 
     @property
     def lag(self) -> int:
-        assert self.stream is not None
+        assert self.broadcast is not None
         behind = self.cursor if self.tracker is None else min(self.cursor, self.tracker.acked)
-        return self.stream.head - behind
+        return self.broadcast.head - behind
 
     @property
     def unacked(self) -> int:
@@ -93,8 +93,8 @@ class Subscription:
         ``block`` policy, keeps counting the whole lag: publishers wait rather than evict history
         a subscriber still has to read.)
         """
-        assert self.stream is not None
-        return min(self.lag, self.stream.head - self.replay_end)
+        assert self.broadcast is not None
+        return min(self.lag, self.broadcast.head - self.replay_end)
 
     @property
     def full(self) -> bool:
@@ -137,6 +137,7 @@ class Connection:
         # The writer's task and what it waits on exist only once it is needed (most never are).
         self._wake: trio.Event | None = None
         self._deliverer = server.deliverer
+        self._frame_cache = server.frames
         self._write_in_flight = False  # the writer task has taken frames it has not yet sent
         self._timer = server.timer  # wakes us at the earliest ack-retransmit deadline
         self._nursery: trio.Nursery | None = None
@@ -162,7 +163,7 @@ class Connection:
         tracker, limit = subscription.tracker, subscription.limit
         behind = subscription.cursor if tracker is None else min(subscription.cursor, tracker.acked)
         if (
-            subscription.stream.head - behind > limit  # type: ignore[union-attr]
+            subscription.broadcast.head - behind > limit  # type: ignore[union-attr]
             and subscription.overdue > limit
             and (not self.stream.idle or subscription.unacked >= limit)
         ):
@@ -350,7 +351,7 @@ class Connection:
                 return
             try:
                 request = self._parser.parse(codec.decode(payload, self.encoding))
-                await self._dispatch(request)
+                await self._dispatch(request, len(payload))
             except codec.DecodeError as exc:
                 await self._error(ProtocolError("bad_request", str(exc)))
             except ProtocolError as exc:
@@ -373,9 +374,9 @@ class Connection:
             if len(control) >= limit:
                 await self._wait_control_space()
 
-    async def _dispatch(self, request: protocol.Request) -> None:
+    async def _dispatch(self, request: protocol.Request, size: int) -> None:
         if isinstance(request, protocol.Publish):
-            await self._publish(request)
+            await self._publish(request, size)
         elif isinstance(request, protocol.Ack):
             self._ack(request)
         elif isinstance(request, protocol.Subscribe):
@@ -383,9 +384,9 @@ class Connection:
         elif isinstance(request, protocol.Unsubscribe):
             self._unsubscribe(request)
         else:
-            self._replay(request)
+            await self._replay(request)
 
-    async def _publish(self, request: protocol.Publish) -> None:
+    async def _publish(self, request: protocol.Publish, size: int) -> None:
         data = request.data
         try:
             codec.check_value(data)  # first: it bounds the depth bytes_from_json recurses to
@@ -396,7 +397,7 @@ class Connection:
         except codec.ValueNotCarried as exc:
             raise ProtocolError("bad_request", str(exc), request.id) from None
         try:
-            published = await self.hub.publish(request.channel, data, request.key)
+            published = await self.hub.publish(request.channel, data, request.key, size)
         except ProtocolError as exc:
             exc.request_id = request.id
             raise
@@ -415,25 +416,25 @@ class Connection:
                 )
             subscription = Subscription(self, request.channel, self._tracker(request.ack))
             try:
-                subscription.stream = await self.hub.attach(request.channel, subscription)
+                subscription.broadcast = await self.hub.attach(request.channel, subscription)
             except ProtocolError as exc:
                 exc.request_id = request.id
                 raise
             try:
-                _check_since(subscription.stream, request.since, request.id)
+                _check_since(subscription.broadcast, request.since, request.id)
             except ProtocolError:  # a refused subscribe leaves no subscription behind
                 self.hub.detach(request.channel, subscription)
                 raise
             self.subscriptions[request.channel] = subscription
         else:
-            assert subscription.stream is not None
-            _check_since(subscription.stream, request.since, request.id)  # before changing it
+            assert subscription.broadcast is not None
+            _check_since(subscription.broadcast, request.since, request.id)  # before changing it
         if request.ack != (subscription.tracker is not None):
             subscription.tracker = self._tracker(request.ack)
             subscription.limit = (
                 self.config.max_unacked if request.ack else self.config.outbound_queue_size
             )
-        start, recovered = self._position(subscription, request.since, request.id)
+        start, recovered = await self._position(subscription, request.since, request.id)
         self._enqueue(protocol.subscribed_frame(request.id, request.channel, start, recovered))
 
     def _tracker(self, ack: bool) -> AckTracker | None:
@@ -446,31 +447,31 @@ class Connection:
             max_unacked=config.max_unacked,
         )
 
-    def _position(
+    async def _position(
         self, subscription: Subscription, since: Position | None, request_id: int | None
     ) -> tuple[Position, bool]:
         """Point the cursor just after ``since`` (or at the head); say if nothing was lost."""
-        stream = subscription.stream
-        assert stream is not None
-        _check_since(stream, since, request_id)
+        broadcast = subscription.broadcast
+        assert broadcast is not None
+        _check_since(broadcast, since, request_id)
         if since is None:
-            cursor, recovered = stream.head, True
-        elif since.epoch == stream.epoch and stream.holds_after(since.seq):
+            cursor, recovered = broadcast.head, True
+        elif await self.hub.recover(subscription.channel, since):
             cursor, recovered = since.seq, True
         else:
-            cursor, recovered = stream.oldest - 1, False
+            cursor, recovered = broadcast.oldest - 1, False
         subscription.cursor = cursor
-        subscription.replay_end = stream.head
+        subscription.replay_end = broadcast.head
         if subscription.tracker is not None:
             subscription.tracker.reset_to(cursor)
             self._acking.add(subscription)
         else:
             self._acking.discard(subscription)
         subscription.ready = True
-        if cursor < stream.head:
+        if cursor < broadcast.head:
             self._dirty[subscription] = None
             self._deliverer.schedule(self)
-        return stream.position, recovered
+        return broadcast.position, recovered
 
     def _unsubscribe(self, request: protocol.Unsubscribe) -> None:
         subscription = self._require(request.channel, request.id)
@@ -488,13 +489,13 @@ class Connection:
         if result.error_code is not None:
             raise ProtocolError(result.error_code, result.error_reason or "bad ack", request.id)
         if result.newly_acked:
-            assert subscription.stream is not None
-            subscription.stream.progressed()
+            assert subscription.broadcast is not None
+            subscription.broadcast.progressed()
             self._arm_retransmit()  # an ack resets the backoff: the next one may be due sooner
 
-    def _replay(self, request: protocol.Replay) -> None:
+    async def _replay(self, request: protocol.Replay) -> None:
         subscription = self._require(request.channel, request.id)
-        start, recovered = self._position(subscription, request.since, request.id)
+        start, recovered = await self._position(subscription, request.since, request.id)
         self._enqueue(protocol.replaying_frame(request.id, request.channel, start, recovered))
 
     def _require(self, channel: str, request_id: int | None) -> Subscription:
@@ -575,12 +576,14 @@ class Connection:
                 self._control_space = None
         replies = len(parts)
         encoding = self.encoding
+        cache = self._frame_cache
+        frames = cache.table(encoding)
         now = trio.current_time()
         acked_sends = False
         for subscription in list(self._dirty):
             if size >= WRITE_BUDGET:
                 break
-            stream = subscription.stream
+            stream = subscription.broadcast
             assert stream is not None
             messages = stream.after(subscription.cursor, BATCH_PER_SUBSCRIPTION)
             if messages is None:
@@ -589,7 +592,7 @@ class Connection:
                 break
             taken = 0
             for message in messages:
-                frame = message.frame(encoding)
+                frame = frames.get(message) or cache.encode(message, encoding)
                 parts.append(frame)
                 size += len(frame)
                 taken += 1
@@ -662,7 +665,7 @@ class Connection:
         self.request_close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
 
 
-def _check_since(stream: ChannelStream, since: Position | None, request_id: int | None) -> None:
+def _check_since(stream: Broadcast, since: Position | None, request_id: int | None) -> None:
     """Refuse a ``since`` ahead of the stream (same epoch, seq past the head)."""
     if since is not None and since.epoch == stream.epoch and since.seq > stream.head:
         raise ProtocolError(

@@ -25,14 +25,14 @@ from . import __version__, handshake, http, logs
 from .codec import Encoding
 from .config import Config
 from .connection import Connection
-from .wire import CloseCode
-from .delivery import Deliverer
+from .delivery import Deliverer, FrameCache
 from .heartbeat import Heartbeats
-from .timers import DeadlineTimer
 from .hub import Hub, MemoryHub
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import RequestParser
 from .stream import ServerStream, send_at_once
+from .timers import DeadlineTimer
+from .wire import CloseCode
 
 log = logs.get("server")
 
@@ -44,6 +44,7 @@ class Server:
         self.config = config
         self.hub: Hub = hub or MemoryHub(
             history_size=config.history_size,
+            history_bytes=config.history_bytes,
             history_age=config.history_age,
             dedup_size=config.dedup_size,
             dedup_age=config.dedup_age,
@@ -52,6 +53,7 @@ class Server:
         )
         self.metrics = Metrics()
         self.deliverer = Deliverer()
+        self.frames = FrameCache()
         self.heartbeats = Heartbeats(config.heartbeat_interval, config.heartbeat_timeout)
         self.timer = DeadlineTimer()
         self.request_parser = RequestParser(config.channel_pattern)
@@ -84,6 +86,7 @@ class Server:
     ) -> None:
         """Serve on ``listeners`` until ``shutdown()`` has drained."""
         async with trio.open_nursery() as connections:
+            await connections.start(self.hub.run)
             connections.start_soon(self.deliverer.run)
             connections.start_soon(self.heartbeats.run)
             connections.start_soon(self.timer.run)
@@ -194,7 +197,7 @@ class Server:
             "status": "draining" if self.draining else "ok",
             "server": self.server_name,
             "connections": self.websockets,
-            "channels": getattr(self.hub, "channel_count", None),
+            "channels": self.hub.channel_count,
             "uptime": round(time.monotonic() - self._started, 3),
         }
         return http.json_response(503 if self.draining else 200, body)
