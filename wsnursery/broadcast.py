@@ -66,7 +66,7 @@ class Message:
 
 
 class Receiver(Protocol):
-    """One receive cursor's owner, as the broadcast sees it."""
+    """A receive side, as the broadcast sees it (``Cursor`` is one)."""
 
     def notify(self) -> None:
         """A message was sent (called without blocking, inside ``send``)."""
@@ -181,3 +181,45 @@ class Broadcast:
         if self._progress is not None:
             self._progress.set()
             self._progress = None
+
+
+class Cursor:
+    """One receiver's place in a broadcast: ``cursor`` is the seq of the last message it took.
+
+    The receive side of the channel, one per subscriber. ``take`` reads what comes next
+    without moving; the owner moves ``cursor`` past what it actually handed on (and may move
+    it back, to send again what was not acknowledged), then calls ``progressed`` on the
+    broadcast so that waiting senders look again. ``lag`` counts the messages still to take;
+    at ``limit`` the receiver is ``full``. ``notify`` does nothing here: a subclass wakes its
+    writer, or closes itself when it lags too far (``Policy.CLOSE``).
+    """
+
+    __slots__ = ("broadcast", "cursor", "limit")
+
+    def __init__(self, broadcast: Broadcast | None = None, *, limit: int = 1) -> None:
+        self.broadcast = broadcast  # set when the receiver is attached
+        self.cursor = 0 if broadcast is None else broadcast.head
+        self.limit = limit
+
+    @property
+    def lag(self) -> int:
+        assert self.broadcast is not None
+        return self.broadcast.head - self.cursor
+
+    @property
+    def full(self) -> bool:
+        return self.lag >= self.limit
+
+    @property
+    def lost(self) -> bool:
+        """Some message after the cursor was dropped at a bound before it was taken."""
+        assert self.broadcast is not None
+        return self.cursor < self.broadcast.oldest - 1
+
+    def take(self, limit: int) -> list[Message] | None:
+        """Up to ``limit`` messages after the cursor (None when ``lost``); the cursor stays."""
+        assert self.broadcast is not None
+        return self.broadcast.after(self.cursor, limit)
+
+    def notify(self) -> None:
+        """A message was sent (the broadcast calls this without blocking)."""

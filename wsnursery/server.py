@@ -25,6 +25,7 @@ from . import __version__, handshake, http, logs
 from .codec import Encoding
 from .config import Config
 from .connection import Connection
+from .context import ConnectionContext
 from .delivery import Deliverer, FrameCache
 from .heartbeat import Heartbeats
 from .hub import Hub, MemoryHub
@@ -53,11 +54,20 @@ class Server:
         )
         self.metrics = Metrics()
         self.deliverer = Deliverer()
-        self.frames = FrameCache()
         self.heartbeats = Heartbeats(config.heartbeat_interval, config.heartbeat_timeout)
         self.timer = DeadlineTimer()
-        self.request_parser = RequestParser(config.channel_pattern)
         self.server_name = f"wsnursery/{__version__}"
+        self.context = ConnectionContext(
+            config=config,
+            hub=self.hub,
+            deliverer=self.deliverer,
+            frames=FrameCache(),
+            timer=self.timer,
+            heartbeats=self.heartbeats,
+            metrics=self.metrics,
+            parser=RequestParser(config.channel_pattern),
+            server_name=self.server_name,
+        )
         self.connections: set[Connection] = set()
         self.websockets = 0  # open WebSocket connections (pub/sub and echo)
         self.sockets = 0
@@ -232,7 +242,7 @@ class Server:
         try:
             encoding = await self._accept(stream, head, key)
             server_stream = ServerStream(stream, len(after_head))
-            session = Connection(self, server_stream, after_head, encoding, remote, echo=endpoint == "echo")
+            session = Connection(self.context, server_stream, after_head, encoding, remote, echo=endpoint == "echo")
             self.metrics.count(self.metrics.connections_opened, endpoint)
             log.info("open", extra={"fields": {"remote": remote, "endpoint": endpoint, "encoding": encoding.value}})
             async with trio.open_nursery() as nursery:
