@@ -18,19 +18,6 @@ DEFAULT_CHANNEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 MAX_KEY_LENGTH = 256
 MAX_EPOCH_LENGTH = 64
 
-# Error codes of the outline, plus ``too_many_channels`` (the hub's channel bound).
-ERROR_CODES = (
-    "bad_request",
-    "unknown_type",
-    "invalid_channel",
-    "not_subscribed",
-    "too_many_subscriptions",
-    "too_many_channels",
-    "rate_limited",
-    "forbidden",
-    "internal",
-)
-
 
 class ProtocolError(Exception):
     """A request the server answers with an ``error`` frame (the connection stays open)."""
