@@ -49,6 +49,6 @@ async def test_a_live_connection_holds_the_context_and_no_server(start_server):
         [connection] = running.server.connections
         assert connection.context is running.server.context
         assert welcome["server"] == running.server.context.server_name
-        assert all(value is not running.server for value in vars(connection).values())
+        assert all(getattr(connection, name) is not running.server for name in type(connection).__slots__)
     finally:
         await raw.aclose()

@@ -10,7 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsnursery import protocol
-from wsnursery.protocol import Ack, Position, ProtocolError, Publish, Replay, RequestParser, Subscribe, Unsubscribe
+from wsnursery.protocol import (
+    Ack,
+    Position,
+    ProtocolError,
+    Publish,
+    Replay,
+    RequestParser,
+    Subscribe,
+    Unsubscribe,
+)
 
 parser = RequestParser()
 

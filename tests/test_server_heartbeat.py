@@ -7,10 +7,16 @@ import json
 import pytest
 import trio
 
-from .test_server_support import metric, raw_welcome, server_errors, text_frame, wait_until  # noqa: F401 (a fixture)
+from .test_server_support import (  # noqa: F401 (a fixture)
+    metric,
+    raw_welcome,
+    server_errors,
+    text_frame,
+    wait_until,
+)
 from .wsclient import RawClient, connect
 
-FAST = dict(heartbeat_interval=0.1, heartbeat_timeout=0.2)
+FAST = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.2}
 
 pytestmark = pytest.mark.usefixtures("server_errors")
 

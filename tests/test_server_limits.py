@@ -81,8 +81,8 @@ async def test_connections_past_max_connections_get_http_503(start_server):
         assert rejected.value.status_code == 503
         answer = await http_request(
             running.port,
-            f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13",
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13",
         )
         assert answer.status == 503 and answer.headers["retry-after"] == "1"
         # Health checks still get through at the limit.

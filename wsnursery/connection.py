@@ -45,6 +45,27 @@ _OPEN = ConnectionState.OPEN
 
 
 class Connection:
+    __slots__ = (
+        "_close_timeout",
+        "_closing",
+        "_frames",
+        "_pings_sent",
+        "_pong",
+        "_reader_scope",
+        "close_code",
+        "close_reason",
+        "context",
+        "echo",
+        "encoding",
+        "handlers",
+        "outbox",
+        "peer_closed",
+        "remote",
+        "retransmits",
+        "state",
+        "stream",
+    )
+
     def __init__(
         self,
         context: ConnectionContext,
@@ -195,7 +216,7 @@ class Connection:
                 self._pong.heard()
                 frames.feed(data)
                 continue
-            if type(event) is not Control:
+            if not isinstance(event, Control):
                 return event
             if event.opcode == Opcode.CLOSE:
                 self.peer_closed = True

@@ -38,6 +38,19 @@ class Owner(Protocol):
 class RequestHandlers:
     """The subscriptions of one connection and the handlers that change them."""
 
+    __slots__ = (
+        "_config",
+        "_encoding",
+        "_hub",
+        "_metrics",
+        "_outbox",
+        "_owner",
+        "_parser",
+        "_retransmits",
+        "errors",
+        "subscriptions",
+    )
+
     def __init__(
         self,
         owner: Owner,

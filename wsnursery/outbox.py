@@ -59,6 +59,25 @@ def _nothing() -> None:
 
 
 class Outbox:
+    __slots__ = (
+        "_deliverer",
+        "_frame_cache",
+        "_max_control",
+        "_metrics",
+        "_nursery",
+        "_owner",
+        "_space",
+        "_wake",
+        "_write_in_flight",
+        "_writer_scope",
+        "control",
+        "dirty",
+        "encoding",
+        "sent_unacked",
+        "stream",
+        "writer_done",
+    )
+
     def __init__(
         self, owner: Owner, stream: ServerStream, encoding: Encoding, context: ConnectionContext
     ) -> None:

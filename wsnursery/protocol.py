@@ -9,6 +9,7 @@ field names of ``shared/protocol-v1.md``, which other clients rely on.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -163,7 +164,7 @@ def _parse_replay(frame: dict[str, Any], request_id: int | None, channel: str) -
     return Replay(request_id, channel, since)
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict[str, Any], int | None, str], Request]] = {
     "subscribe": _parse_subscribe,
     "unsubscribe": _parse_unsubscribe,
     "publish": _parse_publish,

@@ -36,6 +36,14 @@ class Marks(Protocol):
 class Retransmits:
     """The acking subscriptions of one connection, and their earliest retransmit deadline."""
 
+    __slots__ = (
+        "_metrics",
+        "_outbox",
+        "_owner",
+        "_timer",
+        "acking",
+    )
+
     def __init__(self, owner: Owner, outbox: Marks, timer: DeadlineTimer, metrics: Metrics) -> None:
         self._owner = owner
         self._outbox = outbox

@@ -237,6 +237,7 @@ class Server:
                 headers = [("Sec-WebSocket-Version", handshake.VERSION)]
             await stream.send_all(http.response(status, text.encode(), extra_headers=headers))
             return
+        assert endpoint is not None  # no endpoint is a refusal
         remote = _peer(stream)
         self.websockets += 1
         try:

@@ -28,7 +28,7 @@ class Timed(Protocol):
 
 
 class _Slot:
-    __slots__ = ("member", "deadline")
+    __slots__ = ("deadline", "member")
 
     def __init__(self, member: Timed, deadline: float) -> None:
         self.member: Timed | None = member
