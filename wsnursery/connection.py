@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import trio
 
-from . import logs, protocol
+from . import protocol
 from .codec import Encoding
 from .context import ConnectionContext, ConnectionState
 from .frame_reader import Control, FrameError, FrameReader
@@ -34,8 +34,6 @@ from .retransmit import Retransmits
 from .stream import ServerStream
 from .wire import CloseCode, Opcode
 from .wsframe import control_frame, data_frame
-
-log = logs.get("connection")
 
 READ_SIZE = 65536
 

@@ -22,7 +22,6 @@ Bounds, and what happens at each:
 
 from __future__ import annotations
 
-import collections
 from typing import Any, Protocol
 
 import trio
@@ -88,7 +87,7 @@ class Outbox:
         self._frame_cache = context.frames
         self._metrics = context.metrics
         self._max_control = context.config.max_control_queue
-        self.control: collections.deque[bytes] = collections.deque()
+        self.control: list[bytes] = []  # a list, not a deque: 56 bytes empty, not 624
         self.dirty: dict[Subscription, None] = {}
         self.sent_unacked: Any = _nothing  # called after a write that took unacked messages
         self._space: trio.Event | None = None  # the reader waits on it when replies pile up
@@ -270,14 +269,16 @@ class Outbox:
         parts: list[bytes] = []
         size = 0
         control = self.control
-        while control and size < WRITE_BUDGET:
-            part = control.popleft()
+        for part in control:
+            if size >= WRITE_BUDGET:
+                break
             parts.append(part)
             size += len(part)
+        replies = len(parts)
+        del control[:replies]  # at most max_control_queue (+ one read's pings) long
         if self._space is not None and len(control) < self._max_control:
             self._space.set()
             self._space = None
-        replies = len(parts)
         encoding = self.encoding
         cache = self._frame_cache
         frames = cache.table(encoding)

@@ -49,17 +49,17 @@ class Retransmits:
         self._outbox = outbox
         self._timer = timer
         self._metrics = metrics
-        self.acking: set[Subscription] = set()
+        self.acking: dict[Subscription, None] = {}  # a dict, not a set: 64 bytes empty, not 216
 
     def track(self, subscription: Subscription) -> None:
         """Watch ``subscription``'s acks (or stop watching, when it has no tracker)."""
         if subscription.tracker is not None:
-            self.acking.add(subscription)
+            self.acking[subscription] = None
         else:
-            self.acking.discard(subscription)
+            self.acking.pop(subscription, None)
 
     def forget(self, subscription: Subscription) -> None:
-        self.acking.discard(subscription)
+        self.acking.pop(subscription, None)
 
     def next_deadline(self) -> float:
         deadline = math.inf

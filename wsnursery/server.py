@@ -70,6 +70,7 @@ class Server:
         )
         self.connections: set[Connection] = set()
         self.websockets = 0  # open WebSocket connections (pub/sub and echo)
+        self._all_closed = trio.Event()  # set once draining and no WebSocket connection is left
         self.sockets = 0
         self.draining = False
         self._aborted = False
@@ -136,8 +137,8 @@ class Server:
         for connection in list(self.connections):
             connection.request_close(CloseCode.GOING_AWAY, "server shutting down")
         with trio.move_on_after(self.config.shutdown_timeout):
-            while self.websockets:
-                await trio.sleep(0.01)
+            if self.websockets:
+                await self._all_closed.wait()
 
     # -- accepting --------------------------------------------------------------------
 
@@ -259,6 +260,8 @@ class Server:
             )
         finally:
             self.websockets -= 1
+            if self.draining and not self.websockets:
+                self._all_closed.set()
 
     async def _accept(self, stream: trio.SocketStream, head: http.RequestHead, key: str) -> Encoding:
         """Answer 101 with the negotiated subprotocol (see ``handshake``).
