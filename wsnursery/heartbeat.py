@@ -38,24 +38,29 @@ class PongDeadline:
     """One connection's pong deadline, kept as the deadline of the cancel scope around its reader.
 
     ``math.inf`` while no ping is unanswered. A second ping while one is unanswered keeps the
-    earlier deadline: the first unanswered ping decides.
+    earlier deadline: the first unanswered ping decides. ``pending`` mirrors "a deadline is
+    set", so that the check on every read is one attribute, not the scope's ``deadline``
+    property (about 0.3 us in trio 0.35).
     """
 
-    __slots__ = ("excused", "scope", "timeout")
+    __slots__ = ("excused", "pending", "scope", "timeout")
 
     def __init__(self, scope: trio.CancelScope, timeout: float) -> None:
         self.scope = scope
         self.timeout = timeout
         self.excused = False
+        self.pending = False
 
     def pinged(self, now: float) -> None:
         """A ping went out at ``now``: the peer has ``timeout`` seconds to send anything."""
-        if not self.excused and self.scope.deadline == math.inf:
+        if not self.excused and not self.pending:
+            self.pending = True
             self.scope.deadline = now + self.timeout
 
     def heard(self) -> None:
         """Something arrived from the peer: every ping so far is answered."""
-        if self.scope.deadline != math.inf:
+        if self.pending:
+            self.pending = False
             self.scope.deadline = math.inf
 
     def excuse(self, excused: bool) -> None:
