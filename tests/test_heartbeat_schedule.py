@@ -1,54 +1,99 @@
-"""The sans-I/O heartbeat schedule: who is pinged when, who is given up on, who is forgotten."""
+"""Heartbeats without a server: who is pinged when, whose pong deadline passes, who is forgotten.
+
+The schedule (pings) and ``PongDeadline`` (the deadline a ping puts on a connection's reader
+scope) are driven here with explicit times, against a model of "the first unanswered ping
+decides".
+"""
 
 from __future__ import annotations
 
 import gc
+import math
 import weakref
 
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsnursery.heartbeat import HeartbeatSchedule
+from wsnursery.heartbeat import HeartbeatSchedule, PongDeadline
 
 
 class Member:
-    def __init__(self) -> None:
-        self.received = 0
+    """A connection as the heartbeat sees it: a pong deadline on a (never entered) cancel scope."""
 
-    def ping(self) -> None: ...
+    def __init__(self, timeout: float) -> None:
+        self.pong = PongDeadline(trio.CancelScope(), timeout)
+        self.now = 0.0
 
-    def heard(self) -> int:
-        return self.received
+    def ping(self) -> None:
+        self.pong.pinged(self.now)
 
-    def heartbeat_timeout(self) -> None: ...
+    def silent_at(self, now: float) -> bool:
+        return self.pong.scope.deadline <= now
 
 
-def test_pings_every_interval_and_closes_the_silent_one_at_its_timeout():
-    schedule = HeartbeatSchedule(interval=1.0, timeout=0.5)
-    talker, silent = Member(), Member()
+def _ping(schedule: HeartbeatSchedule, now: float, *members: Member) -> list[Member]:
+    for member in members:
+        member.now = now
+    due = schedule.poll(now)
+    for member in due:
+        member.ping()  # type: ignore[attr-defined]
+    return due  # type: ignore[return-value]
+
+
+def test_pings_every_interval_and_the_silent_one_passes_its_deadline_at_its_timeout():
+    schedule = HeartbeatSchedule(interval=1.0)
+    talker, silent = Member(0.5), Member(0.5)
     schedule.add(talker, 0.0)
     schedule.add(silent, 0.0)
     assert schedule.next_deadline() == 1.0
-    assert schedule.poll(0.9) == ([], [])
-    assert schedule.poll(1.0) == ([talker, silent], [])
-    talker.received += 6  # its pong
-    assert schedule.next_deadline() == 1.5
-    assert schedule.poll(1.5) == ([], [silent])
+    assert _ping(schedule, 0.9, talker, silent) == []
+    assert not silent.silent_at(0.9)  # no ping yet, no deadline
+    assert _ping(schedule, 1.0, talker, silent) == [talker, silent]
+    talker.pong.heard()  # its pong
+    assert talker.pong.scope.deadline == math.inf
+    assert silent.pong.scope.deadline == 1.5
+    assert not silent.silent_at(1.49) and silent.silent_at(1.5)
+    assert not talker.silent_at(1.5)
+    schedule.remove(silent)  # the connection closed 4000 and left
     assert len(schedule) == 1
-    assert schedule.poll(2.0) == ([talker], [])  # the silent one is not pinged again
+    assert _ping(schedule, 2.0, talker) == [talker]  # the silent one is not pinged again
+
+
+def test_a_second_ping_keeps_the_first_unanswered_deadline():
+    pong = PongDeadline(trio.CancelScope(), 5.0)
+    pong.pinged(1.0)
+    pong.pinged(2.0)
+    assert pong.scope.deadline == 6.0
+    pong.heard()
+    pong.pinged(3.0)
+    assert pong.scope.deadline == 8.0
+
+
+def test_an_excused_connection_has_no_deadline_until_the_excuse_ends():
+    """Backpressure the server applies (a publish waiting under ``block``) is not silence."""
+    pong = PongDeadline(trio.CancelScope(), 1.0)
+    pong.pinged(0.0)
+    pong.excuse(True)
+    assert pong.scope.deadline == math.inf  # the pending deadline is lifted ...
+    pong.pinged(5.0)
+    assert pong.scope.deadline == math.inf  # ... and pings meanwhile set none
+    pong.excuse(False)
+    pong.pinged(9.0)
+    assert pong.scope.deadline == 10.0
 
 
 def test_a_member_that_leaves_is_neither_pinged_nor_kept_alive():
-    schedule = HeartbeatSchedule(interval=1.0, timeout=0.5)
-    member = Member()
+    schedule = HeartbeatSchedule(interval=1.0)
+    member = Member(0.5)
     schedule.add(member, 0.0)
-    schedule.poll(1.0)
+    _ping(schedule, 1.0, member)
     schedule.remove(member)
     ref = weakref.ref(member)
     del member
     gc.collect()
     assert ref() is None  # queued entries do not hold a closed connection
-    assert schedule.poll(10.0) == ([], [])
+    assert schedule.poll(10.0) == []
 
 
 @given(
@@ -58,22 +103,22 @@ def test_a_member_that_leaves_is_neither_pinged_nor_kept_alive():
 )
 def test_a_member_is_closed_exactly_when_a_ping_went_unanswered_for_the_timeout(interval, timeout, events):
     """Against a model: answered pings never close; the first silent ping closes at its deadline."""
-    schedule = HeartbeatSchedule(interval, timeout)
-    member = Member()
+    schedule = HeartbeatSchedule(interval)
+    member = Member(timeout)
     schedule.add(member, 0.0)
     now = 0.0
-    pings: list[tuple[float, int]] = []  # (deadline, heard at ping)
+    received = 0
+    pings: list[tuple[float, int]] = []  # (deadline, received at ping)
     for step, answers in events:
         now += step
-        to_ping, silent = schedule.poll(now)
-        expected_silent = any(deadline <= now and heard == member.heard() for deadline, heard in pings)
-        assert silent == ([member] if expected_silent else [])
-        if silent:
-            assert schedule.poll(now + 100) == ([], [])
-            return
+        expected_silent = any(deadline <= now and heard == received for deadline, heard in pings)
+        assert member.silent_at(now) == expected_silent
+        if expected_silent:
+            return  # Trio cancels the reader: the connection closes 4000
         pings = [(d, h) for d, h in pings if d > now]
-        if to_ping:
-            pings.append((now + timeout, member.heard()))
+        if _ping(schedule, now, member):
+            pings.append((now + timeout, received))
         if answers:
-            member.received += 1
+            received += 1
+            member.pong.heard()
     assert len(schedule) == 1

@@ -201,5 +201,5 @@ async def test_replay_on_an_acked_subscription_resets_the_window(start_server):
 
 def sub_tracker(running, channel: str):
     """The AckTracker of the only acking subscription to ``channel`` on the server."""
-    [subscription] = [s for s in running.server.hub.stream(channel).sinks if s.tracker is not None]
+    [subscription] = [s for s in running.server.hub.broadcast(channel).receivers if s.tracker is not None]
     return subscription.tracker

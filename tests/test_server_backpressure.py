@@ -113,7 +113,7 @@ async def test_block_policy_makes_the_publisher_wait_for_the_slow_reader(start_s
                 replies.append(reply["seq"])
 
         nursery.start_soon(publisher)
-        stream = running.server.hub.stream(CHANNEL)
+        stream = running.server.hub.broadcast(CHANNEL)
         await wait_until(stream.any_full, timeout=30, what="the slow subscriber to fill its queue")
         # Publish replies stall while the slow reader is stalled ...
         stalled_at = len(replies)
@@ -146,7 +146,7 @@ async def test_block_policy_waiting_publisher_is_released_when_the_slow_one_leav
                 replies.append((await pub.publish(CHANNEL, {"pad": PAD}))["seq"])
 
         nursery.start_soon(publisher)
-        stream = running.server.hub.stream(CHANNEL)
+        stream = running.server.hub.broadcast(CHANNEL)
         await wait_until(stream.any_full, timeout=30, what="the slow subscriber to fill its queue")
         stalled_at = len(replies)
         await slow.aclose()  # the slow subscriber goes away: nobody is full any more
@@ -222,8 +222,8 @@ async def test_ping_flood_from_a_client_that_does_not_read_stays_bounded(start_s
         async with trio.open_nursery() as nursery:
             nursery.start_soon(raw.stream.send_all, burst)  # waits while the server does not read
             [connection] = running.server.connections
-            await wait_until(lambda: len(connection._control) >= 8, timeout=30, what="the pong queue to fill")
-            assert len(connection._control) == 8  # and not one more: the reader waits
+            await wait_until(lambda: len(connection.outbox.control) >= 8, timeout=30, what="the pong queue to fill")
+            assert len(connection.outbox.control) == 8  # and not one more: the reader waits
             pongs: list[bytes] = []
             with trio.fail_after(60):
                 while len(pongs) < count:
@@ -244,7 +244,7 @@ async def test_client_close_while_the_writer_is_mid_frame_is_answered_after_that
     try:
         for _ in range(30):  # far more than the socket buffers hold: the writer is mid-send
             await raw.send_frame(0x2, big)
-        await wait_until(lambda: any(c._writer_done is not None for c in running.server.connections),
+        await wait_until(lambda: any(c.outbox.writer_done is not None for c in running.server.connections),
                          what="the writer to take over")
         await raw.send_frame(0x8, (1000).to_bytes(2, "big") + b"bye")
         frames = []

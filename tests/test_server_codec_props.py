@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from wsnursery import codec
 from wsnursery.codec import Encoding
+from wsnursery.delivery import FrameCache
 from wsnursery.hub import Message
 
 TRICKY_TEXT = [
@@ -102,9 +103,10 @@ def test_round_trip_through_both_encodings_and_the_server_frames(value):
     # What the hub writes to subscribers: one unmasked frame, right opcode, the value inside,
     # encoded once per encoding and then shared by every subscriber.
     message = Message("chan", "ep", 7, value, 1_700_000_000_000, 0.0)
+    frames = FrameCache()
     for encoding in Encoding:
-        frame = message.frame(encoding)
-        assert message.frame(encoding) is frame
+        frame = frames.frame(message, encoding)
+        assert frames.frame(message, encoding) is frame
         opcode, payload = unframe(frame)
         assert opcode == (0x2 if encoding is Encoding.CBOR else 0x1)
         decoded = codec.decode(payload if encoding is Encoding.CBOR else payload.decode("utf-8"), encoding)

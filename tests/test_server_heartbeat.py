@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import trio
 
-from .test_server_support import metric, raw_welcome, server_errors, wait_until  # noqa: F401 (a fixture)
+from .test_server_support import (  # noqa: F401 (a fixture)
+    metric,
+    raw_welcome,
+    server_errors,
+    text_frame,
+    wait_until,
+)
 from .wsclient import RawClient, connect
 
-FAST = dict(heartbeat_interval=0.1, heartbeat_timeout=0.2)
+FAST = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.2}
 
 pytestmark = pytest.mark.usefixtures("server_errors")
 
@@ -72,3 +80,63 @@ async def test_client_that_answers_pings_is_kept(start_server):
     finally:
         await raw.aclose()
     assert metric(running.server, "wsnursery_heartbeat_timeouts_total") == 0
+
+
+async def test_a_publisher_held_up_by_the_block_policy_is_not_closed_4000(start_server):
+    """Issue 12 item 8: while a publish waits under ``block``, the server reads nothing from
+    that client, and its pongs wait unread in the socket: the server's own backpressure, not
+    the client's silence. It must not be closed 4000; once the subscriber acks, it goes on."""
+    running = await start_server(
+        **FAST, slow_consumer_policy="block", outbound_queue_size=4, max_unacked=4, history_size=64
+    )
+    async with connect(running.url) as sub, trio.open_nursery() as nursery:
+        await sub.subscribe("held", ack=True)
+        seen: list[int] = []
+
+        async def consume() -> None:  # reads (so it answers pings) but never acks
+            while True:
+                frame = await sub.receive()
+                if frame["type"] == "message":
+                    seen.append(frame["seq"])
+
+        nursery.start_soon(consume)
+        raw = await RawClient.connect(running.port)
+        try:
+            await raw_welcome(raw)
+            for i in range(6):  # 4 fill the unacked window, the 5th waits, the 6th is not read
+                await raw.send_frame(0x1, text_frame({"type": "publish", "id": i, "channel": "held", "data": i}))
+            broadcast = running.server.hub.broadcast("held")
+            await wait_until(lambda: broadcast is not None and broadcast.any_full(), what="the subscriber to fill")
+            published: list[int] = []
+            pings = 0
+            with trio.fail_after(30):
+                while pings < 8:  # 8 intervals, 4 timeouts: a silent client is closed after 1
+                    opcode, payload = await _frame(raw)
+                    assert opcode != 0x8, f"closed {int.from_bytes(payload[:2], 'big')} while held up"
+                    if opcode == 0x9:
+                        pings += 1
+                        await raw.send_frame(0xA, payload)
+                    elif opcode == 0x1:
+                        published.append(json.loads(payload)["id"])
+            assert published == [0, 1, 2, 3]  # the 5th publish is still waiting
+            assert metric(running.server, "wsnursery_heartbeat_timeouts_total") == 0
+            await sub.send({"type": "ack", "channel": "held", "seq": 4})
+            with trio.fail_after(30):
+                while len(published) < 6:
+                    opcode, payload = await _frame(raw)
+                    assert opcode != 0x8
+                    if opcode == 0x9:
+                        await raw.send_frame(0xA, payload)
+                    elif opcode == 0x1:
+                        published.append(json.loads(payload)["id"])
+            assert published == [0, 1, 2, 3, 4, 5]
+        finally:
+            await raw.aclose()
+        nursery.cancel_scope.cancel()
+    assert metric(running.server, "wsnursery_heartbeat_timeouts_total") == 0
+
+
+async def _frame(raw: RawClient) -> tuple[int, bytes]:
+    frame = await raw.read_frame()
+    assert frame is not None, "the server closed the connection"
+    return frame

@@ -69,12 +69,12 @@ async def test_no_tasks_leak_over_connect_abort_cycles(start_server):
         await wait_until(lambda: count_tasks() == baseline, what=f"the task count to return to {baseline}")
         assert len(server.connections) == 1
         for n in range(7):  # every subscription of an aborted connection was detached from the hub
-            stream = server.hub.stream(f"leak{n}")
-            assert len(stream.sinks) == 1, stream.sinks
+            stream = server.hub.broadcast(f"leak{n}")
+            assert len(stream.receivers) == 1, stream.receivers
         # The witness saw every message the aborted publishers got in, once, and still works.
-        expected = {(f"leak{n}", seq) for n in range(7) for seq in range(1, server.hub.stream(f"leak{n}").head + 1)}
+        expected = {(f"leak{n}", seq) for n in range(7) for seq in range(1, server.hub.broadcast(f"leak{n}").head + 1)}
         got = [(m["channel"], m["seq"]) for m in await witness.messages(len(expected))]
         assert sorted(got) == sorted(expected)
-        assert (await witness.publish("leak0", "end"))["seq"] == server.hub.stream("leak0").head
+        assert (await witness.publish("leak0", "end"))["seq"] == server.hub.broadcast("leak0").head
     await wait_until(lambda: server.websockets == 0 and server.sockets == 0, what="the witness to close")
     assert count_tasks() < baseline

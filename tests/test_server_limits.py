@@ -81,8 +81,8 @@ async def test_connections_past_max_connections_get_http_503(start_server):
         assert rejected.value.status_code == 503
         answer = await http_request(
             running.port,
-            f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13",
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13",
         )
         assert answer.status == 503 and answer.headers["retry-after"] == "1"
         # Health checks still get through at the limit.
@@ -256,7 +256,7 @@ async def test_max_channels_refuses_when_every_channel_has_subscribers(start_ser
         await holder.request({"type": "unsubscribe", "id": 5, "channel": "c1"})
         assert (await client.publish("c3", "y"))["seq"] == 1
         assert running.server.hub.channel_count == 2
-        assert running.server.hub.stream("c1") is None
+        assert running.server.hub.broadcast("c1") is None
         # c1 comes back as a new stream: a resume from the old one is reported as lost.
         await holder.request({"type": "unsubscribe", "id": 6, "channel": "c2"})  # make room
         again = await client.subscribe("c1", since={"epoch": first["epoch"], "seq": 1})
@@ -272,5 +272,30 @@ async def test_max_channels_evicts_the_least_recently_used_idle_channel(start_se
         await client.publish("old", "touched")  # now "mid" is the least recently used
         await client.publish("fourth", 1)
         hub = running.server.hub
-        assert hub.stream("mid") is None
-        assert all(hub.stream(name) is not None for name in ("old", "new", "fourth"))
+        assert hub.broadcast("mid") is None
+        assert all(hub.broadcast(name) is not None for name in ("old", "new", "fourth"))
+
+
+# -- history_bytes ------------------------------------------------------------------------
+
+
+async def test_history_bytes_drops_the_oldest_and_a_resume_from_before_is_not_recovered(start_server):
+    """Issue 12 item 3: history is bounded in bytes (each message counts the payload its
+    publisher sent), not only in messages: the oldest go, a resume from before them gets
+    ``recovered: false`` and what is still held, and the newest is always kept."""
+    pad = "p" * 400
+    running = await start_server(history_bytes=2000, history_size=1024)
+    async with connect(running.url) as client:
+        first = None
+        for i in range(10):  # about 470 bytes each: 4 fit in 2000
+            reply = await client.publish("big", {"i": i, "pad": pad})
+            first = first or reply
+        broadcast = running.server.hub.broadcast("big")
+        assert broadcast is not None and broadcast.bytes <= 2000
+        assert (broadcast.oldest, broadcast.head) == (7, 10)
+        resumed = await client.subscribe("big", since={"epoch": first["epoch"], "seq": 1})
+        assert (resumed["seq"], resumed["recovered"]) == (10, False)
+        assert [m["data"]["i"] for m in await client.messages(4)] == [6, 7, 8, 9]
+        huge = await client.publish("big", {"pad": "q" * 5000})  # alone over the bound: kept
+        assert (broadcast.oldest, broadcast.head) == (huge["seq"], huge["seq"])
+        assert (await client.messages(1))[0]["seq"] == huge["seq"]

@@ -142,7 +142,7 @@ async def test_since_ahead_of_the_stream_is_refused_and_does_not_subscribe(serve
         # The refused subscribe left no subscription behind.
         reply = await sub.request({"type": "unsubscribe", "id": 6, "channel": "ahead"})
         assert (reply["type"], reply["code"]) == ("error", "not_subscribed")
-        assert not server.server.hub.stream("ahead").sinks
+        assert not server.server.hub.broadcast("ahead").receivers
 
 
 async def test_unsubscribe_stops_delivery(server):

@@ -8,7 +8,7 @@ import re
 import signal
 import subprocess
 import sys
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import attrs
 import pytest

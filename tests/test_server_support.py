@@ -15,7 +15,8 @@ import json
 import logging
 import socket
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import pytest

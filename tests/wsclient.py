@@ -7,7 +7,8 @@ import contextlib
 import os
 import socket
 import struct
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import trio
 import trio_websocket

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 import trio
 

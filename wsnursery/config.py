@@ -12,7 +12,8 @@ import math
 import os
 import re
 import tomllib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
@@ -24,39 +25,39 @@ class ConfigError(Exception):
 
 
 def _positive_int(limit: int = 2**31) -> Any:
-    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if type(value) is not int or not (1 <= value <= limit):
             raise ValueError(f"must be a whole number from 1 to {limit}")
 
     return check
 
 
-def _positive_seconds(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _positive_seconds(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
         raise ValueError("must be a number of seconds greater than 0")
 
 
 def _choice(*choices: str) -> Any:
-    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}")
 
     return check
 
 
-def _regex(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _regex(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     try:
         re.compile(value)
     except (re.error, TypeError) as exc:
         raise ValueError(f"is not a valid regular expression ({exc})") from None
 
 
-def _port(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _port(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not int or not (0 <= value <= 65535):
         raise ValueError("must be a port number from 0 to 65535")
 
 
-def _host(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _host(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise ValueError("must be a host name or address")
 
@@ -112,6 +113,10 @@ class Config:
     history_size: int = _setting(
         4096, _positive_int(), "messages kept per channel for resume and replay (at least the queue and unacked limits)"
     )
+    history_bytes: int = _setting(
+        64 * 2**20, _positive_int(2**40),
+        "bytes of history kept per channel (each message counts the size its publisher sent); the oldest are dropped",
+    )
     history_age: float = _setting(
         300.0, _positive_seconds, "seconds a message is kept in a channel's history"
     )
@@ -151,21 +156,22 @@ class Config:
             )
 
 
-SETTINGS: tuple[attrs.Attribute, ...] = attrs.fields(Config)
+SETTINGS: tuple[attrs.Attribute[Any], ...] = attrs.fields(Config)
 ENV_PREFIX = "WSNURSERY_"
 
 
-def _convert(attribute: attrs.Attribute, raw: Any, source: str) -> Any:
+def _convert(attribute: attrs.Attribute[Any], raw: Any, source: str) -> Any:
     """Turn text (env, flags) into the setting's type; TOML values pass through typed."""
-    if not isinstance(raw, str) or attribute.type == "str":
+    kind: object = attribute.type  # the annotation's text (this module uses postponed annotations)
+    if not isinstance(raw, str) or kind == "str":
         return raw
     try:
-        if attribute.type == "int":
+        if kind == "int":
             return int(raw.replace("_", ""))
-        if attribute.type == "float":
+        if kind == "float":
             return float(raw)
     except ValueError:
-        kind = "a whole number" if attribute.type == "int" else "a number"
+        kind = "a whole number" if kind == "int" else "a number"
         raise ConfigError(f"{attribute.name}={raw!r} (from {source}): must be {kind}") from None
     return raw
 
@@ -198,8 +204,10 @@ def load(
 
     typed = {name: _convert(known[name], value, sources[name]) for name, value in values.items()}
     for name, value in typed.items():
+        validator = known[name].validator
+        assert validator is not None  # every setting has one
         try:
-            known[name].validator(None, known[name], value)
+            validator(None, known[name], value)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{name}={value!r} (from {sources[name]}): {exc}") from None
     try:

@@ -9,22 +9,83 @@ leave in one write per subscriber. Only a connection whose socket would block (o
 more queued than one write carries) hands the rest to its own writer task, which waits for
 the socket.
 
+The frames those writes carry come from the ``FrameCache``: the hub stores messages as
+data, and a message is encoded here, once per encoding, the first time a subscriber's write
+needs it; every other subscriber of that encoding writes the same bytes.
+
 Bounds: ``MAX_PASSES`` scheduler passes of waiting for a burst to end (so a steady stream
 of publishes delays delivery by at most that many passes), and one write per connection per
-pass (``connection.WRITE_BUDGET``); the rest waits in the connection's own queues.
+pass (``outbox.WRITE_BUDGET``); the rest waits in the connection's own queues. The frame
+cache holds at most ``max_frames`` frames and ``max_bytes`` bytes per encoding, dropping the
+oldest first (a message needed again after that is encoded again); the newest frame is
+always kept, even when it alone is over ``max_bytes``.
 """
 
 from __future__ import annotations
 
+import collections
 from typing import Protocol
 
 import trio
 
-from . import logs
+from . import codec, logs, wsframe
+from .broadcast import Message
+from .codec import Encoding
+from .protocol import message_frame
 
 log = logs.get("delivery")
 
 MAX_PASSES = 8
+FRAME_CACHE_FRAMES = 4096
+FRAME_CACHE_BYTES = 64 * 2**20
+
+
+class FrameCache:
+    """Each message's WebSocket frame, encoded once per encoding and shared by every write.
+
+    The hot path reads ``table(encoding)`` once per write and then does one dict lookup per
+    message (``table.get(message) or cache.encode(message, encoding)``): no allocation per
+    delivery, no encode per subscriber.
+    """
+
+    def __init__(self, max_frames: int = FRAME_CACHE_FRAMES, max_bytes: int = FRAME_CACHE_BYTES) -> None:
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self._tables: dict[Encoding, collections.OrderedDict[Message, bytes]] = {
+            encoding: collections.OrderedDict() for encoding in Encoding
+        }
+        self._bytes = dict.fromkeys(Encoding, 0)
+
+    def table(self, encoding: Encoding) -> collections.OrderedDict[Message, bytes]:
+        """The frames cached for ``encoding`` (read only: add with ``encode``)."""
+        return self._tables[encoding]
+
+    def frame(self, message: Message, encoding: Encoding) -> bytes:
+        frame = self._tables[encoding].get(message)
+        return frame if frame is not None else self.encode(message, encoding)
+
+    def encode(self, message: Message, encoding: Encoding) -> bytes:
+        """Encode ``message`` for ``encoding``, cache the frame, and drop the oldest past the bounds."""
+        payload = codec.encode(
+            message_frame(message.channel, message.epoch, message.seq, message.data, message.ts), encoding
+        )
+        frame = wsframe.data_frame(payload, binary=encoding.is_binary)
+        table = self._tables[encoding]
+        size = self._bytes[encoding] + len(frame)
+        old = table.pop(message, None)
+        if old is not None:
+            size -= len(old)
+        table[message] = frame
+        while len(table) > 1 and (len(table) > self.max_frames or size > self.max_bytes):
+            size -= len(table.popitem(last=False)[1])
+        self._bytes[encoding] = size
+        return frame
+
+    def __len__(self) -> int:
+        return sum(len(table) for table in self._tables.values())
+
+    def bytes(self, encoding: Encoding) -> int:
+        return self._bytes[encoding]
 
 
 class Writable(Protocol):

@@ -1,14 +1,23 @@
-"""Heartbeats for every connection of a server, from one task.
+"""Heartbeats: pings from one scheduler task; each connection's pong deadline is a cancel scope.
 
-Every ``interval`` each connection is sent a ping; a connection from which nothing at all
-has arrived (no pong, no frame) ``timeout`` seconds after its ping is closed with 4000.
-One task and two FIFO queues serve any number of connections: every connection has the
-same interval, so the next ping due is always the oldest one queued. ``HeartbeatSchedule``
-is that bookkeeping, with no I/O and no clock of its own; ``Heartbeats`` is its Trio shell.
+Every ``interval`` each connection is sent a ping. The answer is not polled for: a ping puts
+a deadline ``timeout`` seconds ahead on the cancel scope around that connection's reader
+(``PongDeadline.pinged``), and anything that arrives from the peer (a pong, any frame, any
+byte) lifts it (``PongDeadline.heard``). If nothing arrives in time, Trio itself cancels the
+reader, and the connection closes with 4000. No task per connection, no timeout polling:
+the one scheduler task only sends pings.
 
-Bounds: the ping queue holds one entry per connection, the answer queue one per ping in
-flight (``timeout / interval + 1`` per connection at most); a connection that leaves is
-dropped from both when its entries come up.
+The scheduler's bookkeeping (``HeartbeatSchedule``) has no I/O and no clock of its own: every
+connection has the same interval, so the next ping due is always the oldest one queued, and
+one FIFO queue serves any number of connections. ``Heartbeats`` is its Trio shell.
+
+Costs: a ping sets the scope's deadline once (only when none is pending), the first read after
+it clears it once; reads in between touch nothing. While the server itself holds a connection
+up (a publish waiting under policy ``block``), its deadline is lifted and pings set none
+(``excuse``): the server's own backpressure is not the client's silence.
+
+Bounds: the ping queue holds one entry per connection; a connection that leaves is dropped
+from it when its entry comes up.
 """
 
 from __future__ import annotations
@@ -22,17 +31,47 @@ import trio
 
 class Beating(Protocol):
     def ping(self) -> None:
-        """Queue a ping frame."""
+        """Queue a ping frame (and set the pong deadline)."""
 
-    def heard(self) -> int:
-        """A count that grows whenever anything arrives from the peer (bytes received)."""
 
-    def heartbeat_timeout(self) -> None:
-        """Nothing arrived in time: close with 4000."""
+class PongDeadline:
+    """One connection's pong deadline, kept as the deadline of the cancel scope around its reader.
+
+    ``math.inf`` while no ping is unanswered. A second ping while one is unanswered keeps the
+    earlier deadline: the first unanswered ping decides. ``pending`` mirrors "a deadline is
+    set", so that the check on every read is one attribute, not the scope's ``deadline``
+    property (about 0.3 us in trio 0.35).
+    """
+
+    __slots__ = ("excused", "pending", "scope", "timeout")
+
+    def __init__(self, scope: trio.CancelScope, timeout: float) -> None:
+        self.scope = scope
+        self.timeout = timeout
+        self.excused = False
+        self.pending = False
+
+    def pinged(self, now: float) -> None:
+        """A ping went out at ``now``: the peer has ``timeout`` seconds to send anything."""
+        if not self.excused and not self.pending:
+            self.pending = True
+            self.scope.deadline = now + self.timeout
+
+    def heard(self) -> None:
+        """Something arrived from the peer: every ping so far is answered."""
+        if self.pending:
+            self.pending = False
+            self.scope.deadline = math.inf
+
+    def excuse(self, excused: bool) -> None:
+        """While ``excused`` the peer may stay silent (the server holds it up); no deadline."""
+        self.excused = excused
+        if excused:
+            self.heard()
 
 
 class _Slot:
-    """A member's place in the queues; emptied when it leaves, so the queues never keep it alive."""
+    """A member's place in the queue; emptied when it leaves, so the queue never keeps it alive."""
 
     __slots__ = ("member",)
 
@@ -41,14 +80,12 @@ class _Slot:
 
 
 class HeartbeatSchedule:
-    """Which connections to ping and which to give up on, at a given time."""
+    """Which connections to ping, at a given time."""
 
-    def __init__(self, interval: float, timeout: float) -> None:
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.timeout = timeout
         self._slots: dict[Beating, _Slot] = {}
         self._pings: collections.deque[tuple[float, _Slot]] = collections.deque()
-        self._answers: collections.deque[tuple[float, _Slot, int]] = collections.deque()
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -63,24 +100,11 @@ class HeartbeatSchedule:
             slot.member = None
 
     def next_deadline(self) -> float:
-        deadline = math.inf
-        if self._pings:
-            deadline = self._pings[0][0]
-        if self._answers:
-            deadline = min(deadline, self._answers[0][0])
-        return deadline
+        return self._pings[0][0] if self._pings else math.inf
 
-    def poll(self, now: float) -> tuple[list[Beating], list[Beating]]:
-        """(members to ping now, members that stayed silent past their timeout)."""
+    def poll(self, now: float) -> list[Beating]:
+        """The members to ping now (each is due again ``interval`` later)."""
         to_ping: list[Beating] = []
-        silent: list[Beating] = []
-        answers = self._answers
-        while answers and answers[0][0] <= now:
-            _, slot, heard = answers.popleft()
-            member = slot.member
-            if member is not None and member.heard() == heard:
-                self.remove(member)
-                silent.append(member)
         pings = self._pings
         while pings and pings[0][0] <= now:
             _, slot = pings.popleft()
@@ -88,15 +112,15 @@ class HeartbeatSchedule:
             if member is not None:
                 to_ping.append(member)
                 pings.append((now + self.interval, slot))
-                answers.append((now + self.timeout, slot, member.heard()))
-        return to_ping, silent
+        return to_ping
 
 
 class Heartbeats:
     """Runs a ``HeartbeatSchedule`` for the server: ``add`` on open, ``remove`` on close."""
 
     def __init__(self, interval: float, timeout: float) -> None:
-        self.schedule = HeartbeatSchedule(interval, timeout)
+        self.schedule = HeartbeatSchedule(interval)
+        self.timeout = timeout
         self._changed = trio.Event()
 
     def add(self, member: Beating) -> None:
@@ -113,8 +137,5 @@ class Heartbeats:
             with trio.move_on_at(schedule.next_deadline()):
                 await self._changed.wait()
             self._changed = trio.Event()
-            to_ping, silent = schedule.poll(trio.current_time())
-            for member in to_ping:
+            for member in schedule.poll(trio.current_time()):
                 member.ping()
-            for member in silent:
-                member.heartbeat_timeout()

@@ -7,9 +7,15 @@ server counts anyway are read at scrape time, and labelled children are looked u
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, exposition, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    exposition,
+    generate_latest,
+)
 
 # What ``generate_latest`` writes is the 0.0.4 text format. prometheus_client >= 0.22 names
 # "version=1.0.0" in CONTENT_TYPE_LATEST, which its own server sends only to scrapers that ask

@@ -9,6 +9,7 @@ field names of ``shared/protocol-v1.md``, which other clients rely on.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -17,19 +18,6 @@ PROTOCOL_VERSION = 1
 DEFAULT_CHANNEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 MAX_KEY_LENGTH = 256
 MAX_EPOCH_LENGTH = 64
-
-# Error codes of the outline, plus ``too_many_channels`` (the hub's channel bound).
-ERROR_CODES = (
-    "bad_request",
-    "unknown_type",
-    "invalid_channel",
-    "not_subscribed",
-    "too_many_subscriptions",
-    "too_many_channels",
-    "rate_limited",
-    "forbidden",
-    "internal",
-)
 
 
 class ProtocolError(Exception):
@@ -176,7 +164,7 @@ def _parse_replay(frame: dict[str, Any], request_id: int | None, channel: str) -
     return Replay(request_id, channel, since)
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict[str, Any], int | None, str], Request]] = {
     "subscribe": _parse_subscribe,
     "unsubscribe": _parse_unsubscribe,
     "publish": _parse_publish,

@@ -44,7 +44,7 @@ __all__ = [
 Position = tuple[str, int]
 """``(epoch, seq)``: the last message of stream ``epoch`` a client holds."""
 
-_positive = attrs.validators.gt(0)
+_positive: Any = attrs.validators.gt(0)  # for int and float fields alike
 
 
 # --------------------------------------------------------------------------- server side

@@ -25,14 +25,15 @@ from . import __version__, handshake, http, logs
 from .codec import Encoding
 from .config import Config
 from .connection import Connection
-from .wire import CloseCode
-from .delivery import Deliverer
+from .context import ConnectionContext
+from .delivery import Deliverer, FrameCache
 from .heartbeat import Heartbeats
-from .timers import DeadlineTimer
 from .hub import Hub, MemoryHub
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import RequestParser
 from .stream import ServerStream, send_at_once
+from .timers import DeadlineTimer
+from .wire import CloseCode
 
 log = logs.get("server")
 
@@ -44,6 +45,7 @@ class Server:
         self.config = config
         self.hub: Hub = hub or MemoryHub(
             history_size=config.history_size,
+            history_bytes=config.history_bytes,
             history_age=config.history_age,
             dedup_size=config.dedup_size,
             dedup_age=config.dedup_age,
@@ -54,10 +56,21 @@ class Server:
         self.deliverer = Deliverer()
         self.heartbeats = Heartbeats(config.heartbeat_interval, config.heartbeat_timeout)
         self.timer = DeadlineTimer()
-        self.request_parser = RequestParser(config.channel_pattern)
         self.server_name = f"wsnursery/{__version__}"
+        self.context = ConnectionContext(
+            config=config,
+            hub=self.hub,
+            deliverer=self.deliverer,
+            frames=FrameCache(),
+            timer=self.timer,
+            heartbeats=self.heartbeats,
+            metrics=self.metrics,
+            parser=RequestParser(config.channel_pattern),
+            server_name=self.server_name,
+        )
         self.connections: set[Connection] = set()
         self.websockets = 0  # open WebSocket connections (pub/sub and echo)
+        self._all_closed = trio.Event()  # set once draining and no WebSocket connection is left
         self.sockets = 0
         self.draining = False
         self._aborted = False
@@ -84,6 +97,7 @@ class Server:
     ) -> None:
         """Serve on ``listeners`` until ``shutdown()`` has drained."""
         async with trio.open_nursery() as connections:
+            await connections.start(self.hub.run)
             connections.start_soon(self.deliverer.run)
             connections.start_soon(self.heartbeats.run)
             connections.start_soon(self.timer.run)
@@ -123,8 +137,8 @@ class Server:
         for connection in list(self.connections):
             connection.request_close(CloseCode.GOING_AWAY, "server shutting down")
         with trio.move_on_after(self.config.shutdown_timeout):
-            while self.websockets:
-                await trio.sleep(0.01)
+            if self.websockets:
+                await self._all_closed.wait()
 
     # -- accepting --------------------------------------------------------------------
 
@@ -194,7 +208,7 @@ class Server:
             "status": "draining" if self.draining else "ok",
             "server": self.server_name,
             "connections": self.websockets,
-            "channels": getattr(self.hub, "channel_count", None),
+            "channels": self.hub.channel_count,
             "uptime": round(time.monotonic() - self._started, 3),
         }
         return http.json_response(503 if self.draining else 200, body)
@@ -224,12 +238,13 @@ class Server:
                 headers = [("Sec-WebSocket-Version", handshake.VERSION)]
             await stream.send_all(http.response(status, text.encode(), extra_headers=headers))
             return
+        assert endpoint is not None  # no endpoint is a refusal
         remote = _peer(stream)
         self.websockets += 1
         try:
             encoding = await self._accept(stream, head, key)
             server_stream = ServerStream(stream, len(after_head))
-            session = Connection(self, server_stream, after_head, encoding, remote, echo=endpoint == "echo")
+            session = Connection(self.context, server_stream, after_head, encoding, remote, echo=endpoint == "echo")
             self.metrics.count(self.metrics.connections_opened, endpoint)
             log.info("open", extra={"fields": {"remote": remote, "endpoint": endpoint, "encoding": encoding.value}})
             async with trio.open_nursery() as nursery:
@@ -245,6 +260,8 @@ class Server:
             )
         finally:
             self.websockets -= 1
+            if self.draining and not self.websockets:
+                self._all_closed.set()
 
     async def _accept(self, stream: trio.SocketStream, head: http.RequestHead, key: str) -> Encoding:
         """Answer 101 with the negotiated subprotocol (see ``handshake``).

@@ -2,8 +2,8 @@
 
 A subscription with acks must re-send what is not acknowledged in time. Rather than a
 writer task per connection sleeping until its own deadline (and being woken whenever a
-send or an ack moves that deadline earlier), every connection arms its earliest deadline
-here: a heap ordered by time, one task sleeping until the first. Arming costs a heap push,
+send or an ack moves that deadline earlier), every connection (its ``retransmit.Retransmits``)
+arms its earliest deadline here: a heap ordered by time, one task sleeping until the first. Arming costs a heap push,
 and only when the deadline moves earlier; a later deadline is found when the earlier one
 fires (the connection then re-arms).
 
@@ -28,7 +28,7 @@ class Timed(Protocol):
 
 
 class _Slot:
-    __slots__ = ("member", "deadline")
+    __slots__ = ("deadline", "member")
 
     def __init__(self, member: Timed, deadline: float) -> None:
         self.member: Timed | None = member

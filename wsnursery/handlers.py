@@ -1,0 +1,232 @@
+"""A connection's request handlers: subscribe, unsubscribe, publish, ack, replay.
+
+``Requests.handle`` takes one message a client sent, decodes and parses it (``protocol``),
+acts on it through the hub and the outbox, and queues the reply; a request that cannot be
+served gets an error frame instead, and the connection stays open.
+
+Bounds: ``max_subscriptions`` per connection (``too_many_subscriptions``), ``max_errors``
+error frames (then the connection is closed with 1008); the hub's own bounds answer with
+their error codes (``too_many_channels``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from . import codec, protocol
+from .broadcast import Broadcast
+from .codec import Encoding
+from .context import ConnectionContext
+from .outbox import Outbox
+from .protocol import Position, ProtocolError
+from .reliability import AckTracker
+from .retransmit import Retransmits
+from .subscription import Subscription
+from .wire import CloseCode
+
+
+class Owner(Protocol):
+    """What the handlers need of their connection."""
+
+    def request_close(self, code: int, reason: str) -> None: ...
+
+    def excuse_heartbeat(self, excused: bool) -> None:
+        """While the server itself holds a request up (a publish waiting under policy ``block``),
+        the client's silence is not its fault."""
+
+
+class RequestHandlers:
+    """The subscriptions of one connection and the handlers that change them."""
+
+    __slots__ = (
+        "_config",
+        "_encoding",
+        "_hub",
+        "_metrics",
+        "_outbox",
+        "_owner",
+        "_parser",
+        "_retransmits",
+        "errors",
+        "subscriptions",
+    )
+
+    def __init__(
+        self,
+        owner: Owner,
+        outbox: Outbox,
+        retransmits: Retransmits,
+        encoding: Encoding,
+        context: ConnectionContext,
+    ) -> None:
+        self._owner = owner
+        self._outbox = outbox
+        self._retransmits = retransmits
+        self._encoding = encoding
+        self._hub = context.hub
+        self._config = context.config
+        self._metrics = context.metrics
+        self._parser = context.parser
+        self.subscriptions: dict[str, Subscription] = {}
+        self.errors = 0
+
+    async def handle(self, payload: str | bytes) -> None:
+        """Serve one request (``payload`` as it came in one WebSocket message)."""
+        try:
+            request = self._parser.parse(codec.decode(payload, self._encoding))
+            if isinstance(request, protocol.Publish):
+                await self._publish(request, len(payload))
+            elif isinstance(request, protocol.Ack):
+                self._ack(request)
+            elif isinstance(request, protocol.Subscribe):
+                await self._subscribe(request)
+            elif isinstance(request, protocol.Unsubscribe):
+                self._unsubscribe(request)
+            else:
+                await self._replay(request)
+        except codec.DecodeError as exc:
+            self._error(ProtocolError("bad_request", str(exc)))
+        except ProtocolError as exc:
+            self._error(exc)
+
+    def detach_all(self) -> None:
+        """The connection has ended: leave every channel."""
+        for subscription in self.subscriptions.values():
+            self._hub.detach(subscription.channel, subscription)
+
+    async def _publish(self, request: protocol.Publish, size: int) -> None:
+        data = request.data
+        try:
+            codec.check_value(data)  # first: it bounds the depth bytes_from_json recurses to
+            if not self._encoding.is_binary:
+                # JSON carries bytes as {"$bytes": base64}: store real bytes, so a CBOR reader
+                # gets bytes and a JSON reader the same form back.
+                data = codec.bytes_from_json(data)
+        except codec.ValueNotCarried as exc:
+            raise ProtocolError("bad_request", str(exc), request.id) from None
+        self._owner.excuse_heartbeat(True)
+        try:
+            published = await self._hub.publish(request.channel, data, request.key, size)
+        except ProtocolError as exc:
+            exc.request_id = request.id
+            raise
+        finally:
+            self._owner.excuse_heartbeat(False)
+        metrics = self._metrics
+        (metrics.duplicate_publishes if published.duplicate else metrics.publishes).inc()
+        self._outbox.send_reply(protocol.published_frame(request.id, request.channel, published.position))
+
+    async def _subscribe(self, request: protocol.Subscribe) -> None:
+        config = self._config
+        subscription = self.subscriptions.get(request.channel)
+        if subscription is None:
+            if len(self.subscriptions) >= config.max_subscriptions:
+                raise ProtocolError(
+                    "too_many_subscriptions",
+                    f"at most {config.max_subscriptions} subscriptions per connection",
+                    request.id,
+                )
+            subscription = Subscription(
+                self._outbox, request.channel, self._tracker(request.ack), self._limit(request.ack)
+            )
+            try:
+                subscription.broadcast = await self._hub.attach(request.channel, subscription)
+            except ProtocolError as exc:
+                exc.request_id = request.id
+                raise
+            try:
+                _check_since(subscription.broadcast, request.since, request.id)
+            except ProtocolError:  # a refused subscribe leaves no subscription behind
+                self._hub.detach(request.channel, subscription)
+                raise
+            self.subscriptions[request.channel] = subscription
+        else:
+            assert subscription.broadcast is not None
+            _check_since(subscription.broadcast, request.since, request.id)  # before changing it
+        if request.ack != (subscription.tracker is not None):
+            subscription.tracker = self._tracker(request.ack)
+            subscription.limit = self._limit(request.ack)
+        start, recovered = await self._position(subscription, request.since, request.id)
+        self._outbox.send_reply(protocol.subscribed_frame(request.id, request.channel, start, recovered))
+
+    def _tracker(self, ack: bool) -> AckTracker | None:
+        if not ack:
+            return None
+        config = self._config
+        return AckTracker(
+            ack_timeout=config.ack_timeout,
+            max_timeout=config.ack_max_timeout,
+            max_unacked=config.max_unacked,
+        )
+
+    def _limit(self, ack: bool) -> int:
+        return self._config.max_unacked if ack else self._config.outbound_queue_size
+
+    async def _position(
+        self, subscription: Subscription, since: Position | None, request_id: int | None
+    ) -> tuple[Position, bool]:
+        """Point the cursor just after ``since`` (or at the head); say if nothing was lost."""
+        broadcast = subscription.broadcast
+        assert broadcast is not None
+        _check_since(broadcast, since, request_id)
+        if since is None:
+            cursor, recovered = broadcast.head, True
+        elif await self._hub.recover(subscription.channel, since):
+            cursor, recovered = since.seq, True
+        else:
+            cursor, recovered = broadcast.oldest - 1, False
+        subscription.cursor = cursor
+        subscription.replay_end = broadcast.head
+        if subscription.tracker is not None:
+            subscription.tracker.reset_to(cursor)
+        self._retransmits.track(subscription)
+        subscription.ready = True
+        if cursor < broadcast.head:
+            self._outbox.mark(subscription)
+        return broadcast.position, recovered
+
+    def _unsubscribe(self, request: protocol.Unsubscribe) -> None:
+        subscription = self._require(request.channel, request.id)
+        del self.subscriptions[request.channel]
+        self._outbox.forget(subscription)
+        self._retransmits.forget(subscription)
+        self._hub.detach(request.channel, subscription)
+        self._outbox.send_reply(protocol.unsubscribed_frame(request.id, request.channel))
+
+    def _ack(self, request: protocol.Ack) -> None:
+        subscription = self._require(request.channel, request.id)
+        if subscription.tracker is None:
+            raise ProtocolError("bad_request", f"{request.channel} was subscribed without ack", request.id)
+        result = subscription.tracker.on_ack(request.seq)
+        if result.error_code is not None:
+            raise ProtocolError(result.error_code, result.error_reason or "bad ack", request.id)
+        if result.newly_acked:
+            assert subscription.broadcast is not None
+            subscription.broadcast.progressed()
+            self._retransmits.arm()  # an ack resets the backoff: the next one may be due sooner
+
+    async def _replay(self, request: protocol.Replay) -> None:
+        subscription = self._require(request.channel, request.id)
+        start, recovered = await self._position(subscription, request.since, request.id)
+        self._outbox.send_reply(protocol.replaying_frame(request.id, request.channel, start, recovered))
+
+    def _require(self, channel: str, request_id: int | None) -> Subscription:
+        subscription = self.subscriptions.get(channel)
+        if subscription is None:
+            raise ProtocolError("not_subscribed", f"not subscribed to {channel}", request_id)
+        return subscription
+
+    def _error(self, error: ProtocolError) -> None:
+        self._metrics.count(self._metrics.errors, error.code)
+        self._outbox.send_reply(protocol.error_frame(error.code, error.reason, error.request_id))
+        self.errors += 1
+        if self.errors >= self._config.max_errors:
+            self._owner.request_close(CloseCode.POLICY, f"too many errors ({self.errors})")
+
+
+def _check_since(broadcast: Broadcast, since: Position | None, request_id: int | None) -> None:
+    """Refuse a ``since`` ahead of the stream (same epoch, seq past the head)."""
+    if since is not None and since.epoch == broadcast.epoch and since.seq > broadcast.head:
+        raise ProtocolError(
+            "bad_request", f"since.seq {since.seq} is ahead of the stream (at {broadcast.head})", request_id
+        )
