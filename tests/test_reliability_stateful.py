@@ -45,18 +45,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from wsnursery.reliability import (
-    AckTracker,
-    ChannelReceiver,
-    DedupWindow,
-    Deliver,
-    Gap,
-    Message,
-    PublishTracker,
-    PublishWindowFull,
-    SendAck,
-    SendReplay,
-)
+from wsnursery.client.publisher import PublishTracker, PublishWindowFull
+from wsnursery.client.receiver import ChannelReceiver, Deliver, Gap, Message, SendAck, SendReplay
+from wsnursery.protocol import Position
+from wsnursery.reliability import AckTracker, DedupWindow
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 settings.register_profile(
@@ -223,7 +215,7 @@ class ReliabilityMachine(RuleBasedStateMachine):
         self.to_client: list[dict[str, Any]] = []
         self.connected = False
         self.request_ids = iter(range(10**6, 2 * 10**6))
-        self.requested_since: dict[int, tuple[str, int] | None] = {}
+        self.requested_since: dict[int, Position | None] = {}
         self.published_count = 0
         self.expect: tuple[str, int] = ("e1", 1)
         self.delivered: list[tuple[str, int]] = []
@@ -263,7 +255,7 @@ class ReliabilityMachine(RuleBasedStateMachine):
         self.requested_since[request_id] = since
         self.client_send(
             {"type": "subscribe", "id": request_id, "channel": CHANNEL, "ack": True,
-             **({"since": {"epoch": since[0], "seq": since[1]}} if since else {})}
+             **({"since": {"epoch": since.epoch, "seq": since.seq}} if since else {})}
         )
         self.publisher.on_reconnect(self.now)
         self.send_due_publishes()
@@ -316,7 +308,7 @@ class ReliabilityMachine(RuleBasedStateMachine):
     def apply(self, call) -> None:
         """Run one receiver call and carry out its effects, checking each delivery."""
         effects = call()
-        epoch_now = self.receiver.position[0]
+        epoch_now = self.receiver.position.epoch
         for effect in effects:
             if isinstance(effect, Deliver):
                 self.check_delivery(effect.message)
@@ -333,7 +325,7 @@ class ReliabilityMachine(RuleBasedStateMachine):
             elif isinstance(effect, SendReplay):
                 request_id = next(self.request_ids)
                 self.requested_since[request_id] = effect.since
-                epoch, seq = effect.since
+                epoch, seq = effect.since.epoch, effect.since.seq
                 self.client_send(
                     {"type": "replay", "id": request_id, "channel": CHANNEL,
                      "since": {"epoch": epoch, "seq": seq}}
@@ -540,7 +532,7 @@ class RedeliversRepeats(ChannelReceiver):
     """Dedup disabled: a repeat of a delivered seq is delivered again."""
 
     def on_message(self, epoch, seq, data, ts, now):
-        if self.position is not None and epoch == self.position[0] and seq <= self.position[1]:
+        if self.position is not None and epoch == self.position.epoch and seq <= self.position.seq:
             return [Deliver(Message(self.channel, epoch, seq, data, ts))]
         return super().on_message(epoch, seq, data, ts, now)
 
@@ -550,7 +542,7 @@ class SkipsGaps(ChannelReceiver):
 
     def on_message(self, epoch, seq, data, ts, now):
         position = self.position
-        if position is not None and epoch == position[0] and seq > position[1] + 1:
+        if position is not None and epoch == position.epoch and seq > position.seq + 1:
             self._delivered = seq - 1
         return super().on_message(epoch, seq, data, ts, now)
 

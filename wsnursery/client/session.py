@@ -1,0 +1,734 @@
+"""The client's sans-I/O session: every decision of the SDK, and no I/O.
+
+Like h11 or wsproto, :class:`ClientSession` is told what happened and answers with what to
+do. Events: a connection attempt is due (:meth:`next_attempt`), it failed
+(:meth:`connect_failed`), it got its welcome (:meth:`connection_made`), a frame arrived
+(:meth:`frame_received`), a pong arrived, time passed (:meth:`tick`), the application
+subscribed, unsubscribed, published or closed, the connection ended
+(:meth:`connection_lost`). Answers: lists of effects (:data:`Effect`: send a frame, send a
+ping, hand an item to a subscription, confirm or fail a publish, drop the link, fetch a
+token) and, for reconnects, an :class:`Attempt` (which URL, after what delay) or None once
+the session ended (:attr:`error` says why).
+
+What is decided here: resubscribing with ``since`` and re-sending unconfirmed publishes on a
+new connection; re-sending requests unanswered after ``request_timeout``; clamping acks so
+the server never sees one past what it sent; which close codes end the client; backoff and
+failover between URLs; heartbeat verdicts; when to renew the token. Per-channel order,
+repeats and gaps are the :class:`~wsnursery.client.receiver.ChannelReceiver`'s, publish keys
+and retries the :class:`~wsnursery.client.publisher.PublishTracker`'s. The I/O shell
+(:mod:`wsnursery.client.sdk`) only moves bytes, time and effects.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from .. import codec, protocol
+from ..codec import Encoding
+from ..protocol import Position
+from ..wire import CloseCode
+from .errors import (
+    Closed,
+    ConnectionClosed,
+    Disconnected,
+    Forbidden,
+    GaveUp,
+    HandshakeRejected,
+    ServerError,
+    TokenExpired,
+    TransportClosed,
+)
+from .link import Heartbeat, HeartbeatVerdict, TokenRefresh, token_expiry
+from .options import ClientStats, Options, Published
+from .publisher import PendingPublish, PublishTracker
+from .receiver import ChannelReceiver, Deliver, Gap, Message, SendAck, SendReplay
+from .receiver import Effect as ReceiverEffect
+
+__all__ = [
+    "Attempt",
+    "ChannelState",
+    "ClientSession",
+    "DropConnection",
+    "Effect",
+    "FetchToken",
+    "LinkState",
+    "PublishConfirmed",
+    "PublishFailed",
+    "Ready",
+    "SendFrame",
+    "SendPing",
+    "SubscriptionConfirmed",
+    "SubscriptionRefused",
+    "ToApp",
+]
+
+# Close codes after which reconnecting would only repeat the refusal.
+FATAL_CLOSE_CODES = frozenset({
+    CloseCode.PROTOCOL_ERROR, CloseCode.UNSUPPORTED_DATA, CloseCode.INVALID_PAYLOAD, CloseCode.TOO_BIG,
+})
+
+ReceiverFactory = Callable[[str, bool], ChannelReceiver]
+
+
+# ----------------------------------------------------------------------------- effects
+
+
+@attrs.frozen
+class SendFrame:
+    """Queue ``payload`` (``frame`` encoded once, for the connection's encoding)."""
+
+    frame: dict[str, Any]
+    payload: str | bytes
+
+
+@attrs.frozen
+class SendPing:
+    payload: bytes
+
+
+@attrs.frozen
+class ToApp:
+    """Hand ``item`` to the application's subscription to ``channel`` (in order, once)."""
+
+    channel: str
+    item: Message | Gap
+
+
+@attrs.frozen
+class SubscriptionConfirmed:
+    """The first ``subscribed`` of ``channel``: its ``async with`` may return."""
+
+    channel: str
+
+
+@attrs.frozen
+class SubscriptionRefused:
+    """The server refused the (re)subscribe: the subscription ends with ``error``."""
+
+    channel: str
+    error: ServerError
+
+
+@attrs.frozen
+class PublishConfirmed:
+    key: str
+    published: Published
+
+
+@attrs.frozen
+class PublishFailed:
+    key: str
+    error: Exception
+
+
+@attrs.frozen
+class Ready:
+    """Every subscription is confirmed on the current connection (``connect`` may return)."""
+
+
+@attrs.frozen
+class DropConnection:
+    """The link is dead (heartbeat): abort it; :meth:`ClientSession.connection_lost` follows."""
+
+    error: TransportClosed
+
+
+@attrs.frozen
+class FetchToken:
+    """Call the application's token callable; report with ``token_fetched``/``token_fetch_failed``."""
+
+
+Effect = (
+    SendFrame | SendPing | ToApp | SubscriptionConfirmed | SubscriptionRefused
+    | PublishConfirmed | PublishFailed | Ready | DropConnection | FetchToken
+)
+
+
+@attrs.frozen
+class Attempt:
+    """Connect to ``url`` after waiting ``delay`` seconds."""
+
+    url: str
+    delay: float
+
+
+# ----------------------------------------------------------------------------- states
+
+
+class LinkState(enum.Enum):
+    DOWN = "down"  # no connection: before the first one, or between two
+    UP = "up"  # a connection got its welcome
+    CLOSING = "closing"  # the application is closing the client
+    ENDED = "ended"  # closed or failed (``error`` says which): nothing more happens
+
+
+class ChannelState(enum.Enum):
+    SUBSCRIBING = "subscribing"  # this connection's subscribe is not answered yet
+    ACTIVE = "active"  # answered: messages flow
+
+
+@attrs.frozen
+class _Request:
+    """A repositioning request (subscribe, replay) awaiting its answer."""
+
+    since: Position | None
+    sent_at: float
+
+
+@attrs.define(eq=False)
+class _Channel:
+    """The session's record of one subscription; per-connection fields reset on reconnect.
+
+    Acks: the server rejects an ack past what it sent since its last reposition, so an ack
+    never goes past ``ack_ceiling`` nor past the ``since`` of a request the server may be
+    processing (see :meth:`ClientSession._flush_ack`).
+    """
+
+    name: str
+    ack: bool
+    since: Position | None  # where the application asked to start
+    receiver: ChannelReceiver
+    confirmed_once: bool = False
+    state: ChannelState = ChannelState.SUBSCRIBING
+    outstanding: dict[int, _Request] = attrs.Factory(dict)
+    server_epoch: str | None = None
+    ack_ceiling: int = 0
+    ack_owed: int = 0
+    ack_sent: int = 0
+
+    def reset(self) -> None:
+        self.state, self.outstanding, self.server_epoch = ChannelState.SUBSCRIBING, {}, None
+        self.ack_ceiling = self.ack_owed = self.ack_sent = 0
+
+    def last_sent(self) -> float | None:
+        return max((r.sent_at for r in self.outstanding.values()), default=None)
+
+
+@attrs.define
+class _Counters:
+    connects: int = 0
+    connect_failures: int = 0
+    aborts: int = 0
+    heartbeat_timeouts: int = 0
+    replays_requested: int = 0
+    retransmits_seen: int = 0  # of retired receivers; live ones count their own
+    stale_dropped: int = 0
+    gaps: int = 0
+    delivered: int = 0
+    published: int = 0
+    requests_resent: int = 0
+    server_errors: int = 0
+
+
+def _default_receiver(channel: str, ack: bool) -> ChannelReceiver:
+    return ChannelReceiver(channel, ack=ack)
+
+
+# ----------------------------------------------------------------------------- the session
+
+
+class ClientSession:
+    """All of one client's protocol state, across connections. See the module docstring.
+
+    ``urls``: the nodes to try, in order; a failed attempt moves to the next one (at once,
+    until each was tried since the last success; then with backoff). A lost connection is
+    retried on the same node first. ``new_receiver(channel, ack)`` makes each channel's
+    receiver (the shell may inject its own).
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        options: Options,
+        *,
+        rng: random.Random | None = None,
+        client_prefix: str | None = None,
+        new_receiver: ReceiverFactory = _default_receiver,
+    ) -> None:
+        if not urls:
+            raise ValueError("give at least one URL")
+        self.urls = list(urls)
+        self.options = options
+        self.state = LinkState.DOWN
+        self.error: BaseException | None = None
+        self.welcome: dict[str, Any] | None = None
+        self.paused = False  # the shell is waiting for the application to read
+        self._rng = rng if rng is not None else random.Random(options.seed)
+        self._ids = itertools.count(1)  # request ids, shared with the publish tracker
+        self._publishes = PublishTracker(
+            rng=self._rng, base=options.request_timeout, cap=options.publish_backoff_max,
+            max_pending=options.max_pending_publishes, ids=self._ids,
+            **({"client_prefix": client_prefix} if client_prefix is not None else {}),
+        )
+        self._new_receiver = new_receiver
+        self._channels: dict[str, _Channel] = {}
+        self._unsubscribes: dict[str, tuple[int, float | None]] = {}  # channel -> (id, sent at)
+        self._encoding = Encoding.JSON
+        self._max_message_size: int | None = None
+        self._healthy = False  # welcome + every (re)subscribe answered on this connection
+        self._heartbeat = Heartbeat(options.heartbeat_interval, options.heartbeat_timeout)
+        self._token = TokenRefresh(options.token_refresh_margin, options.request_timeout)
+        self._attempts = 0
+        self._retries = 0  # failed attempts since the last healthy connection
+        self._url_index = 0
+        self._tried_this_round = 0  # different URLs failed in a row
+        self._last_error: BaseException | None = None
+        self._wall_offset = 0.0  # unix time minus the session's clock, at the last token reading
+        self._counters = _Counters()
+
+    # -- what the application and the shell read --------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The node the next (or current) connection goes to."""
+        return self.urls[self._url_index]
+
+    @property
+    def connected(self) -> bool:
+        return self.state is LinkState.UP
+
+    @property
+    def pending_publishes(self) -> int:
+        return len(self._publishes)
+
+    def position(self, channel: str) -> Position | None:
+        record = self._channels.get(channel)
+        return None if record is None else record.receiver.position
+
+    @property
+    def stats(self) -> ClientStats:
+        c = self._counters
+        receivers = [record.receiver for record in self._channels.values()]
+        return ClientStats(
+            connects=c.connects,
+            reconnects=max(0, c.connects - 1),
+            connect_failures=c.connect_failures,
+            aborts=c.aborts,
+            heartbeat_timeouts=c.heartbeat_timeouts,
+            replays_requested=c.replays_requested,
+            retransmits_seen=c.retransmits_seen + sum(r.duplicates_dropped for r in receivers),
+            stale_dropped=c.stale_dropped + sum(r.stale_dropped for r in receivers),
+            gaps=c.gaps + sum(r.gaps_reported for r in receivers),
+            delivered=c.delivered,
+            published=c.published,
+            publish_retries=self._publishes.retries,
+            requests_resent=c.requests_resent,
+            server_errors=c.server_errors,
+            token_refreshes=self._token.refreshes,
+        )
+
+    # -- connection lifecycle -----------------------------------------------------------------
+
+    def next_attempt(self) -> Attempt | None:
+        """The next connection attempt, or None: the session ended (``error``) or is closing."""
+        if self.state in (LinkState.CLOSING, LinkState.ENDED):
+            return None
+        self._attempts += 1
+        if self._attempts == 1:
+            return Attempt(self.url, 0.0)
+        if self._retries >= self.options.max_reconnects:
+            self.end(GaveUp(self._retries, self._last_error))
+            return None
+        self._retries += 1
+        if 0 < self._tried_this_round < len(self.urls):
+            return Attempt(self.url, 0.0)  # another node, not tried since the last success
+        options = self.options
+        delay = min(options.backoff_max, options.backoff_base * 2 ** min(self._retries - 1, 64))
+        return Attempt(self.url, delay * self._rng.uniform(0.5, 1.0))
+
+    def connect_failed(self, error: BaseException) -> None:
+        """An attempt did not get as far as a welcome. Refusals end the session."""
+        if isinstance(error, HandshakeRejected) and error.status in (401, 403):
+            self.end(Forbidden(f"handshake refused with HTTP {error.status}", close_code=error.status))
+        elif isinstance(error, TransportClosed) and error.code == CloseCode.POLICY:
+            self.end(Forbidden(error.reason, close_code=CloseCode.POLICY))
+        elif isinstance(error, (Forbidden, ConnectionClosed)):
+            self.end(error)
+        else:
+            self._counters.connect_failures += 1
+            self._last_error = error
+            self._tried_this_round += 1
+            self._url_index = (self._url_index + 1) % len(self.urls)
+
+    def token_obtained(self, token: str | None, now: float, wall: float) -> None:
+        """The next connection presents ``token`` (``wall``: unix time now, to read ``exp``)."""
+        self._wall_offset = wall - now
+        exp = token_expiry(token) if token is not None else None
+        self._token.schedule(exp if self.options.refreshable else None, now, wall)
+
+    def connection_made(self, welcome: dict[str, Any], encoding: Encoding, now: float) -> list[Effect]:
+        """The connection's first frame arrived. Raises ``ConnectionClosed`` (protocol
+        mismatch) or ``ValueError`` (not a welcome): the shell reports it as a failed attempt."""
+        if welcome.get("type") != "welcome":
+            raise ValueError(f"expected a welcome frame, got {welcome.get('type')!r}")
+        if welcome.get("protocol") != protocol.PROTOCOL_VERSION:
+            raise ConnectionClosed(
+                CloseCode.PROTOCOL_ERROR, f"server speaks protocol {welcome.get('protocol')!r}, not 1"
+            )
+        if self.state is not LinkState.DOWN:
+            return []
+        self.state, self.welcome, self._encoding = LinkState.UP, welcome, encoding
+        size = welcome.get("max_message_size")
+        self._max_message_size = size if type(size) is int and size > 0 else None
+        self._counters.connects += 1
+        self._tried_this_round = 0
+        self._healthy = False
+        self._unsubscribes.clear()  # a new connection holds no subscriptions
+        for record in self._channels.values():
+            record.receiver.on_reconnect()
+            record.reset()
+        self._publishes.on_reconnect(now)
+        self._heartbeat.start(now)
+        return self._check_healthy()
+
+    def connection_lost(self, error: BaseException | None) -> None:
+        """The connection ended (``error``: why, if known). Decides whether to reconnect."""
+        self._heartbeat.stop()
+        self._token.stop()
+        if self.state is LinkState.UP:
+            self.state = LinkState.DOWN
+        if self._healthy:
+            self._retries = 0
+        self._healthy = False
+        self._last_error = error
+        if self.state is not LinkState.DOWN or not isinstance(error, TransportClosed):
+            return
+        code, reason = error.code, error.reason
+        if code == CloseCode.POLICY:
+            self.end(Forbidden(reason, close_code=CloseCode.POLICY))
+        elif code == CloseCode.DISCONNECTED and error.remote:
+            self.end(Disconnected(reason))
+        elif code == CloseCode.TOKEN_EXPIRED and error.remote and not self.options.refreshable:
+            self.end(TokenExpired(reason))
+        elif code in FATAL_CLOSE_CODES and error.remote:
+            self.end(ConnectionClosed(code, reason))
+
+    def aborted(self) -> None:
+        self._counters.aborts += 1
+
+    def close(self) -> None:
+        """The application closes the client: no more requests, timers or reconnects."""
+        if self.state is not LinkState.ENDED:
+            self.state = LinkState.CLOSING
+        self._heartbeat.stop()
+        self._token.stop()
+
+    def end(self, error: BaseException) -> None:
+        """The session is over; ``error`` (the first one given) is what every caller sees."""
+        if self.error is None:
+            self.error = error
+        self.state = LinkState.ENDED
+        self._heartbeat.stop()
+        self._token.stop()
+
+    # -- the application ----------------------------------------------------------------------
+
+    def check_usable(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.state is LinkState.CLOSING:
+            raise Closed("the client is closed")
+
+    def add_subscription(self, channel: str, ack: bool, since: Position | None) -> None:
+        self.check_usable()
+        if channel in self._channels:
+            raise ValueError(f"already subscribed to {channel!r} on this client")
+        self._channels[channel] = _Channel(channel, ack, since, self._new_receiver(channel, ack))
+        self._unsubscribes.pop(channel, None)  # the subscribe repositions it anyway
+
+    def remove_subscription(self, channel: str) -> None:
+        record = self._channels.pop(channel, None)
+        if record is None:
+            return
+        receiver, c = record.receiver, self._counters
+        c.retransmits_seen += receiver.duplicates_dropped
+        c.stale_dropped += receiver.stale_dropped
+        c.gaps += receiver.gaps_reported
+        if self.state is LinkState.UP:
+            self._unsubscribes[channel] = (next(self._ids), None)
+
+    def publish(self, channel: str, data: Any, now: float) -> PendingPublish:
+        """Register a publish (sent by the next :meth:`tick`). Raises ``PublishWindowFull``."""
+        self.check_usable()
+        return self._publishes.new_publish(channel, data, now)
+
+    def abandon_publish(self, key: str) -> None:
+        self._publishes.cancel(key)
+
+    def set_paused(self, paused: bool) -> None:
+        """The shell stopped reading to wait for the application (or resumed)."""
+        self.paused = paused
+
+    # -- the connection's traffic ----------------------------------------------------------------
+
+    def pong_received(self, now: float) -> None:
+        self._heartbeat.pong(now)
+
+    def frame_received(self, frame: dict[str, Any], now: float) -> list[Effect]:
+        kind = frame.get("type")
+        if kind == "message":
+            return self._on_message(frame, now)
+        request_id = frame.get("id")
+        if kind == "published":
+            epoch, seq = frame.get("epoch"), frame.get("seq")
+            if type(request_id) is not int or not isinstance(epoch, str) or type(seq) is not int:
+                return []
+            publish = self._publishes.on_published(request_id, epoch, seq)
+            if publish is None:
+                return []
+            self._counters.published += 1
+            return [PublishConfirmed(publish.key, Published(publish.channel, epoch, seq, publish.key))]
+        if kind in ("subscribed", "replaying"):
+            record = self._channels.get(frame.get("channel"))  # type: ignore[arg-type]
+            if record is not None and type(request_id) is int and request_id in record.outstanding:
+                return self._repositioned(record, request_id, frame, now, kind == "subscribed")
+        elif kind == "unsubscribed":
+            channel = frame.get("channel")
+            entry = self._unsubscribes.get(channel)  # type: ignore[arg-type]
+            if entry is not None and entry[0] == request_id:
+                del self._unsubscribes[channel]  # type: ignore[arg-type]
+        elif kind == "refreshed":
+            exp = frame.get("exp")
+            if request_id is not None and request_id == self._token.request_id:
+                self._token.refreshes += 1
+                wall = now + self._wall_offset
+                self._token.schedule(exp if isinstance(exp, (int, float)) else None, now, wall)
+        elif kind == "error":
+            return self._on_error(frame)
+        # "welcome" again, or a type this client does not know: nothing to do
+        return []
+
+    # -- token renewal (the shell runs the application's callable) -----------------------------
+
+    def token_fetched(self, token: str, now: float, wall: float) -> list[Effect]:
+        self._wall_offset = wall - now
+        if self.state is not LinkState.UP or not self._token.fetching:
+            return []
+        request_id = next(self._ids)
+        self._token.fetched(token, request_id, now)
+        return [self._send(protocol.refresh_request(request_id, token))]
+
+    def token_fetch_failed(self, now: float) -> None:
+        self._token.fetch_failed(now)
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def tick(self, now: float, bytes_in: int = 0) -> list[Effect]:
+        """Everything due at ``now``: (re)sent requests and publishes, acks, replays, pings."""
+        if self.state is not LinkState.UP:
+            return []
+        effects: list[Effect] = []
+        verdict = self._heartbeat.tick(now, bytes_in, self.paused)
+        if verdict is HeartbeatVerdict.DEAD:
+            self._counters.heartbeat_timeouts += 1
+            return [DropConnection(TransportClosed(
+                CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout: no pong, no traffic"
+            ))]
+        if verdict is HeartbeatVerdict.PING:
+            effects.append(SendPing(b"hb%d" % self._heartbeat.pings))
+        timeout = self.options.request_timeout
+        for record in list(self._channels.values()):
+            last_sent = record.last_sent()
+            if record.state is ChannelState.SUBSCRIBING:
+                if last_sent is None or now >= last_sent + timeout:
+                    if last_sent is not None:
+                        self._counters.requests_resent += 1
+                    effects.append(self._send_subscribe(record, now))
+                continue
+            position = record.receiver.position
+            if last_sent is not None and now >= last_sent + timeout and position is not None:
+                # A replay answer went missing: ask again from where we are (costs nothing
+                # we already hold) so the ack bookkeeping learns where the server stands.
+                self._counters.requests_resent += 1
+                effects.append(self._send_replay(record, position, now))
+            effects += self._apply(record, record.receiver.tick(now), now)
+        for channel, (request_id, sent_at) in list(self._unsubscribes.items()):
+            if sent_at is None or now >= sent_at + timeout:
+                if sent_at is not None:
+                    self._counters.requests_resent += 1
+                self._unsubscribes[channel] = (request_id, now)
+                effects.append(self._send(protocol.unsubscribe_request(request_id, channel)))
+        effects += self._send_publishes(now)
+        if self._token.fetch_due(now):
+            effects.append(FetchToken())
+        elif self._token.resend_due(now) and self._token.request_id is not None:
+            self._counters.requests_resent += 1
+            assert self._token.token is not None
+            effects.append(self._send(protocol.refresh_request(self._token.request_id, self._token.token)))
+        return effects
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` next has something to do (``-inf``: at once; None: nothing)."""
+        if self.state is not LinkState.UP:
+            return None
+        timeout = self.options.request_timeout
+        deadlines = [self._heartbeat.next_deadline(), self._token.next_deadline(),
+                     self._publishes.next_deadline()]
+        for record in self._channels.values():
+            last_sent = record.last_sent()
+            if last_sent is not None:
+                deadlines.append(last_sent + timeout)
+            elif record.state is ChannelState.SUBSCRIBING:
+                deadlines.append(float("-inf"))
+            deadlines.append(record.receiver.next_deadline())
+        for _, sent_at in self._unsubscribes.values():
+            deadlines.append(float("-inf") if sent_at is None else sent_at + timeout)
+        return min((d for d in deadlines if d is not None), default=None)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _send(self, frame: dict[str, Any]) -> SendFrame:
+        payload = codec.encode(frame, self._encoding)
+        return SendFrame(frame, payload.decode("utf-8") if self._encoding is Encoding.JSON else payload)
+
+    def _send_publishes(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        limit = self._max_message_size
+        for publish in self._publishes.due(now):
+            # Retry no sooner than request_timeout, plus the tracker's jittered backoff.
+            publish.due_at += self.options.request_timeout
+            effect = self._send(protocol.publish_request(
+                publish.request_id, publish.channel, publish.data, publish.key
+            ))
+            if limit is not None and len(effect.payload) > limit:
+                self._publishes.cancel(publish.key)
+                effects.append(PublishFailed(publish.key, ValueError(
+                    f"publish of {len(effect.payload)} bytes is over the server's"
+                    f" max_message_size ({limit})"
+                )))
+                continue
+            effects.append(effect)
+        return effects
+
+    def _send_subscribe(self, record: _Channel, now: float) -> SendFrame:
+        request_id = next(self._ids)
+        since = record.receiver.position or record.since
+        record.outstanding[request_id] = _Request(since, now)
+        return self._send(protocol.subscribe_request(request_id, record.name, since=since, ack=record.ack))
+
+    def _send_replay(self, record: _Channel, since: Position, now: float) -> SendFrame:
+        request_id = next(self._ids)
+        record.outstanding[request_id] = _Request(since, now)
+        self._counters.replays_requested += 1
+        return self._send(protocol.replay_request(request_id, record.name, since))
+
+    def _on_message(self, frame: dict[str, Any], now: float) -> list[Effect]:
+        record = self._channels.get(frame.get("channel"))  # type: ignore[arg-type]
+        epoch, seq = frame.get("epoch"), frame.get("seq")
+        if record is None or not isinstance(epoch, str) or type(seq) is not int:
+            return []
+        if epoch == record.server_epoch and seq > record.ack_ceiling:
+            record.ack_ceiling = seq
+        # ``{"$bytes": base64}`` is how bytes travel in JSON. Undo it in both encodings: a
+        # JSON publisher's bytes reach CBOR subscribers in that form too (the server stores
+        # the map as sent), and data should not depend on who used which encoding.
+        data = codec.bytes_from_json(frame.get("data"))
+        return self._apply(record, record.receiver.on_message(epoch, seq, data, frame.get("ts"), now), now)
+
+    def _repositioned(
+        self, record: _Channel, request_id: int, frame: dict[str, Any], now: float, subscribed: bool
+    ) -> list[Effect]:
+        epoch, seq, recovered = frame.get("epoch"), frame.get("seq"), frame.get("recovered")
+        since = record.outstanding.pop(request_id).since
+        # Requests sent before this one were processed before it: their replies are lost.
+        for older in [i for i in record.outstanding if i < request_id]:
+            del record.outstanding[older]
+        if not isinstance(epoch, str) or type(seq) is not int:
+            return []
+        if epoch != record.server_epoch:
+            record.server_epoch = epoch
+            record.ack_owed = record.ack_sent = 0
+        if since is None:
+            record.ack_ceiling = seq
+        elif since.epoch == epoch:
+            record.ack_ceiling = since.seq
+        else:
+            record.ack_ceiling = 0
+        record.ack_sent = min(record.ack_sent, record.ack_ceiling)
+        effects: list[Effect] = []
+        receiver_effects = record.receiver.on_subscribed(epoch, seq, bool(recovered), since)
+        if subscribed and record.state is ChannelState.SUBSCRIBING:
+            record.state = ChannelState.ACTIVE
+            if not record.confirmed_once:
+                record.confirmed_once = True
+                effects.append(SubscriptionConfirmed(record.name))
+            effects += self._check_healthy()
+        return effects + self._apply(record, receiver_effects, now)
+
+    def _on_error(self, frame: dict[str, Any]) -> list[Effect]:
+        self._counters.server_errors += 1
+        code, reason = str(frame.get("code")), str(frame.get("reason", ""))
+        request_id = frame.get("id")
+        error: ServerError = Forbidden(reason) if code == "forbidden" else ServerError(code, reason)
+        if type(request_id) is not int:
+            return []  # an ack refused, say: nothing waits for it
+        publish = self._publishes.cancel(request_id)
+        if publish is not None:
+            return [PublishFailed(publish.key, error)]
+        if request_id == self._token.request_id:
+            self._token.stop()  # refused: not asked again on this connection (see TokenRefresh)
+            return []
+        for record in list(self._channels.values()):
+            if request_id in record.outstanding:
+                del record.outstanding[request_id]
+                if record.state is ChannelState.SUBSCRIBING:  # refused: the subscription ends
+                    del self._channels[record.name]
+                    return [SubscriptionRefused(record.name, error), *self._check_healthy()]
+                return []
+        for channel, (unsubscribe_id, _) in list(self._unsubscribes.items()):
+            if unsubscribe_id == request_id:  # not_subscribed: it is gone either way
+                del self._unsubscribes[channel]
+                break
+        return []
+
+    def _apply(self, record: _Channel, effects: list[ReceiverEffect], now: float) -> list[Effect]:
+        out: list[Effect] = []
+        for effect in effects:
+            if isinstance(effect, Deliver):
+                out.append(ToApp(record.name, effect.message))
+                self._counters.delivered += 1
+            elif isinstance(effect, Gap):
+                out.append(ToApp(record.name, effect))
+            elif isinstance(effect, SendAck):
+                record.ack_owed = max(record.ack_owed, effect.seq)
+            elif isinstance(effect, SendReplay):
+                out.append(self._send_replay(record, effect.since, now))
+        if record.ack:
+            ack = self._flush_ack(record)
+            if ack is not None:
+                out.append(ack)
+        return out
+
+    def _flush_ack(self, record: _Channel) -> SendFrame | None:
+        """The owed cumulative ack, never past what the server is sure to have sent.
+
+        The server answers an ack past its last sent seq with an error frame (and closes
+        with 1008 after ``max_errors`` of them). After a reposition (subscribe, replay) its
+        count restarts at the ``since`` it was given, while frames it sent before may still
+        be on their way to us; so an ack stays at or below the ``since`` of every
+        repositioning request not yet answered, and at or below the highest seq received
+        since the last answered one.
+        """
+        allowed = record.ack_ceiling
+        for request in record.outstanding.values():
+            since = request.since
+            allowed = min(allowed, since.seq if since is not None and since.epoch == record.server_epoch else 0)
+        target = min(record.ack_owed, allowed)
+        if target <= record.ack_sent or self.state is not LinkState.UP:
+            return None
+        record.ack_sent = target
+        return self._send(protocol.ack_request(record.name, target))
+
+    def _check_healthy(self) -> list[Effect]:
+        if self._healthy or self.state is not LinkState.UP:
+            return []
+        if all(record.state is ChannelState.ACTIVE for record in self._channels.values()):
+            self._healthy = True
+            return [Ready()]
+        return []
