@@ -33,129 +33,39 @@ from .. import codec, protocol
 from ..codec import Encoding
 from ..protocol import Position
 from ..wire import CloseCode
+from .channel import ChannelRecord, ChannelState
+from .effects import (
+    Attempt,
+    DropConnection,
+    Effect,
+    FetchToken,
+    PublishConfirmed,
+    PublishFailed,
+    Ready,
+    SendFrame,
+    SendPing,
+    SubscriptionConfirmed,
+    SubscriptionRefused,
+    ToApp,
+)
 from .errors import (
     Closed,
     ConnectionClosed,
-    Disconnected,
     Forbidden,
     GaveUp,
-    HandshakeRejected,
     ServerError,
-    TokenExpired,
     TransportClosed,
 )
 from .link import Heartbeat, HeartbeatVerdict, TokenRefresh, token_expiry
 from .options import ClientStats, Options, Published
 from .publisher import PendingPublish, PublishTracker
-from .receiver import ChannelReceiver, Deliver, Gap, Message, SendAck, SendReplay
+from .receiver import ChannelReceiver, Deliver, Gap, SendAck, SendReplay
 from .receiver import Effect as ReceiverEffect
+from .reconnect import Reconnects
 
-__all__ = [
-    "Attempt",
-    "ChannelState",
-    "ClientSession",
-    "DropConnection",
-    "Effect",
-    "FetchToken",
-    "LinkState",
-    "PublishConfirmed",
-    "PublishFailed",
-    "Ready",
-    "SendFrame",
-    "SendPing",
-    "SubscriptionConfirmed",
-    "SubscriptionRefused",
-    "ToApp",
-]
-
-# Close codes after which reconnecting would only repeat the refusal.
-FATAL_CLOSE_CODES = frozenset({
-    CloseCode.PROTOCOL_ERROR, CloseCode.UNSUPPORTED_DATA, CloseCode.INVALID_PAYLOAD, CloseCode.TOO_BIG,
-})
+__all__ = ["ChannelState", "ClientSession", "LinkState"]
 
 ReceiverFactory = Callable[[str, bool], ChannelReceiver]
-
-
-# ----------------------------------------------------------------------------- effects
-
-
-@attrs.frozen
-class SendFrame:
-    """Queue ``payload`` (``frame`` encoded once, for the connection's encoding)."""
-
-    frame: dict[str, Any]
-    payload: str | bytes
-
-
-@attrs.frozen
-class SendPing:
-    payload: bytes
-
-
-@attrs.frozen
-class ToApp:
-    """Hand ``item`` to the application's subscription to ``channel`` (in order, once)."""
-
-    channel: str
-    item: Message | Gap
-
-
-@attrs.frozen
-class SubscriptionConfirmed:
-    """The first ``subscribed`` of ``channel``: its ``async with`` may return."""
-
-    channel: str
-
-
-@attrs.frozen
-class SubscriptionRefused:
-    """The server refused the (re)subscribe: the subscription ends with ``error``."""
-
-    channel: str
-    error: ServerError
-
-
-@attrs.frozen
-class PublishConfirmed:
-    key: str
-    published: Published
-
-
-@attrs.frozen
-class PublishFailed:
-    key: str
-    error: Exception
-
-
-@attrs.frozen
-class Ready:
-    """Every subscription is confirmed on the current connection (``connect`` may return)."""
-
-
-@attrs.frozen
-class DropConnection:
-    """The link is dead (heartbeat): abort it; :meth:`ClientSession.connection_lost` follows."""
-
-    error: TransportClosed
-
-
-@attrs.frozen
-class FetchToken:
-    """Call the application's token callable; report with ``token_fetched``/``token_fetch_failed``."""
-
-
-Effect = (
-    SendFrame | SendPing | ToApp | SubscriptionConfirmed | SubscriptionRefused
-    | PublishConfirmed | PublishFailed | Ready | DropConnection | FetchToken
-)
-
-
-@attrs.frozen
-class Attempt:
-    """Connect to ``url`` after waiting ``delay`` seconds."""
-
-    url: str
-    delay: float
 
 
 # ----------------------------------------------------------------------------- states
@@ -168,52 +78,9 @@ class LinkState(enum.Enum):
     ENDED = "ended"  # closed or failed (``error`` says which): nothing more happens
 
 
-class ChannelState(enum.Enum):
-    SUBSCRIBING = "subscribing"  # this connection's subscribe is not answered yet
-    ACTIVE = "active"  # answered: messages flow
-
-
-@attrs.frozen
-class _Request:
-    """A repositioning request (subscribe, replay) awaiting its answer."""
-
-    since: Position | None
-    sent_at: float
-
-
-@attrs.define(eq=False)
-class _Channel:
-    """The session's record of one subscription; per-connection fields reset on reconnect.
-
-    Acks: the server rejects an ack past what it sent since its last reposition, so an ack
-    never goes past ``ack_ceiling`` nor past the ``since`` of a request the server may be
-    processing (see :meth:`ClientSession._flush_ack`).
-    """
-
-    name: str
-    ack: bool
-    since: Position | None  # where the application asked to start
-    receiver: ChannelReceiver
-    confirmed_once: bool = False
-    state: ChannelState = ChannelState.SUBSCRIBING
-    outstanding: dict[int, _Request] = attrs.Factory(dict)
-    server_epoch: str | None = None
-    ack_ceiling: int = 0
-    ack_owed: int = 0
-    ack_sent: int = 0
-
-    def reset(self) -> None:
-        self.state, self.outstanding, self.server_epoch = ChannelState.SUBSCRIBING, {}, None
-        self.ack_ceiling = self.ack_owed = self.ack_sent = 0
-
-    def last_sent(self) -> float | None:
-        return max((r.sent_at for r in self.outstanding.values()), default=None)
-
-
 @attrs.define
 class _Counters:
     connects: int = 0
-    connect_failures: int = 0
     aborts: int = 0
     heartbeat_timeouts: int = 0
     replays_requested: int = 0
@@ -267,18 +134,17 @@ class ClientSession:
             **({"client_prefix": client_prefix} if client_prefix is not None else {}),
         )
         self._new_receiver = new_receiver
-        self._channels: dict[str, _Channel] = {}
+        self._channels: dict[str, ChannelRecord] = {}
         self._unsubscribes: dict[str, tuple[int, float | None]] = {}  # channel -> (id, sent at)
         self._encoding = Encoding.JSON
         self._max_message_size: int | None = None
         self._healthy = False  # welcome + every (re)subscribe answered on this connection
         self._heartbeat = Heartbeat(options.heartbeat_interval, options.heartbeat_timeout)
         self._token = TokenRefresh(options.token_refresh_margin, options.request_timeout)
-        self._attempts = 0
-        self._retries = 0  # failed attempts since the last healthy connection
-        self._url_index = 0
-        self._tried_this_round = 0  # different URLs failed in a row
-        self._last_error: BaseException | None = None
+        self._reconnects = Reconnects(
+            self.urls, options.max_reconnects, options.backoff_base, options.backoff_max,
+            self._rng, refreshable=options.refreshable,
+        )
         self._wall_offset = 0.0  # unix time minus the session's clock, at the last token reading
         self._counters = _Counters()
 
@@ -287,7 +153,7 @@ class ClientSession:
     @property
     def url(self) -> str:
         """The node the next (or current) connection goes to."""
-        return self.urls[self._url_index]
+        return self._reconnects.url
 
     @property
     def connected(self) -> bool:
@@ -308,7 +174,7 @@ class ClientSession:
         return ClientStats(
             connects=c.connects,
             reconnects=max(0, c.connects - 1),
-            connect_failures=c.connect_failures,
+            connect_failures=self._reconnects.failures,
             aborts=c.aborts,
             heartbeat_timeouts=c.heartbeat_timeouts,
             replays_requested=c.replays_requested,
@@ -329,32 +195,17 @@ class ClientSession:
         """The next connection attempt, or None: the session ended (``error``) or is closing."""
         if self.state in (LinkState.CLOSING, LinkState.ENDED):
             return None
-        self._attempts += 1
-        if self._attempts == 1:
-            return Attempt(self.url, 0.0)
-        if self._retries >= self.options.max_reconnects:
-            self.end(GaveUp(self._retries, self._last_error))
+        attempt = self._reconnects.next_attempt()
+        if isinstance(attempt, GaveUp):
+            self.end(attempt)
             return None
-        self._retries += 1
-        if 0 < self._tried_this_round < len(self.urls):
-            return Attempt(self.url, 0.0)  # another node, not tried since the last success
-        options = self.options
-        delay = min(options.backoff_max, options.backoff_base * 2 ** min(self._retries - 1, 64))
-        return Attempt(self.url, delay * self._rng.uniform(0.5, 1.0))
+        return attempt
 
     def connect_failed(self, error: BaseException) -> None:
         """An attempt did not get as far as a welcome. Refusals end the session."""
-        if isinstance(error, HandshakeRejected) and error.status in (401, 403):
-            self.end(Forbidden(f"handshake refused with HTTP {error.status}", close_code=error.status))
-        elif isinstance(error, TransportClosed) and error.code == CloseCode.POLICY:
-            self.end(Forbidden(error.reason, close_code=CloseCode.POLICY))
-        elif isinstance(error, (Forbidden, ConnectionClosed)):
-            self.end(error)
-        else:
-            self._counters.connect_failures += 1
-            self._last_error = error
-            self._tried_this_round += 1
-            self._url_index = (self._url_index + 1) % len(self.urls)
+        final = self._reconnects.failed(error)
+        if final is not None:
+            self.end(final)
 
     def token_obtained(self, token: str | None, now: float, wall: float) -> None:
         """The next connection presents ``token`` (``wall``: unix time now, to read ``exp``)."""
@@ -377,7 +228,7 @@ class ClientSession:
         size = welcome.get("max_message_size")
         self._max_message_size = size if type(size) is int and size > 0 else None
         self._counters.connects += 1
-        self._tried_this_round = 0
+        self._reconnects.connected()
         self._healthy = False
         self._unsubscribes.clear()  # a new connection holds no subscriptions
         for record in self._channels.values():
@@ -391,23 +242,13 @@ class ClientSession:
         """The connection ended (``error``: why, if known). Decides whether to reconnect."""
         self._heartbeat.stop()
         self._token.stop()
-        if self.state is LinkState.UP:
+        was_up = self.state is LinkState.UP
+        if was_up:
             self.state = LinkState.DOWN
-        if self._healthy:
-            self._retries = 0
+        final = self._reconnects.lost(error, self._healthy)
         self._healthy = False
-        self._last_error = error
-        if self.state is not LinkState.DOWN or not isinstance(error, TransportClosed):
-            return
-        code, reason = error.code, error.reason
-        if code == CloseCode.POLICY:
-            self.end(Forbidden(reason, close_code=CloseCode.POLICY))
-        elif code == CloseCode.DISCONNECTED and error.remote:
-            self.end(Disconnected(reason))
-        elif code == CloseCode.TOKEN_EXPIRED and error.remote and not self.options.refreshable:
-            self.end(TokenExpired(reason))
-        elif code in FATAL_CLOSE_CODES and error.remote:
-            self.end(ConnectionClosed(code, reason))
+        if was_up and final is not None:
+            self.end(final)
 
     def aborted(self) -> None:
         self._counters.aborts += 1
@@ -439,7 +280,7 @@ class ClientSession:
         self.check_usable()
         if channel in self._channels:
             raise ValueError(f"already subscribed to {channel!r} on this client")
-        self._channels[channel] = _Channel(channel, ack, since, self._new_receiver(channel, ack))
+        self._channels[channel] = ChannelRecord(channel, ack, since, self._new_receiver(channel, ack))
         self._unsubscribes.pop(channel, None)  # the subscribe repositions it anyway
 
     def remove_subscription(self, channel: str) -> None:
@@ -606,15 +447,15 @@ class ClientSession:
             effects.append(effect)
         return effects
 
-    def _send_subscribe(self, record: _Channel, now: float) -> SendFrame:
+    def _send_subscribe(self, record: ChannelRecord, now: float) -> SendFrame:
         request_id = next(self._ids)
         since = record.receiver.position or record.since
-        record.outstanding[request_id] = _Request(since, now)
+        record.requested(request_id, since, now)
         return self._send(protocol.subscribe_request(request_id, record.name, since=since, ack=record.ack))
 
-    def _send_replay(self, record: _Channel, since: Position, now: float) -> SendFrame:
+    def _send_replay(self, record: ChannelRecord, since: Position, now: float) -> SendFrame:
         request_id = next(self._ids)
-        record.outstanding[request_id] = _Request(since, now)
+        record.requested(request_id, since, now)
         self._counters.replays_requested += 1
         return self._send(protocol.replay_request(request_id, record.name, since))
 
@@ -623,8 +464,7 @@ class ClientSession:
         epoch, seq = frame.get("epoch"), frame.get("seq")
         if record is None or not isinstance(epoch, str) or type(seq) is not int:
             return []
-        if epoch == record.server_epoch and seq > record.ack_ceiling:
-            record.ack_ceiling = seq
+        record.message_seen(epoch, seq)
         # ``{"$bytes": base64}`` is how bytes travel in JSON. Undo it in both encodings: a
         # JSON publisher's bytes reach CBOR subscribers in that form too (the server stores
         # the map as sent), and data should not depend on who used which encoding.
@@ -632,25 +472,13 @@ class ClientSession:
         return self._apply(record, record.receiver.on_message(epoch, seq, data, frame.get("ts"), now), now)
 
     def _repositioned(
-        self, record: _Channel, request_id: int, frame: dict[str, Any], now: float, subscribed: bool
+        self, record: ChannelRecord, request_id: int, frame: dict[str, Any], now: float, subscribed: bool
     ) -> list[Effect]:
         epoch, seq, recovered = frame.get("epoch"), frame.get("seq"), frame.get("recovered")
-        since = record.outstanding.pop(request_id).since
-        # Requests sent before this one were processed before it: their replies are lost.
-        for older in [i for i in record.outstanding if i < request_id]:
-            del record.outstanding[older]
+        since = record.answered(request_id)
         if not isinstance(epoch, str) or type(seq) is not int:
             return []
-        if epoch != record.server_epoch:
-            record.server_epoch = epoch
-            record.ack_owed = record.ack_sent = 0
-        if since is None:
-            record.ack_ceiling = seq
-        elif since.epoch == epoch:
-            record.ack_ceiling = since.seq
-        else:
-            record.ack_ceiling = 0
-        record.ack_sent = min(record.ack_sent, record.ack_ceiling)
+        record.repositioned(since, epoch, seq)
         effects: list[Effect] = []
         receiver_effects = record.receiver.on_subscribed(epoch, seq, bool(recovered), since)
         if subscribed and record.state is ChannelState.SUBSCRIBING:
@@ -687,7 +515,7 @@ class ClientSession:
                 break
         return []
 
-    def _apply(self, record: _Channel, effects: list[ReceiverEffect], now: float) -> list[Effect]:
+    def _apply(self, record: ChannelRecord, effects: list[ReceiverEffect], now: float) -> list[Effect]:
         out: list[Effect] = []
         for effect in effects:
             if isinstance(effect, Deliver):
@@ -696,7 +524,7 @@ class ClientSession:
             elif isinstance(effect, Gap):
                 out.append(ToApp(record.name, effect))
             elif isinstance(effect, SendAck):
-                record.ack_owed = max(record.ack_owed, effect.seq)
+                record.owe_ack(effect.seq)
             elif isinstance(effect, SendReplay):
                 out.append(self._send_replay(record, effect.since, now))
         if record.ack:
@@ -705,25 +533,12 @@ class ClientSession:
                 out.append(ack)
         return out
 
-    def _flush_ack(self, record: _Channel) -> SendFrame | None:
-        """The owed cumulative ack, never past what the server is sure to have sent.
-
-        The server answers an ack past its last sent seq with an error frame (and closes
-        with 1008 after ``max_errors`` of them). After a reposition (subscribe, replay) its
-        count restarts at the ``since`` it was given, while frames it sent before may still
-        be on their way to us; so an ack stays at or below the ``since`` of every
-        repositioning request not yet answered, and at or below the highest seq received
-        since the last answered one.
-        """
-        allowed = record.ack_ceiling
-        for request in record.outstanding.values():
-            since = request.since
-            allowed = min(allowed, since.seq if since is not None and since.epoch == record.server_epoch else 0)
-        target = min(record.ack_owed, allowed)
-        if target <= record.ack_sent or self.state is not LinkState.UP:
+    def _flush_ack(self, record: ChannelRecord) -> SendFrame | None:
+        """The owed cumulative ack, if the clamp allows one (see :class:`ChannelRecord`)."""
+        if self.state is not LinkState.UP:
             return None
-        record.ack_sent = target
-        return self._send(protocol.ack_request(record.name, target))
+        seq = record.ack_due()
+        return None if seq is None else self._send(protocol.ack_request(record.name, seq))
 
     def _check_healthy(self) -> list[Effect]:
         if self._healthy or self.state is not LinkState.UP:
