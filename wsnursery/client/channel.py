@@ -53,11 +53,13 @@ class ChannelRecord:
     ack_ceiling: int = 0
     ack_owed: int = 0
     ack_sent: int = 0
+    ack_again: bool = False  # a repeat arrived: the last ack was probably lost, send it again
 
     def reset(self) -> None:
         """A new connection: nothing is subscribed on it yet, nothing was sent or acked."""
         self.state, self.outstanding, self.server_epoch = ChannelState.SUBSCRIBING, {}, None
         self.ack_ceiling = self.ack_owed = self.ack_sent = 0
+        self.ack_again = False
 
     def last_sent(self) -> float | None:
         return max((r.sent_at for r in self.outstanding.values()), default=None)
@@ -91,6 +93,10 @@ class ChannelRecord:
         self.ack_sent = min(self.ack_sent, self.ack_ceiling)
 
     def owe_ack(self, seq: int) -> None:
+        """The receiver asks for an ack of ``seq``; at or below what was sent, that is a
+        repeat's doing: the ack went missing (the server retransmits), so it goes again."""
+        if seq <= self.ack_sent:
+            self.ack_again = True
         self.ack_owed = max(self.ack_owed, seq)
 
     def ack_due(self) -> int | None:
@@ -101,7 +107,10 @@ class ChannelRecord:
             same_stream = since is not None and since.epoch == self.server_epoch
             allowed = min(allowed, since.seq if since is not None and same_stream else 0)
         target = min(self.ack_owed, allowed)
-        if target <= self.ack_sent:
-            return None
-        self.ack_sent = target
-        return target
+        again, self.ack_again = self.ack_again, False
+        if target > self.ack_sent:
+            self.ack_sent = target
+            return target
+        if again and 0 < self.ack_sent <= allowed:
+            return self.ack_sent
+        return None
