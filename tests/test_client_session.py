@@ -178,7 +178,9 @@ def test_acks_never_pass_the_since_of_an_unanswered_replay():
     for seq in (3, 4):  # the replay's resends: repeats, and proof of what the server sent
         effects += s.frame_received(message(seq), 1.0)
     acks = [f["seq"] for f in frames(effects + s.tick(2.0)) if f["type"] == "ack"]
-    assert acks == [3, 4]
+    # 3 and 4 as the resends prove the server sent them; then 4 once more, because repeats
+    # mean an ack may have been lost (a stale ack is harmless to the server).
+    assert acks == [3, 4, 4]
 
 
 def test_acks_batch_and_stay_cumulative():
