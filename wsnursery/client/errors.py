@@ -39,8 +39,9 @@ class ConnectionClosed(Closed):
     4003 come as the subclasses :class:`TokenExpired` and :class:`Disconnected`.
     """
 
-    def __init__(self, code: int, reason: str = "") -> None:
-        super().__init__(f"server closed the connection with {code}" + (f": {reason}" if reason else ""))
+    def __init__(self, code: int, reason: str = "", *, what: str = "") -> None:
+        what = what or f"server closed the connection with {int(code)}"
+        super().__init__(what + (f": {reason}" if reason else ""))
         self.code = code
         self.reason = reason
 
@@ -51,7 +52,10 @@ class TokenExpired(ConnectionClosed):
     as ``token`` to have the client fetch a fresh one instead."""
 
     def __init__(self, reason: str = "") -> None:
-        super().__init__(CloseCode.TOKEN_EXPIRED, reason or "token expired")
+        super().__init__(
+            CloseCode.TOKEN_EXPIRED, reason,
+            what="connection token expired (close 4001); pass token= a callable to renew it",
+        )
 
 
 class Disconnected(ConnectionClosed):
@@ -60,7 +64,9 @@ class Disconnected(ConnectionClosed):
     The client does not reconnect: whoever runs the server decided this user must go."""
 
     def __init__(self, reason: str = "") -> None:
-        super().__init__(CloseCode.DISCONNECTED, reason or "disconnected by the server")
+        super().__init__(
+            CloseCode.DISCONNECTED, reason, what="disconnected by the server's API (close 4003)"
+        )
 
 
 class GaveUp(Closed):

@@ -16,6 +16,7 @@ import attrs
 __all__ = ["PendingPublish", "PublishTracker", "PublishWindowFull"]
 
 _positive = attrs.validators.gt(0)
+_positive_seconds = attrs.validators.gt(0.0)
 
 
 class PublishWindowFull(Exception):
@@ -50,8 +51,8 @@ class PublishTracker:
     """
 
     rng: random.Random = attrs.field(factory=random.Random)
-    base: float = attrs.field(default=0.1, validator=_positive)
-    cap: float = attrs.field(default=5.0, validator=_positive)
+    base: float = attrs.field(default=0.1, validator=_positive_seconds)
+    cap: float = attrs.field(default=5.0, validator=_positive_seconds)
     max_pending: int = attrs.field(default=1024, validator=_positive)
     ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
     client_prefix: str = attrs.field(

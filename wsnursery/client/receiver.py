@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 _positive = attrs.validators.gt(0)
+_positive_seconds = attrs.validators.gt(0.0)
 
 
 @attrs.frozen
@@ -112,8 +113,8 @@ class ChannelReceiver:
     ack: bool = False
     max_pending: int = attrs.field(default=1024, validator=_positive)
     ack_every: int = attrs.field(default=32, validator=_positive)
-    ack_interval: float = attrs.field(default=0.05, validator=attrs.validators.ge(0))
-    replay_timeout: float = attrs.field(default=1.0, validator=_positive)
+    ack_interval: float = attrs.field(default=0.05, validator=attrs.validators.ge(0.0))
+    replay_timeout: float = attrs.field(default=1.0, validator=_positive_seconds)
     duplicates_dropped: int = attrs.field(default=0, init=False)
     stale_dropped: int = attrs.field(default=0, init=False)
     overflow_dropped: int = attrs.field(default=0, init=False)
