@@ -46,7 +46,14 @@ from hypothesis.stateful import (
 )
 
 from wsnursery.client.publisher import PublishTracker, PublishWindowFull
-from wsnursery.client.receiver import ChannelReceiver, Deliver, Gap, Message, SendAck, SendReplay
+from wsnursery.client.receiver import (
+    ChannelReceiver,
+    Deliver,
+    Gap,
+    Message,
+    SendAck,
+    SendReplay,
+)
 from wsnursery.protocol import Position
 from wsnursery.reliability import AckTracker, DedupWindow
 
