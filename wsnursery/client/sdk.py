@@ -177,7 +177,10 @@ class Client:
         held from earlier (a previous ``subscription.position``); without it delivery starts
         after the head.
         """
-        return Subscription(self, channel, ack, buffer_size or self.options.buffer_size, since)
+        return Subscription(
+            self, channel, ack, buffer_size or self.options.buffer_size, since,
+            attach=self._add_subscription, detach=self._remove_subscription,
+        )
 
     async def publish(self, channel: str, data: Any) -> Published:
         """Publish ``data``; returns once the server holds it (``published``).
@@ -227,6 +230,18 @@ class Client:
 
     # -- lifetime ---------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Client]:
+        """Run the client's tasks for the ``async with`` body (``connect`` uses this)."""
+        async with anyio.create_task_group() as group:
+            self._task_group = group
+            group.start_soon(self._run)
+            try:
+                await self._wait_ready()
+                yield self
+            finally:
+                await self._shutdown()
+
     def _fail(self, error: BaseException) -> None:
         """End the client: every waiter raises ``error`` (or the session's first error)."""
         self.session.end(error)
@@ -237,7 +252,7 @@ class Client:
         self._window.set()
         for sub in list(self._subscriptions.values()):
             sub.state = SubscriptionState.CLOSED
-            sub._fail(error)
+            sub.inbox.fail(error)
         self._subscriptions.clear()
         self._ready.set()
         if self._conn is not None:
@@ -385,7 +400,7 @@ class Client:
             if isinstance(effect, ToApp):
                 sub = self._subscriptions.get(effect.channel)
                 if sub is not None:
-                    sub._hand_over(effect.item)
+                    sub.inbox.hand_over(effect.item)
             elif isinstance(effect, SendFrame):
                 if not conn.ended:
                     conn.transport.queue_message(effect.payload)
@@ -403,11 +418,11 @@ class Client:
             elif isinstance(effect, SubscriptionConfirmed):
                 sub = self._subscriptions.get(effect.channel)
                 if sub is not None:
-                    sub._confirm()
+                    sub.inbox.confirm()
             elif isinstance(effect, SubscriptionRefused):
                 sub = self._subscriptions.pop(effect.channel, None)
                 if sub is not None:
-                    sub._fail(effect.error)
+                    sub.inbox.fail(effect.error)
             elif isinstance(effect, Ready):
                 self._ready.set()
             elif isinstance(effect, SendPing):
@@ -436,10 +451,10 @@ class Client:
         try:
             while True:
                 for sub in list(self._subscriptions.values()):
-                    if sub._overflow:
+                    if sub.inbox.overflow:
                         self.session.set_paused(True)
                         try:
-                            await sub._drain()
+                            await sub.inbox.drain()
                         finally:
                             self.session.set_paused(False)
                 payload = await transport.receive()
@@ -487,16 +502,9 @@ async def connect(urls: str | Sequence[str], **options: Any) -> AsyncIterator[Cl
 
     Options (keyword arguments): see :class:`Options` (``token``, ``compression``, timings).
     """
-    client = Client(urls, Options(**options))
     try:
-        async with anyio.create_task_group() as group:
-            client._task_group = group
-            group.start_soon(client._run)
-            try:
-                await client._wait_ready()
-                yield client
-            finally:
-                await client._shutdown()
+        async with Client(urls, Options(**options)).running() as client:
+            yield client
     except BaseExceptionGroup as group_error:
         sole = _sole_exception(group_error)
         if sole is None:

@@ -1,16 +1,16 @@
 """A subscription as the application sees it: a bounded anyio memory object stream.
 
-The client's reader hands items over without blocking (:meth:`Subscription._hand_over`);
-what does not fit waits in a small overflow (at most one frame's worth of deliveries) and the
-reader then waits in :meth:`Subscription._drain` before reading the next frame. That wait is
-the backpressure: see :mod:`wsnursery.client.sdk`.
+The client's reader hands items to the subscription's :class:`Inbox` without blocking; what
+does not fit waits in a small overflow (at most one frame's worth of deliveries) and the
+reader then waits in :meth:`Inbox.drain` before reading the next frame. That wait is the
+backpressure: see :mod:`wsnursery.client.sdk`.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Self
 
 import anyio
@@ -22,7 +22,7 @@ from .receiver import Gap, Message
 if TYPE_CHECKING:
     from .sdk import Client
 
-__all__ = ["Subscription", "SubscriptionState"]
+__all__ = ["Inbox", "Subscription", "SubscriptionState"]
 
 
 class SubscriptionState(enum.Enum):
@@ -42,6 +42,74 @@ def _position(since: Position | tuple[str, int] | None) -> Position | None:
     if not isinstance(epoch, str) or type(seq) is not int or seq < 0:
         raise ValueError("since must be (epoch: str, seq: int >= 0)")
     return Position(epoch, seq)
+
+
+class Inbox:
+    """The client's end of one subscription: where the reader hands messages over.
+
+    A bounded anyio memory object stream of ``buffer_size`` items; what does not fit waits
+    in :attr:`overflow` (one frame's worth of deliveries at most: the reader hands over one
+    frame's effects, then :meth:`drain` waits for room before it reads another frame).
+    """
+
+    def __init__(self, buffer_size: int) -> None:
+        self.send_stream, self.receive_stream = anyio.create_memory_object_stream[Message | Gap](
+            buffer_size
+        )
+        self.overflow: deque[Message | Gap] = deque()
+        self.confirmed = anyio.Event()  # the first subscribed reply (or an error)
+        self.error: BaseException | None = None
+
+    def __len__(self) -> int:
+        return self.receive_stream.statistics().current_buffer_used + len(self.overflow)
+
+    def hand_over(self, item: Message | Gap) -> None:
+        """Queue ``item`` for the application without blocking (in order, after any overflow)."""
+        if self.overflow:
+            self.overflow.append(item)
+            return
+        try:
+            self.send_stream.send_nowait(item)
+        except anyio.WouldBlock:
+            self.overflow.append(item)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the application closed the subscription: nobody to deliver to
+
+    async def drain(self) -> None:
+        """Wait until every overflowing item is in the stream (the reader's backpressure).
+
+        A cancelled send may have delivered its item anyway (asyncio can do that): the item
+        stays first in the overflow and is sent again by the next reader, as the same object,
+        right behind the first; :meth:`Subscription.receive` skips it.
+        """
+        while self.overflow:
+            try:
+                await self.send_stream.send(self.overflow[0])
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self.overflow.clear()
+                return
+            self.overflow.popleft()
+
+    def confirm(self) -> None:
+        self.confirmed.set()
+
+    def fail(self, error: BaseException) -> None:
+        """No more items: the application reads what is buffered, then gets ``error``."""
+        if self.error is None:
+            self.error = error
+        self.confirmed.set()
+        for item in self.overflow:  # what fits still reaches the application
+            try:
+                self.send_stream.send_nowait(item)
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                break
+        self.overflow.clear()
+        self.send_stream.close()
+
+    def close(self) -> None:
+        """The application is done: drop what it did not read; a waiting reader is released."""
+        self.overflow.clear()
+        self.receive_stream.close()
 
 
 class Subscription:
@@ -72,6 +140,9 @@ class Subscription:
     def __init__(
         self, client: Client, channel: str, ack: bool, buffer_size: int,
         since: Position | tuple[str, int] | None = None,
+        *,
+        attach: Callable[[Subscription], None],
+        detach: Callable[[Subscription], None],
     ) -> None:
         if not isinstance(channel, str):
             raise TypeError("channel must be a string")
@@ -81,12 +152,9 @@ class Subscription:
         self.ack = ack
         self.buffer_size = buffer_size
         self.state = SubscriptionState.NEW
-        self._send, self._receive = anyio.create_memory_object_stream[Message | Gap](buffer_size)
-        # Items handed over while the stream was full; the reader waits until they fit.
-        self._overflow: deque[Message | Gap] = deque()
+        self.inbox = Inbox(buffer_size)
+        self._attach, self._detach = attach, detach
         self._last: Message | Gap | None = None
-        self._confirmed = anyio.Event()  # the first subscribed reply (or an error)
-        self._error: BaseException | None = None
 
     # -- the application side --------------------------------------------------------
 
@@ -101,17 +169,17 @@ class Subscription:
 
     def __len__(self) -> int:
         """Items waiting for the application."""
-        return self._receive.statistics().current_buffer_used + len(self._overflow)
+        return len(self.inbox)
 
     async def __aenter__(self) -> Self:
         if self.state is not SubscriptionState.NEW:
             raise RuntimeError("a Subscription can be entered only once")
-        self.client._add_subscription(self)
+        self._attach(self)
         self.state = SubscriptionState.ACTIVE
         try:
-            await self._confirmed.wait()
-            if self._error is not None:
-                raise self._error
+            await self.inbox.confirmed.wait()
+            if self.inbox.error is not None:
+                raise self.inbox.error
         except BaseException:
             self.close()
             raise
@@ -127,9 +195,8 @@ class Subscription:
         was_active = self.state is SubscriptionState.ACTIVE
         self.state = SubscriptionState.CLOSED
         if was_active:
-            self.client._remove_subscription(self)
-        self._overflow.clear()
-        self._receive.close()  # a reader waiting to hand over gets BrokenResourceError
+            self._detach(self)
+        self.inbox.close()  # a reader waiting to hand over gets BrokenResourceError
 
     def __aiter__(self) -> AsyncIterator[Message | Gap]:
         return self
@@ -146,51 +213,12 @@ class Subscription:
             raise RuntimeError("enter the subscription (async with) before reading it")
         while True:
             try:
-                item = await self._receive.receive()
+                item = await self.inbox.receive_stream.receive()
             except (anyio.EndOfStream, anyio.ClosedResourceError):
-                if self._error is not None:
-                    raise self._error from None
+                if self.inbox.error is not None:
+                    raise self.inbox.error from None
                 raise _SubscriptionClosed(f"the subscription to {self.channel} is closed") from None
-            # A hand-over cancelled after the item was taken (asyncio can do that) is made
-            # again by the next reader: the same object, right behind the first. Skip it.
+            # A repeated hand-over (see Inbox.drain) is the same object right behind. Skip it.
             if item is not self._last:
                 self._last = item
                 return item
-
-    # -- the client side ---------------------------------------------------------------
-
-    def _hand_over(self, item: Message | Gap) -> None:
-        if self._overflow:
-            self._overflow.append(item)
-            return
-        try:
-            self._send.send_nowait(item)
-        except anyio.WouldBlock:
-            self._overflow.append(item)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass  # the application closed the subscription: nobody to deliver to
-
-    async def _drain(self) -> None:
-        """Wait until every overflowing item is in the stream (the reader's backpressure)."""
-        while self._overflow:
-            try:
-                await self._send.send(self._overflow[0])
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._overflow.clear()
-                return
-            self._overflow.popleft()
-
-    def _confirm(self) -> None:
-        self._confirmed.set()
-
-    def _fail(self, error: BaseException) -> None:
-        if self._error is None:
-            self._error = error
-        self._confirmed.set()
-        for item in self._overflow:  # what fits still reaches the application, then the error
-            try:
-                self._send.send_nowait(item)
-            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                break
-        self._overflow.clear()
-        self._send.close()
