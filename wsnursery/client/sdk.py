@@ -5,11 +5,12 @@ this module feeds it events and carries out the effects it returns. Tasks, all i
 task group ``connect`` opens (none outlives the ``async with``):
 
 - the supervisor: asks the session for the next attempt (which URL, after what delay),
-  connects, and per connection runs a task group of two tasks: the reader (frames in ->
-  session -> effects; messages handed to the subscriptions' memory object streams) and the
-  writer (the only task that writes the socket: it ticks the session's timers: requests and
-  publishes to (re)send, acks, replays, pings, and flushes). When the connection ends, that
-  group is cancelled and the session decides whether to reconnect.
+  connects, and per connection runs a task group of three tasks: the reader (frames in ->
+  session -> effects; messages handed to the subscriptions' memory object streams), the
+  timers (tick the session when something is due: requests and publishes to (re)send, acks,
+  replays, pings, the heartbeat verdict) and the writer (the only task that writes the
+  socket). When the connection ends, that group is cancelled and the session decides
+  whether to reconnect.
 
 Backpressure: each subscription is a bounded anyio memory object stream. When one is full
 the reader waits for the application to read (:attr:`Client.reading_paused`): it reads no
@@ -80,6 +81,7 @@ class _Connection:
         self.transport = transport
         self.encoding = encoding
         self.group: anyio.abc.TaskGroup | None = None
+        self.writable = anyio.Event()  # bytes were queued: the writer should flush
         self.ended = False
         self.error: BaseException | None = None
 
@@ -351,8 +353,8 @@ class Client:
         """Run one connection until it ends; returns why it ended."""
         self._conn = conn
         transport = conn.transport
-        transport.on_outgoing = self._wake_writer  # not _wake.set: _wake is replaced
-        transport.on_pong = lambda: self.session.pong_received(anyio.current_time())
+        transport.on_outgoing = lambda: conn.writable.set()  # not bound: writable is replaced
+        transport.on_pong = self._pong
         try:
             async with anyio.create_task_group() as group:
                 conn.group = group
@@ -361,6 +363,7 @@ class Client:
                     group.cancel_scope.cancel()
                 group.start_soon(self._reader, conn)
                 group.start_soon(self._writer, conn)
+                group.start_soon(self._timers, conn)
         finally:
             self._conn = None
             with anyio.CancelScope(shield=True):
@@ -391,9 +394,6 @@ class Client:
 
     # -- effects ---------------------------------------------------------------------------
 
-    def _wake_writer(self) -> None:
-        self._wake.set()
-
     def _apply(self, conn: _Connection, effects: list[Effect]) -> None:
         """Carry out the session's effects (never blocks: the writer flushes, the reader drains)."""
         for effect in effects:
@@ -404,7 +404,7 @@ class Client:
             elif isinstance(effect, SendFrame):
                 if not conn.ended:
                     conn.transport.queue_message(effect.payload)
-                    self._wake.set()
+                    conn.writable.set()
             elif isinstance(effect, PublishConfirmed):
                 self._window.set()
                 waiter = self._publish_waiters.pop(effect.key, None)
@@ -432,6 +432,10 @@ class Client:
                 conn.end(effect.error)
             elif isinstance(effect, FetchToken) and conn.group is not None:
                 conn.group.start_soon(self._refresh_token, conn)
+
+    def _pong(self) -> None:
+        self.session.pong_received(anyio.current_time())
+        self._wake.set()  # the next ping is due sooner than what the timers wait for
 
     async def _refresh_token(self, conn: _Connection) -> None:
         try:
@@ -468,24 +472,33 @@ class Client:
         except TransportClosed as exc:
             conn.end(exc)
 
-    # -- writer / timers -------------------------------------------------------------------
+    # -- writer and timers -----------------------------------------------------------------
 
     async def _writer(self, conn: _Connection) -> None:
+        """The one task that writes the socket: flush whatever was queued."""
         transport = conn.transport
         try:
             while True:
-                now = anyio.current_time()
-                self._apply(conn, self.session.tick(now, transport.bytes_in))
                 if transport.has_outgoing:
                     await transport.flush()
                     continue
-                deadline = self.session.next_deadline()
-                wait = max(0.0, deadline - now) if deadline is not None else math.inf
-                with anyio.move_on_after(wait):
-                    await self._wake.wait()
-                self._wake = anyio.Event()
+                conn.writable = anyio.Event()
+                await conn.writable.wait()
         except _LINK_ERRORS as exc:
             conn.end(exc)
+
+    async def _timers(self, conn: _Connection) -> None:
+        """Tick the session when something is due or changed (requests, publishes, acks,
+        pings, the heartbeat verdict). A task of its own, so a writer stuck on a stalled
+        socket cannot hold up the heartbeat that will drop that socket."""
+        while True:
+            now = anyio.current_time()
+            self._wake = anyio.Event()
+            self._apply(conn, self.session.tick(now, conn.transport.bytes_in))
+            deadline = self.session.next_deadline()
+            wait = max(0.0, deadline - now) if deadline is not None else math.inf
+            with anyio.move_on_after(wait):
+                await self._wake.wait()
 
 
 @asynccontextmanager

@@ -93,10 +93,6 @@ class _Counters:
     server_errors: int = 0
 
 
-def _default_receiver(channel: str, ack: bool) -> ChannelReceiver:
-    return ChannelReceiver(channel, ack=ack)
-
-
 # ----------------------------------------------------------------------------- the session
 
 
@@ -116,7 +112,7 @@ class ClientSession:
         *,
         rng: random.Random | None = None,
         client_prefix: str | None = None,
-        new_receiver: ReceiverFactory = _default_receiver,
+        new_receiver: ReceiverFactory | None = None,
     ) -> None:
         if not urls:
             raise ValueError("give at least one URL")
@@ -133,7 +129,7 @@ class ClientSession:
             max_pending=options.max_pending_publishes, ids=self._ids,
             **({"client_prefix": client_prefix} if client_prefix is not None else {}),
         )
-        self._new_receiver = new_receiver
+        self._new_receiver = new_receiver or self._receiver
         self._channels: dict[str, ChannelRecord] = {}
         self._unsubscribes: dict[str, tuple[int, float | None]] = {}  # channel -> (id, sent at)
         self._encoding = Encoding.JSON
@@ -147,6 +143,9 @@ class ClientSession:
         )
         self._wall_offset = 0.0  # unix time minus the session's clock, at the last token reading
         self._counters = _Counters()
+
+    def _receiver(self, channel: str, ack: bool) -> ChannelReceiver:
+        return ChannelReceiver(channel, ack=ack, replay_timeout=self.options.request_timeout)
 
     # -- what the application and the shell read --------------------------------------------
 
