@@ -13,8 +13,9 @@ from typing import Any
 import attrs
 
 from ..codec import Encoding
+from .receiver import ChannelReceiver
 
-__all__ = ["ENCODINGS", "ClientStats", "Options", "Published", "TokenSource"]
+__all__ = ["ENCODINGS", "ClientStats", "Counters", "Options", "Published", "TokenSource"]
 
 ENCODINGS = {"json": Encoding.JSON, "cbor": Encoding.CBOR}
 
@@ -51,6 +52,45 @@ class ClientStats:
     requests_resent: int  # subscribe/replay/unsubscribe/refresh re-sent after request_timeout
     server_errors: int  # error frames received
     token_refreshes: int = 0  # tokens renewed in-band (``refreshed`` replies)
+
+
+@attrs.define
+class Counters:
+    """The session's running counts; :meth:`snapshot` makes a :class:`ClientStats`."""
+
+    connects: int = 0
+    aborts: int = 0
+    heartbeat_timeouts: int = 0
+    replays_requested: int = 0
+    retransmits_seen: int = 0  # of retired receivers; live ones count their own
+    stale_dropped: int = 0
+    gaps: int = 0
+    delivered: int = 0
+    published: int = 0
+    requests_resent: int = 0
+    server_errors: int = 0
+
+    def snapshot(
+        self, receivers: list[ChannelReceiver], *, connect_failures: int, publish_retries: int,
+        token_refreshes: int,
+    ) -> ClientStats:
+        return ClientStats(
+            connects=self.connects,
+            reconnects=max(0, self.connects - 1),
+            connect_failures=connect_failures,
+            aborts=self.aborts,
+            heartbeat_timeouts=self.heartbeat_timeouts,
+            replays_requested=self.replays_requested,
+            retransmits_seen=self.retransmits_seen + sum(r.duplicates_dropped for r in receivers),
+            stale_dropped=self.stale_dropped + sum(r.stale_dropped for r in receivers),
+            gaps=self.gaps + sum(r.gaps_reported for r in receivers),
+            delivered=self.delivered,
+            published=self.published,
+            publish_retries=publish_retries,
+            requests_resent=self.requests_resent,
+            server_errors=self.server_errors,
+            token_refreshes=token_refreshes,
+        )
 
 
 def _token_source(_: Any, __: Any, value: Any) -> None:

@@ -27,8 +27,6 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import attrs
-
 from .. import codec, protocol
 from ..codec import Encoding
 from ..protocol import Position
@@ -57,7 +55,7 @@ from .errors import (
     TransportClosed,
 )
 from .link import Heartbeat, HeartbeatVerdict, TokenRefresh, token_expiry
-from .options import ClientStats, Options, Published
+from .options import ClientStats, Counters, Options, Published
 from .publisher import PendingPublish, PublishTracker
 from .receiver import ChannelReceiver, Deliver, Gap, SendAck, SendReplay
 from .receiver import Effect as ReceiverEffect
@@ -76,21 +74,6 @@ class LinkState(enum.Enum):
     UP = "up"  # a connection got its welcome
     CLOSING = "closing"  # the application is closing the client
     ENDED = "ended"  # closed or failed (``error`` says which): nothing more happens
-
-
-@attrs.define
-class _Counters:
-    connects: int = 0
-    aborts: int = 0
-    heartbeat_timeouts: int = 0
-    replays_requested: int = 0
-    retransmits_seen: int = 0  # of retired receivers; live ones count their own
-    stale_dropped: int = 0
-    gaps: int = 0
-    delivered: int = 0
-    published: int = 0
-    requests_resent: int = 0
-    server_errors: int = 0
 
 
 # ----------------------------------------------------------------------------- the session
@@ -142,7 +125,7 @@ class ClientSession:
             self._rng, refreshable=options.refreshable,
         )
         self._wall_offset = 0.0  # unix time minus the session's clock, at the last token reading
-        self._counters = _Counters()
+        self._counters = Counters()
 
     def _receiver(self, channel: str, ack: bool) -> ChannelReceiver:
         return ChannelReceiver(channel, ack=ack, replay_timeout=self.options.request_timeout)
@@ -168,23 +151,10 @@ class ClientSession:
 
     @property
     def stats(self) -> ClientStats:
-        c = self._counters
-        receivers = [record.receiver for record in self._channels.values()]
-        return ClientStats(
-            connects=c.connects,
-            reconnects=max(0, c.connects - 1),
+        return self._counters.snapshot(
+            [record.receiver for record in self._channels.values()],
             connect_failures=self._reconnects.failures,
-            aborts=c.aborts,
-            heartbeat_timeouts=c.heartbeat_timeouts,
-            replays_requested=c.replays_requested,
-            retransmits_seen=c.retransmits_seen + sum(r.duplicates_dropped for r in receivers),
-            stale_dropped=c.stale_dropped + sum(r.stale_dropped for r in receivers),
-            gaps=c.gaps + sum(r.gaps_reported for r in receivers),
-            delivered=c.delivered,
-            published=c.published,
             publish_retries=self._publishes.retries,
-            requests_resent=c.requests_resent,
-            server_errors=c.server_errors,
             token_refreshes=self._token.refreshes,
         )
 
