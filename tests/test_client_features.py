@@ -78,6 +78,13 @@ async def test_connect_skips_an_unreachable_node(start_server):
                 assert (await messages.receive()).data == "hello"
 
 
+@pytest.mark.parametrize("urls", ["http://127.0.0.1:1/", ["ws://127.0.0.1:1/", "127.0.0.1:2"], [], [b"ws://x/"]])
+async def test_bad_urls_are_refused_at_once(urls):
+    with pytest.raises(ValueError):
+        async with wc.connect(urls):
+            pass  # pragma: no cover
+
+
 async def test_a_node_that_goes_away_fails_over_to_the_next_with_since(start_server):
     """Node A shuts down; the client tries A again, then B, and resubscribes there with
     ``since``. Two memory hubs are two streams, so B reports the epoch change as a Gap
@@ -248,10 +255,10 @@ async def test_compression_is_offered_and_declined_by_todays_server(start_server
             assert await transport.receive() == "plain " * 100
         finally:
             await transport.aclose()
-        async with wc.connect(running.url, compression=True) as client:
-            async with client.subscribe("z") as messages:
-                await client.publish("z", "x" * 1000)
-                assert (await messages.receive()).data == "x" * 1000
+        async with wc.connect(running.url, compression=True) as client, \
+                client.subscribe("z") as messages:
+            await client.publish("z", "x" * 1000)
+            assert (await messages.receive()).data == "x" * 1000
 
 
 def _websockets_echo_roundtrip(compression: bool) -> tuple[bool, int]:

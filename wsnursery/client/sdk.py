@@ -56,7 +56,7 @@ from .publisher import PublishWindowFull
 from .receiver import ChannelReceiver
 from .session import ClientSession, LinkState
 from .subscription import Subscription, SubscriptionState
-from .transport import WebSocketTransport, open_transport
+from .transport import WebSocketTransport, open_transport, parse_url
 
 log = logging.getLogger("wsnursery.client")
 
@@ -116,6 +116,8 @@ class Client:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls or not all(isinstance(url, str) for url in self.urls):
             raise ValueError("connect() needs a ws:// URL or a list of them")
+        for url in self.urls:
+            parse_url(url)  # a bad URL is a ValueError now, not max_reconnects failures later
         self.options = options
         self.session = ClientSession(
             self.urls, options,
