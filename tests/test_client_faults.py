@@ -12,11 +12,11 @@ proxy_module = pytest.importorskip("harness.proxy")
 FaultSchedule, FaultProxy = faults.FaultSchedule, proxy_module.FaultProxy
 
 TIMEOUT = 20
-CLIENT = dict(
-    request_timeout=0.3, connect_timeout=1.0, heartbeat_interval=0.3, heartbeat_timeout=0.3,
-    backoff_base=0.01, backoff_max=0.1, publish_backoff_max=0.3, max_reconnects=30,
-)
-SERVER = dict(ack_timeout=0.2, ack_max_timeout=1.0)
+CLIENT = {
+    "request_timeout": 0.3, "connect_timeout": 1.0, "heartbeat_interval": 0.3, "heartbeat_timeout": 0.3,
+    "backoff_base": 0.01, "backoff_max": 0.1, "publish_backoff_max": 0.3, "max_reconnects": 30,
+}
+SERVER = {"ack_timeout": 0.2, "ack_max_timeout": 1.0}
 
 
 async def _proxied(nursery, start_server, schedule) -> tuple[FaultProxy, str]:
@@ -49,7 +49,7 @@ async def test_lost_subscribe_and_published_replies_are_retried(nursery, start_s
 async def test_stalled_link_is_dropped_by_the_heartbeat(nursery, start_server):
     # downstream frame 3 of connection 0 is the message: the link stalls both ways there.
     schedule = FaultSchedule.forced({(0, "downstream", 3): "stall"})
-    proxy, url = await _proxied(nursery, start_server, schedule)
+    _proxy, url = await _proxied(nursery, start_server, schedule)
     with anyio.fail_after(TIMEOUT):
         async with wc.connect(url, seed=8, **CLIENT) as client:
             async with client.subscribe("stalled") as messages:

@@ -11,7 +11,7 @@ import pytest
 import wsnursery.client as wc
 
 TIMEOUT = 20
-FAST = dict(backoff_base=0.01, backoff_max=0.05, request_timeout=0.5)
+FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "request_timeout": 0.5}
 
 
 async def _exactly_once_under_kills(url, *, seed, count, publishers, kill, ack=True, encoding="cbor"):

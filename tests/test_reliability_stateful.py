@@ -45,18 +45,17 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from wsnursery.reliability import (
-    AckTracker,
+from wsnursery.client.publisher import PublishTracker, PublishWindowFull
+from wsnursery.client.receiver import (
     ChannelReceiver,
-    DedupWindow,
     Deliver,
     Gap,
     Message,
-    PublishTracker,
-    PublishWindowFull,
     SendAck,
     SendReplay,
 )
+from wsnursery.protocol import Position
+from wsnursery.reliability import AckTracker, DedupWindow
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 settings.register_profile(
@@ -223,7 +222,7 @@ class ReliabilityMachine(RuleBasedStateMachine):
         self.to_client: list[dict[str, Any]] = []
         self.connected = False
         self.request_ids = iter(range(10**6, 2 * 10**6))
-        self.requested_since: dict[int, tuple[str, int] | None] = {}
+        self.requested_since: dict[int, Position | None] = {}
         self.published_count = 0
         self.expect: tuple[str, int] = ("e1", 1)
         self.delivered: list[tuple[str, int]] = []
@@ -263,17 +262,32 @@ class ReliabilityMachine(RuleBasedStateMachine):
         self.requested_since[request_id] = since
         self.client_send(
             {"type": "subscribe", "id": request_id, "channel": CHANNEL, "ack": True,
-             **({"since": {"epoch": since[0], "seq": since[1]}} if since else {})}
+             **({"since": {"epoch": since.epoch, "seq": since.seq}} if since else {})}
         )
         self.publisher.on_reconnect(self.now)
         self.send_due_publishes()
 
     def drop_connection(self) -> None:
+        self.drop_connection_transport()
+        self.receiver.on_reconnect()
+
+    def drop_connection_transport(self) -> None:
         self.connected = False
         self.to_server.clear()
         self.to_client.clear()
         self.hub.tracker = None
-        self.receiver.on_reconnect()
+
+    # Hooks the session machine (test_client_session_stateful.py) answers its own way.
+
+    def unconfirmed(self) -> int:
+        return len(self.publisher)
+
+    def publish_retries(self) -> int:
+        return self.publisher.retries
+
+    def client_deadline(self) -> float | None:
+        deadlines = [self.receiver.next_deadline(), self.publisher.next_deadline()]
+        return min((d for d in deadlines if d is not None), default=None)
 
     def client_send(self, frame: dict[str, Any]) -> None:
         if self.connected:
@@ -316,7 +330,7 @@ class ReliabilityMachine(RuleBasedStateMachine):
     def apply(self, call) -> None:
         """Run one receiver call and carry out its effects, checking each delivery."""
         effects = call()
-        epoch_now = self.receiver.position[0]
+        epoch_now = self.receiver.position.epoch
         for effect in effects:
             if isinstance(effect, Deliver):
                 self.check_delivery(effect.message)
@@ -333,7 +347,7 @@ class ReliabilityMachine(RuleBasedStateMachine):
             elif isinstance(effect, SendReplay):
                 request_id = next(self.request_ids)
                 self.requested_since[request_id] = effect.since
-                epoch, seq = effect.since
+                epoch, seq = effect.since.epoch, effect.since.seq
                 self.client_send(
                     {"type": "replay", "id": request_id, "channel": CHANNEL,
                      "since": {"epoch": epoch, "seq": seq}}
@@ -464,13 +478,7 @@ class ReliabilityMachine(RuleBasedStateMachine):
                 self.deliver_frame(True, 0)
                 continue
             deadlines = [
-                d
-                for d in (
-                    self.hub.next_deadline(),
-                    self.receiver.next_deadline(),
-                    self.publisher.next_deadline(),
-                )
-                if d is not None
+                d for d in (self.hub.next_deadline(), self.client_deadline()) if d is not None
             ]
             if not deadlines:
                 return
@@ -480,7 +488,7 @@ class ReliabilityMachine(RuleBasedStateMachine):
 
     def check_everything_accounted_for(self) -> None:
         hub = self.hub
-        assert len(self.publisher) == 0, "publishes still unconfirmed after settling"
+        assert self.unconfirmed() == 0, "publishes still unconfirmed after settling"
         assert "bad_request" not in self.error_codes, "the client acked what it never got"
         keys_per_epoch = [(epoch, key) for (epoch, _), (key, _) in hub.log.items()]
         assert len(keys_per_epoch) == len(set(keys_per_epoch)), "a retry was logged twice"
@@ -506,7 +514,7 @@ class ReliabilityMachine(RuleBasedStateMachine):
             ("replay requested", receiver.replays_requested),
             ("held frame dropped at max_pending", receiver.overflow_dropped),
             ("duplicate dropped", receiver.duplicates_dropped),
-            ("publish retried", self.publisher.retries),
+            ("publish retried", self.publish_retries()),
             ("history evicted", self.hub.evicted),
             ("hub restarted", self.hub.restarted),
             ("nothing delivered", not self.delivered),
@@ -540,7 +548,7 @@ class RedeliversRepeats(ChannelReceiver):
     """Dedup disabled: a repeat of a delivered seq is delivered again."""
 
     def on_message(self, epoch, seq, data, ts, now):
-        if self.position is not None and epoch == self.position[0] and seq <= self.position[1]:
+        if self.position is not None and epoch == self.position.epoch and seq <= self.position.seq:
             return [Deliver(Message(self.channel, epoch, seq, data, ts))]
         return super().on_message(epoch, seq, data, ts, now)
 
@@ -550,7 +558,7 @@ class SkipsGaps(ChannelReceiver):
 
     def on_message(self, epoch, seq, data, ts, now):
         position = self.position
-        if position is not None and epoch == position[0] and seq > position[1] + 1:
+        if position is not None and epoch == position.epoch and seq > position.seq + 1:
             self._delivered = seq - 1
         return super().on_message(epoch, seq, data, ts, now)
 

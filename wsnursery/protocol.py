@@ -228,3 +228,48 @@ def error_frame(code: str, reason: str, request_id: int | None = None) -> dict[s
     frame = _with_id({"type": "error"}, request_id)
     frame.update(code=code, reason=reason)
     return frame
+
+
+# --------------------------------------------------------------------------- client requests
+# What a client sends: the SDK builds its frames here, next to the parser that reads them, so
+# the two cannot drift apart (tests/test_protocol_client_requests.py parses each one back).
+
+
+def _since_map(position: Position) -> dict[str, Any]:
+    return {"epoch": position.epoch, "seq": position.seq}
+
+
+def subscribe_request(
+    request_id: int, channel: str, *, since: Position | None = None, ack: bool = False
+) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "subscribe", "id": request_id, "channel": channel, "ack": ack}
+    if since is not None:
+        frame["since"] = _since_map(since)
+    return frame
+
+
+def unsubscribe_request(request_id: int, channel: str) -> dict[str, Any]:
+    return {"type": "unsubscribe", "id": request_id, "channel": channel}
+
+
+def publish_request(
+    request_id: int, channel: str, data: Any, key: str | None = None
+) -> dict[str, Any]:
+    frame = {"type": "publish", "id": request_id, "channel": channel, "data": data}
+    if key is not None:
+        frame["key"] = key
+    return frame
+
+
+def ack_request(channel: str, seq: int) -> dict[str, Any]:
+    """A cumulative ack: every message of ``channel`` up to ``seq`` arrived (no reply)."""
+    return {"type": "ack", "channel": channel, "seq": seq}
+
+
+def replay_request(request_id: int, channel: str, since: Position) -> dict[str, Any]:
+    return {"type": "replay", "id": request_id, "channel": channel, "since": _since_map(since)}
+
+
+def refresh_request(request_id: int, token: str) -> dict[str, Any]:
+    """Version 1.1: renew the connection token in-band; answered by ``refreshed``."""
+    return {"type": "refresh", "id": request_id, "token": token}

@@ -10,7 +10,7 @@ import pytest
 
 from harness import cli, reliability
 from wsnursery.client import sdk
-from wsnursery.reliability import ChannelReceiver, Deliver, Message
+from wsnursery.client.receiver import ChannelReceiver, Deliver, Message
 
 SMALL = dict(clients=2, publishers=1, channels=2, messages=40, duration=40.0, quiet=True)
 

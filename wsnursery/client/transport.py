@@ -35,38 +35,24 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError
+
+from ..wire import CloseCode
+from .errors import HandshakeRejected, TransportClosed, TransportError
+
+__all__ = [
+    "HandshakeRejected",
+    "TransportClosed",
+    "TransportError",
+    "WebSocketTransport",
+    "open_transport",
+    "parse_url",
+]
 
 READ_SIZE = 65536
 MAX_HANDSHAKE_BYTES = 65536
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 2**20
-
-
-class TransportError(Exception):
-    """The WebSocket connection cannot be used any more (base class)."""
-
-
-class HandshakeRejected(TransportError):
-    """The server answered the upgrade with an HTTP status other than 101."""
-
-    def __init__(self, status: int, body: bytes) -> None:
-        super().__init__(f"handshake rejected with HTTP {status}: {body[:200]!r}")
-        self.status = status
-        self.body = body
-
-
-class TransportClosed(TransportError):
-    """The connection ended: a close frame (``code``, ``reason``) or 1006 without one.
-
-    ``remote`` is true when the code came in the peer's close frame, false when this side
-    decided it (1006 for a lost connection, 1002 for a frame wsproto refused, 1009).
-    """
-
-    def __init__(self, code: int, reason: str = "", *, remote: bool = False) -> None:
-        super().__init__(f"connection closed with code {code}" + (f": {reason}" if reason else ""))
-        self.code = code
-        self.reason = reason
-        self.remote = remote
 
 
 def parse_url(url: str) -> tuple[str, int, str, bool]:
@@ -98,6 +84,7 @@ class WebSocketTransport:
         self.subprotocol = subprotocol
         self.max_message_size = max_message_size
         self.on_outgoing: Callable[[], None] = lambda: None
+        self.on_pong: Callable[[], None] = lambda: None  # called by the reader for each pong
         self.pongs = 0  # pongs received
         self.pong_event = anyio.Event()  # set by the next pong, replaced by the heartbeat
         self.bytes_in = 0
@@ -109,6 +96,7 @@ class WebSocketTransport:
         self._fragment_size = 0
         self.close_code: int | None = None
         self.close_reason = ""
+        self.compressed = False  # permessage-deflate was negotiated
 
     # -- queueing (any task, never blocks) --------------------------------------------
 
@@ -129,7 +117,7 @@ class WebSocketTransport:
         self._send(Ping(payload))
         self.on_outgoing()
 
-    def queue_close(self, code: int = 1000, reason: str = "") -> None:
+    def queue_close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Queue our close frame (or the answer to the peer's), if the state allows one."""
         if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
             self._send(CloseConnection(code, reason[:120]))
@@ -187,8 +175,8 @@ class WebSocketTransport:
             self._fragments.append(event.data)
             self._fragment_size += len(event.data)
             if self._fragment_size > self.max_message_size:
-                self.queue_close(1009, "message too big")
-                raise TransportClosed(1009, "message from the server too big")
+                self.queue_close(CloseCode.TOO_BIG, "message too big")
+                raise TransportClosed(CloseCode.TOO_BIG, "message from the server too big")
             if not event.message_finished:
                 return None
             pieces, self._fragments, self._fragment_size = self._fragments, [], 0
@@ -201,6 +189,7 @@ class WebSocketTransport:
         elif isinstance(event, Pong):
             self.pongs += 1
             self.pong_event.set()
+            self.on_pong()
         elif isinstance(event, CloseConnection):
             self.close_code, self.close_reason = event.code, event.reason or ""
             remote = True
@@ -210,7 +199,7 @@ class WebSocketTransport:
             elif self._ws.state is ConnectionState.OPEN:  # wsproto found a protocol error
                 remote = False
                 self.queue_close(event.code, event.reason or "")
-            elif event.code == 1006:  # the TCP connection ended without a close frame
+            elif event.code == CloseCode.LOST:  # the TCP connection ended without a close frame
                 remote = False
             raise TransportClosed(event.code, event.reason or "", remote=remote)
         return None
@@ -252,12 +241,18 @@ async def open_transport(
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     extra_headers: list[tuple[str, str]] | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    compression: bool = True,
 ) -> WebSocketTransport:
     """Connect over TCP (TLS for ``wss://``) and complete the opening handshake.
 
     Raises ``OSError`` when the TCP connection fails, :class:`HandshakeRejected` for an HTTP
     answer other than 101 and :class:`TransportClosed` when the peer closes mid-handshake.
     Callers bound it in time (``anyio.fail_after``).
+
+    ``compression`` offers permessage-deflate (RFC 7692, wsproto's ``PerMessageDeflate``);
+    a server that does not accept it is spoken to uncompressed, so the offer never costs the
+    connection. :attr:`WebSocketTransport.compressed` says what was agreed. Inflated messages
+    count towards ``max_message_size`` like any other (the check is on the inflated data).
     """
     host, port, target, tls = parse_url(url)
     if tls:
@@ -280,6 +275,7 @@ async def open_transport(
             target=target,
             subprotocols=list(subprotocols),
             extra_headers=[(k.encode(), v.encode()) for k, v in (extra_headers or [])],
+            extensions=[PerMessageDeflate()] if compression else [],
         )
         await stream.send(ws.send(request))
         received = 0
@@ -288,7 +284,11 @@ async def open_transport(
         while True:
             for event in ws.events():
                 if isinstance(event, AcceptConnection):
-                    return WebSocketTransport(stream, ws, event.subprotocol, max_message_size)
+                    transport = WebSocketTransport(stream, ws, event.subprotocol, max_message_size)
+                    transport.compressed = any(
+                        isinstance(ext, PerMessageDeflate) for ext in event.extensions
+                    )
+                    return transport
                 if isinstance(event, RejectConnection):
                     reject = event
                     if not event.has_body:
@@ -302,10 +302,10 @@ async def open_transport(
             except anyio.EndOfStream:
                 if reject is not None:
                     raise HandshakeRejected(reject.status_code, bytes(body)) from None
-                raise TransportClosed(1006, "connection closed during the handshake") from None
+                raise TransportClosed(CloseCode.LOST, "connection closed during the handshake") from None
             received += len(data)
             if received > MAX_HANDSHAKE_BYTES:
-                raise TransportClosed(1002, "handshake response too large")
+                raise TransportClosed(CloseCode.PROTOCOL_ERROR, "handshake response too large")
             ws.receive_data(data)
     except BaseException:
         with anyio.CancelScope(shield=True):
