@@ -27,10 +27,10 @@ CHROMIUM_CANDIDATES = ("chromium", "chromium-browser")
 REQUIRE = os.environ.get("WSNURSERY_REQUIRE_BROWSER") == "1"
 
 # Short timers (as the reliability harness uses) so faults heal within seconds.
-FAST_SERVER = dict(
-    heartbeat_interval=0.5, heartbeat_timeout=1.0, ack_timeout=0.25, ack_max_timeout=2.0,
-    close_timeout=0.5, shutdown_timeout=1.0,
-)
+FAST_SERVER = {
+    "heartbeat_interval": 0.5, "heartbeat_timeout": 1.0, "ack_timeout": 0.25, "ack_max_timeout": 2.0,
+    "close_timeout": 0.5, "shutdown_timeout": 1.0,
+}
 
 
 def find_chromium() -> str | None:

@@ -19,8 +19,8 @@ SEED = int(os.environ.get("WSNURSERY_BROWSER_SEED", "7"))
 MESSAGES = 150  # published from Python, read in the browser
 BROWSER_PUBLISHES = 30  # published from the browser, read from Python
 # The browser client's timers: short, like the reliability harness's CLIENT_SETTINGS.
-FAST_CLIENT = ("{heartbeatInterval: 0.25, heartbeatTimeout: 0.6, requestTimeout: 0.5, backoffMax: 0.5,"
-               " maxReconnects: 100, seed: %d}" % SEED)
+FAST_CLIENT = {"heartbeatInterval": 0.25, "heartbeatTimeout": 0.6, "requestTimeout": 0.5, "backoffMax": 0.5,
+               "maxReconnects": 100, "seed": SEED}
 
 # Starts a client.js client in the page; everything it sees goes to window.seen.
 START_CLIENT = """async ([url, channel, options]) => {
@@ -51,14 +51,13 @@ async def collect(url: str, channel: str, count: int, task_status=trio.TASK_STAT
     """Subscribe (directly, no faults); hand back (list, done event) once subscribed."""
     got: list = []
     done = trio.Event()
-    async with sdk.connect(url, encoding="json") as client:
-        async with client.subscribe(channel) as messages:
-            task_status.started((got, done))
-            async for item in messages:
-                got.append(item)
-                if len(got) >= count:
-                    done.set()
-                    await trio.sleep_forever()
+    async with sdk.connect(url, encoding="json") as client, client.subscribe(channel) as messages:
+        task_status.started((got, done))
+        async for item in messages:
+            got.append(item)
+            if len(got) >= count:
+                done.set()
+                await trio.sleep_forever()
 
 
 def test_browser_client_behind_the_fault_proxy_sees_everything_once_in_order(page, start_server, trio_thread):
@@ -70,9 +69,7 @@ def test_browser_client_behind_the_fault_proxy_sees_everything_once_in_order(pag
 
     got, done = trio_thread.start(collect, server.ws, "from.browser", BROWSER_PUBLISHES)
     page.goto(server.http + "/")
-    options = page.evaluate(f"() => ({FAST_CLIENT})")
-    options["ack"] = True
-    assert page.evaluate(START_CLIENT, [faulty_url, "to.browser", options], ) is True
+    assert page.evaluate(START_CLIENT, [faulty_url, "to.browser", FAST_CLIENT | {"ack": True}]) is True
 
     # The browser publishes through the faults too: each stored once, same key on retries.
     page.evaluate("""(n) => {
@@ -90,9 +87,9 @@ def test_browser_client_behind_the_fault_proxy_sees_everything_once_in_order(pag
     assert trio_thread.call(publish_all, server.ws, "to.browser", items) == list(range(1, MESSAGES + 1))
 
     page.wait_for_function(
-        "(n) => window.seen.some(x => x.kind === 'gap' || x.seq >= n) && window.published.length"
-        " + window.publishErrors.length >= %d" % BROWSER_PUBLISHES,
-        arg=MESSAGES, timeout=90_000,
+        "([n, m]) => window.seen.some(x => x.kind === 'gap' || x.seq >= n)"
+        " && window.published.length + window.publishErrors.length >= m",
+        arg=[MESSAGES, BROWSER_PUBLISHES], timeout=90_000,
     )
     seen = page.evaluate("() => window.seen")
     assert [x["kind"] for x in seen] == ["message"] * MESSAGES, [x for x in seen if x["kind"] == "gap"]
@@ -141,7 +138,6 @@ def test_a_gap_is_reported_when_history_is_exceeded(page, start_server, trio_thr
 
 
 async def _epoch_of(url: str, channel: str) -> str:
-    async with sdk.connect(url, encoding="json") as client:
-        async with client.subscribe(channel, ack=False) as sub:
-            assert sub.position is not None
-            return sub.position[0]
+    async with sdk.connect(url, encoding="json") as client, client.subscribe(channel, ack=False) as sub:
+        assert sub.position is not None
+        return sub.position[0]
