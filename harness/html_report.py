@@ -97,15 +97,15 @@ def chart(
     decades = (math.floor(math.log10(min(positive))), math.ceil(math.log10(max(positive)))) if positive else (0, 1)
     if decades[1] == decades[0]:
         decades = (decades[0], decades[0] + 1)
-    px = lambda x: left + (x - x_min) / (x_max - x_min) * plot_w  # noqa: E731
+    px = lambda x: left + (x - x_min) / (x_max - x_min) * plot_w
 
     def py(y: float, top_value: float = y_max, log: bool = log_y) -> float:
         if log and top_value is y_max:
             low, high = decades
             return top + plot_h - (math.log10(max(y, 10.0 ** low)) - low) / (high - low) * plot_h
         return top + plot_h - (y / top_value) * plot_h
-    out = [f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-           f'role="img" aria-label="{html.escape(title)}">']
+    out = [(f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+            f'role="img" aria-label="{html.escape(title)}">')]
     out.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="frame"/>')
     y_ticks = [10.0 ** k for k in range(decades[0], decades[1] + 1)] if log_y else \
         [i * step for i in range(int(y_max / step + 1e-6) + 1)]
@@ -213,7 +213,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def _reliability(payload: dict[str, Any]) -> tuple[str, bool, list[str]]:
     runs = payload["runs"]
     names = [f'{r["scenario"]} (p={r["failure_rate"]})' for r in runs]
-    faults = lambda r: " ".join(  # noqa: E731
+    faults = lambda r: " ".join(
         f"{kind}={sum(d.get(kind, 0) for d in r['faults_injected'].values())}" for kind in FAULT_COLORS
         if sum(d.get(kind, 0) for d in r["faults_injected"].values())) or "-"
     rows = [
@@ -325,8 +325,8 @@ def _connect(payload: dict[str, Any]) -> tuple[str, bool, list[str]]:
     ]
     if "broadcast" in result:
         b = result["broadcast"]
-        rows.append(("broadcast: got all in order", f'{b.get("connections_got_all_in_order", 0):,} of '
-                                                    f'{b.get("held_connections", 0):,}'))
+        got = f'{b.get("connections_got_all_in_order", 0):,} of {b.get("held_connections", 0):,}'
+        rows.append(("broadcast: got all in order", got))
     if "churn" in result:
         c = result["churn"]
         rows.append(("storm: reconnected", f'{c["reconnected"]:,} of {c["dropped"]:,}'))
@@ -373,7 +373,7 @@ def render(payload: dict[str, Any]) -> str:
     if machine:
         notes.append(f'{machine.get("cpu_model", "?")}, {machine.get("logical_cpus", "?")} logical CPUs, '
                      f'{machine.get("ram_gib", "?")} GiB, {machine.get("os", "")}')
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     meta = " · ".join(html.escape(n) for n in [f"written {when}", *notes])
     title = f"wsnursery {command}"
     return (
