@@ -174,8 +174,15 @@ def percentile_chart(curves: Sequence[tuple[str, list[list[float]]]], title: str
                  else "latency (ms)", x_ticks=PERCENTILE_TICKS, log_y=log_y)
 
 
-def rate(points: Sequence[dict[str, Any]], key: str, window: float = 1.0) -> list[tuple[float, float]]:
-    """Per-second rate of the cumulative figure ``key`` over a trailing ``window`` of seconds."""
+def rate(points: Sequence[dict[str, Any]], key: str, window: float | None = None) -> list[tuple[float, float]]:
+    """Per-second rate of the cumulative figure ``key`` over a trailing ``window`` of seconds.
+
+    The default window is a twentieth of the run, between 0.05 s and 1 s: short runs keep
+    their shape, long ones are smoothed.
+    """
+    if window is None:
+        duration = points[-1]["t"] - points[0]["t"] if points else 0.0
+        window = min(1.0, max(duration / 20, 0.05))
     out: list[tuple[float, float]] = []
     start = 0
     for point in points:

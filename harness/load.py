@@ -294,12 +294,13 @@ async def drive(host: str, port: int, path: str, spec: LoadSpec, progress: Progr
     total = spec.clients * spec.messages
     t1 = time.perf_counter()
     timeline = Timeline()  # messages received so far, for the HTML report
+    timeline.add(received=0)
     for c in live:
         c.start()
     waiter = asyncio.ensure_future(asyncio.wait([c.done for c in live], timeout=spec.timeout)) if live else None
     timed_out = False
     while waiter is not None and not waiter.done():
-        await asyncio.wait([waiter], timeout=0.1)
+        await asyncio.wait([waiter], timeout=0.02)
         timeline.add(received=totals["received"])
         if progress:
             elapsed = time.perf_counter() - t1
