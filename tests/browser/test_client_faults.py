@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import trio
 
 from harness.faults import FaultSchedule
@@ -112,13 +113,14 @@ def test_browser_client_behind_the_fault_proxy_sees_everything_once_in_order(pag
     assert page.errors == []
 
 
-def test_a_gap_is_reported_when_history_is_exceeded(page, start_server, trio_thread):
+@pytest.mark.parametrize("ack", [False, True])
+def test_a_gap_is_reported_when_history_is_exceeded(page, start_server, trio_thread, ack):
     server = start_server(history_size=4, outbound_queue_size=4, max_unacked=4)
     page.goto(server.http + "/")
     trio_thread.call(publish_all, server.ws, "tiny", [{"n": n} for n in range(1, 3)])
     # Resume from seq 0 of the stream: 1 and 2 are still held, so nothing is missing.
     epoch = trio_thread.call(_epoch_of, server.ws, "tiny")
-    assert page.evaluate(START_CLIENT, [server.ws, "tiny", {"since": [epoch, 0]}]) is True
+    assert page.evaluate(START_CLIENT, [server.ws, "tiny", {"since": [epoch, 0], "ack": ack}]) is True
     page.wait_for_function("() => window.seen.length >= 2")
     assert page.evaluate("() => window.seen") == [
         {"kind": "message", "seq": 1, "data": {"n": 1}}, {"kind": "message", "seq": 2, "data": {"n": 2}}]
@@ -128,7 +130,7 @@ def test_a_gap_is_reported_when_history_is_exceeded(page, start_server, trio_thr
 
     # Ten more while the page is away: the server holds only the last four (9..12).
     trio_thread.call(publish_all, server.ws, "tiny", [{"n": n} for n in range(3, 13)])
-    assert page.evaluate(START_CLIENT, [server.ws, "tiny", {"since": position}]) is True
+    assert page.evaluate(START_CLIENT, [server.ws, "tiny", {"since": position, "ack": ack}]) is True
     page.wait_for_function("() => window.seen.length >= 5")
     seen = page.evaluate("() => window.seen")
     assert seen[0] == {"kind": "gap", "expected": 3, "resumed": 9, "reason": "history_exceeded"}

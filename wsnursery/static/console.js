@@ -157,7 +157,7 @@ function draw(name) {
   const figure = $(`chart-${name}`);
   const svg = figure.querySelector("svg");
   const top = Math.max(1, ...series) * 1.15;
-  const x = (i) => ((i + POINTS - series.length) * 240) / (POINTS - 1);
+  const x = (i) => (i * 240) / Math.max(series.length - 1, 1); // the last POINTS seconds, full width
   const y = (v) => 58 - (v / top) * 56;
   const points = series.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
   const first = series.length ? x(0).toFixed(1) : "0";
@@ -167,6 +167,8 @@ function draw(name) {
     : "";
   svg.dataset.points = series.length;
   figure.querySelector("b").textContent = series.length ? format(series[series.length - 1]) : "";
+  figure.querySelector("small").textContent = series.length > 1
+    ? `last ${series.length} s · peak ${format(Math.max(...series))}` : "";
 }
 
 let previous = null;
