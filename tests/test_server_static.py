@@ -34,6 +34,7 @@ async def test_static_files_have_their_type_an_etag_and_no_cache(server, path, k
     assert answer.headers["cache-control"] == "no-cache"
     assert answer.headers["x-content-type-options"] == "nosniff"
     assert marker in answer.body
+    assert answer.headers.get("access-control-allow-origin") == ("*" if path == "/client.js" else None)
     etag = answer.headers["etag"]
     again = await http_get(server.port, path, If_None_Match=f'"other", {etag}')
     assert (again.status, again.body, again.headers["etag"]) == (304, b"", etag)

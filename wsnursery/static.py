@@ -81,4 +81,8 @@ def response(head: RequestHead) -> bytes | None:
     ]
     if head.path == "/":
         lines.append(f"Content-Security-Policy: {CONTENT_SECURITY_POLICY}")
+    elif head.path == "/client.js":
+        # Pages of other origins import the client as a module script, which needs CORS; the
+        # file is public and carries no credentials.
+        lines.append("Access-Control-Allow-Origin: *")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

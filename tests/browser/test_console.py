@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
+import threading
+
+import trio
 
 from wsnursery.client import sdk
 
@@ -79,3 +84,75 @@ def test_client_js_and_the_page_are_served_with_types_and_revalidation(page, sta
     assert "connect" in exported and "Session" in exported
     assert page.evaluate("() => fetch('/client.js').then(r => r.status)") == 200
     assert page.evaluate("() => fetch('/nope').then(r => r.status)") == 404
+
+
+README_PAGE = """<script type="module">
+  import { connect } from "http://127.0.0.1:PORT/client.js";
+  const client = connect("ws://127.0.0.1:PORT/");
+  for await (const m of client.subscribe("jobs.42", { ack: true })) console.log(m.kind, m.seq, m.data);
+</script>"""
+
+
+def test_the_readme_example_works_from_a_page_of_another_origin(page, start_server, trio_thread):
+    server = start_server()
+    logged: list[str] = []
+    page.on("console", lambda message: logged.append(message.text))
+    # The page comes from another origin (another port), so the module is fetched with CORS.
+    body = README_PAGE.replace("PORT", str(server.port)).encode()
+    with _serve_page(body) as origin:
+        page.goto(origin + "/")
+        seqs = _read_the_page_messages(page, trio_thread, server.ws, logged)
+    assert len(seqs) >= 3 and seqs == list(range(seqs[0], seqs[0] + len(seqs))), logged
+    assert page.errors == []
+
+
+@contextlib.contextmanager
+def _serve_page(body: bytes):
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def _read_the_page_messages(page, trio_thread, url: str, logged: list[str]) -> list[int]:
+    """The page subscribes on its own, from the head: publish at a steady pace until it saw 3."""
+    received = lambda: [int(line.split(" ")[1]) for line in logged if line.startswith("message ")]
+    stop = trio_thread.start(_publish_steadily, url, "jobs.42")
+    try:
+        while len(received()) < 3:
+            page.wait_for_event("console", timeout=15_000)
+    finally:
+        trio_thread.call(_set, stop)
+    return received()
+
+
+async def _publish_steadily(url: str, channel: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    stop = trio.Event()
+    task_status.started(stop)
+    async with sdk.connect(url, encoding="json") as client:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            await client.publish(channel, {"step": n})
+            with trio.move_on_after(0.05):  # pacing, not synchronisation
+                await stop.wait()
+
+
+async def _set(event: trio.Event) -> None:
+    event.set()
