@@ -143,3 +143,31 @@ async def _epoch_of(url: str, channel: str) -> str:
     async with sdk.connect(url, encoding="json") as client, client.subscribe(channel, ack=False) as sub:
         assert sub.position is not None
         return sub.position[0]
+
+
+def test_a_full_subscription_buffer_leaves_messages_on_the_server_and_loses_none(page, start_server, trio_thread):
+    server = start_server()
+    page.goto(server.http + "/")
+    page.evaluate("""async (url) => {
+      const { connect } = await import('/client.js');
+      window.client = connect(url);
+      window.sub = window.client.subscribe('slow', { bufferSize: 4 });
+      await window.sub.ready();
+    }""", server.ws)
+    items = [{"n": n} for n in range(1, 41)]
+    trio_thread.call(publish_all, server.ws, "slow", items)
+    # Nobody reads: the buffer fills to its bound and further frames are left on the server.
+    page.wait_for_function("() => window.client.session.subs.get('slow').starved")
+    got = page.evaluate("""async () => {
+      const out = [];
+      let most = 0;
+      for await (const item of window.sub) {
+        most = Math.max(most, window.sub.buffer.length + 1);
+        out.push([item.kind, item.seq, item.data.n]);
+        if (item.seq === 40) break;
+      }
+      return { out, most, replays: window.client.session.counters.replaysRequested };
+    }""")
+    assert got["out"] == [["message", n, n] for n in range(1, 41)]
+    assert got["most"] <= 4 and got["replays"] >= 1
+    assert page.errors == []

@@ -648,9 +648,9 @@ export class Client extends EventTarget {
   subscribe(channel, options = {}) {
     if (this.closed) throw new Error("the client is closed");
     const sub = new Subscription(this, channel, options.bufferSize ?? this.options.bufferSize, options.onItem);
-    this.subscriptions.set(channel, sub);
     sub.state = this.session.subscribe(channel, { ack: Boolean(options.ack), since: options.since ?? null,
-                                                  paused: () => sub.full }, this.now());
+                                                  paused: () => sub.full }, this.now()); // throws if taken
+    this.subscriptions.set(channel, sub);
     this.pump();
     return sub;
   }
@@ -709,7 +709,13 @@ export class Client extends EventTarget {
       return;
     }
     if (this.closed) return;
-    const ws = new WebSocket(url, ["wsnursery.v1.json"]);
+    let ws;
+    try {
+      ws = new WebSocket(url, ["wsnursery.v1.json"]);
+    } catch (error) { // a malformed URL: retrying cannot help
+      this.finish(error, "error");
+      return;
+    }
     this.ws = ws;
     this.opened = false;
     this.clearTimer("connect");
