@@ -24,6 +24,7 @@ async def test_plain_get_of_root_is_the_console_page(server):
 
 @pytest.mark.parametrize("path, kind, marker", [
     ("/client.js", "text/javascript; charset=utf-8", b"export function connect(url, options = {})"),
+    ("/client-session.js", "text/javascript; charset=utf-8", b"export class ChannelReceiver"),
     ("/console.js", "text/javascript; charset=utf-8", b'import { connect } from "/client.js";'),
     ("/console.css", "text/css; charset=utf-8", b":root"),
 ])
@@ -34,7 +35,8 @@ async def test_static_files_have_their_type_an_etag_and_no_cache(server, path, k
     assert answer.headers["cache-control"] == "no-cache"
     assert answer.headers["x-content-type-options"] == "nosniff"
     assert marker in answer.body
-    assert answer.headers.get("access-control-allow-origin") == ("*" if path == "/client.js" else None)
+    cors = "*" if path in ("/client.js", "/client-session.js") else None
+    assert answer.headers.get("access-control-allow-origin") == cors
     etag = answer.headers["etag"]
     again = await http_get(server.port, path, If_None_Match=f'"other", {etag}')
     assert (again.status, again.body, again.headers["etag"]) == (304, b"", etag)

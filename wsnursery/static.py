@@ -1,5 +1,8 @@
 """The browser side of the port: ``GET /`` (the live console) and ``GET /client.js``.
 
+``/client.js`` imports ``/client-session.js`` (its sans-I/O half); the console page is
+``/`` with ``/console.js`` and ``/console.css``.
+
 Sans-I/O, like ``http``: :func:`response` maps a request head to complete response bytes, or
 None when the path is not one of ours. The files live in ``wsnursery/static/`` (package data,
 no build step) and are read once, on first use; they are small and fixed, so memory is bounded
@@ -24,9 +27,12 @@ from .http import RequestHead
 ROUTES: dict[str, tuple[str, str]] = {
     "/": ("console.html", "text/html; charset=utf-8"),
     "/client.js": ("client.js", "text/javascript; charset=utf-8"),
+    "/client-session.js": ("client-session.js", "text/javascript; charset=utf-8"),
     "/console.js": ("console.js", "text/javascript; charset=utf-8"),
     "/console.css": ("console.css", "text/css; charset=utf-8"),
 }
+
+CLIENT_MODULES = frozenset({"/client.js", "/client-session.js"})
 
 # The console page and its script need nothing but this server; WebSockets may go to any host
 # the person types in (a console for another server), which CSP can only allow by scheme.
@@ -81,8 +87,8 @@ def response(head: RequestHead) -> bytes | None:
     ]
     if head.path == "/":
         lines.append(f"Content-Security-Policy: {CONTENT_SECURITY_POLICY}")
-    elif head.path == "/client.js":
+    elif head.path in CLIENT_MODULES:
         # Pages of other origins import the client as a module script, which needs CORS; the
-        # file is public and carries no credentials.
+        # files are public and carry no credentials.
         lines.append("Access-Control-Allow-Origin: *")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
