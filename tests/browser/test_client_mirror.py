@@ -1,8 +1,8 @@
-"""client.js's ChannelReceiver makes the same decisions as the Python one, event for event.
+"""client-session.js's ChannelReceiver makes the same decisions as the Python one, event for event.
 
 Seeded random event scripts (subscribed replies with and without recovery or a new epoch,
 messages in and out of order with repeats and stale epochs, timer ticks, reconnects) go through
-``wsnursery.reliability.ChannelReceiver`` here and through ``ChannelReceiver`` of /client.js in
+``wsnursery.client.receiver.ChannelReceiver`` here and through ``ChannelReceiver`` of /client.js in
 chromium; every effect list and the final counters must be equal. A failing script is printed
 with its seed, so it replays.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import random
 
-from wsnursery.reliability import ChannelReceiver, Deliver, Gap, SendAck, SendReplay
+from wsnursery.client.receiver import ChannelReceiver, Deliver, Gap, SendAck, SendReplay
+from wsnursery.protocol import Position
 
 SCRIPTS = 150
 OPTIONS = {"max_pending": 8, "ack_every": 4, "ack_interval": 0.05, "replay_timeout": 0.5}
@@ -70,7 +71,7 @@ def run_in_python(s: dict) -> dict:
     for kind, *args in s["events"]:
         if kind == "subscribed":
             epoch, seq, recovered, since = args
-            got = r.on_subscribed(epoch, seq, recovered, tuple(since) if since else None)
+            got = r.on_subscribed(epoch, seq, recovered, Position(*since) if since else None)
         elif kind == "message":
             epoch, seq, now = args
             got = r.on_message(epoch, seq, {"v": seq}, None, now)
@@ -80,7 +81,7 @@ def run_in_python(s: dict) -> dict:
             r.on_reconnect()
             got = []
         effects.append([_effect(e) for e in got])
-    position = list(r.position) if r.position else None
+    position = [r.position.epoch, r.position.seq] if r.position else None
     return {"effects": effects, "position": position, "deadline": r.next_deadline(),
             "counters": [r.duplicates_dropped, r.stale_dropped, r.overflow_dropped, r.gaps_reported]}
 
@@ -93,7 +94,7 @@ def _effect(e) -> list:
     if isinstance(e, SendAck):
         return ["ack", e.seq]
     assert isinstance(e, SendReplay)
-    return ["replay", e.since[0], e.since[1]]
+    return ["replay", e.since.epoch, e.since.seq]
 
 
 def test_the_javascript_receiver_mirrors_the_python_one(page, start_server):

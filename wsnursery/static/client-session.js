@@ -2,11 +2,13 @@
 // clock, no timers. Time comes in as `now` (seconds), frames come in as parsed objects, and what
 // to send and what to tell the application comes out (Session.out). /client.js is the shell.
 //
-// Read it side by side with the Python code:
-// - ChannelReceiver <-> wsnursery/reliability.py ChannelReceiver: order, repeats, gaps, acks.
-// - PublishTracker  <-> wsnursery/reliability.py PublishTracker: keys, retries, full jitter.
-// - Session         <-> the Python SDK's client bookkeeping (wsnursery/client/): requests,
-//                       resubscribe with `since`, the ack ceiling, request re-sends.
+// Read it side by side with the Python SDK's sans-I/O session (wsnursery/client/):
+// - ChannelReceiver <-> receiver.py ChannelReceiver: order, repeats, gaps, batched acks.
+// - PublishTracker  <-> publisher.py PublishTracker: keys, retries with full jitter.
+// - Session         <-> session.py ClientSession: resubscribe with `since`, request re-sends,
+//                       the ack ceiling, what a publish or a subscribe refusal ends.
+//                       (Reconnect backoff, the heartbeat and token refresh, which session.py
+//                       also decides, live in the shell here: they are timers, not frames.)
 // tests/browser/test_client_mirror.py checks that the two ChannelReceivers decide alike.
 //
 // Bounds: at most `maxPending` held out-of-order frames per channel (the farthest ahead is

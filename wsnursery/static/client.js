@@ -189,7 +189,7 @@ export class Client extends EventTarget {
     this.timers.connect = setTimeout(() => this.lost(ws, 4000, "connect timeout"),
                                      this.options.connectTimeout * 1000);
     ws.onmessage = (event) => this.onMessage(ws, event);
-    ws.onclose = (event) => this.lost(ws, event.code, event.reason);
+    ws.onclose = (event) => this.lost(ws, event.code, event.reason, true);
     ws.onerror = () => {}; // always followed by close
   }
 
@@ -205,7 +205,7 @@ export class Client extends EventTarget {
     }
     if (!this.opened) {
       if (frame.type !== "welcome" || frame.protocol !== PROTOCOL_VERSION) {
-        this.lost(ws, 1002, `expected a protocol ${PROTOCOL_VERSION} welcome`);
+        this.lost(ws, 1002, `expected a protocol ${PROTOCOL_VERSION} welcome`, true); // final: it would repeat
         return;
       }
       this.opened = true;
@@ -248,7 +248,14 @@ export class Client extends EventTarget {
         this.subscriptions.delete(detail.channel);
         this.dispatch("error", detail.error);
       } else if (event === "serverError") {
+        if (detail.id !== undefined && detail.id === this.refreshId) {
+          this.refreshId = null; // refused: not asked again on this connection (then 4001, reconnect)
+        }
         this.dispatch("error", detail);
+      } else if (event === "refreshed") {
+        this.refreshId = null;
+        this.scheduleRefresh(); // the connection now runs on the new token
+        this.dispatch("refreshed", detail);
       } else if (event === "subscribed") {
         this.subscriptions.get(detail.channel)?.confirm(detail);
         this.checkHealthy();
@@ -298,25 +305,36 @@ export class Client extends EventTarget {
     this.retries = 0;
   }
 
+  /**
+   * Token renewal (as the SDK's TokenRefresh): due `refreshMargin` seconds before the token's
+   * `exp`, or half-way through what is left for a shorter token; the new token goes in-band
+   * (`refresh`). A refusal is not retried on this connection: the worst case is a close 4001 at
+   * expiry, after which the client reconnects with a fresh token from the same function.
+   */
   scheduleRefresh() {
     this.clearTimer("refresh");
     const exp = this.token ? tokenExpiry(this.token) : null;
     if (exp === null || !this.options.token) return;
-    const wait = Math.max(1, exp - Date.now() / 1000 - this.options.refreshMargin);
+    const remaining = exp - Date.now() / 1000;
+    const wait = Math.max(0, remaining - Math.min(this.options.refreshMargin, remaining / 2));
     this.timers.refresh = setTimeout(async () => {
+      const ws = this.ws;
+      let token;
       try {
-        this.token = await this.options.token();
-        if (this.ws && this.opened) {
-          this.ws.send(JSON.stringify({ type: "refresh", id: this.session.newId(), token: this.token }));
-        }
+        token = await this.options.token();
       } catch (error) {
         this.dispatch("error", { code: "token", reason: String(error) });
+        return;
       }
-      this.scheduleRefresh();
+      if (ws !== this.ws || !this.opened) return; // that connection is gone; the next one fetches its own
+      this.token = token;
+      this.refreshId = this.session.newId();
+      ws.send(JSON.stringify({ type: "refresh", id: this.refreshId, token }));
     }, wait * 1000);
   }
 
-  lost(ws, code, reason) {
+  /** The connection ended; `remote`: the code came from the server (only then can it be final). */
+  lost(ws, code, reason, remote = false) {
     if (ws !== this.ws || ws === null) return;
     this.ws = null;
     ws.onmessage = ws.onclose = null;
@@ -330,7 +348,7 @@ export class Client extends EventTarget {
     if (!wasOpen) this.stats.connectFailures += 1;
     this.dispatch("close", { code, reason });
     if (this.closed) return;
-    if (FATAL_CLOSE_CODES.has(code)) {
+    if (remote && FATAL_CLOSE_CODES.has(code)) {
       this.finish(Object.assign(new Error(`closed by the server: ${code} ${reason}`), { code, reason }));
       return;
     }
