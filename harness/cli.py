@@ -90,6 +90,12 @@ def _faults(text: str) -> tuple[str, ...]:
     return names
 
 
+def _html_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--html", metavar="FILE.html",
+                        help="also write a self-contained HTML report (charts as inline SVG, nothing loaded "
+                             "from the network); open it in any browser")
+
+
 def build_parser(options_of: Collection[str] = ALL_COMMANDS) -> argparse.ArgumentParser:
     """The parser of every command; only the commands in ``options_of`` get their options (and
     have their module imported), so ``main`` builds just the one it runs."""
@@ -100,6 +106,7 @@ def build_parser(options_of: Collection[str] = ALL_COMMANDS) -> argparse.Argumen
         sub = commands.add_parser(name, help=help_, description=description)
         if name in options_of:
             importlib.import_module(module).add_arguments(sub, _positive(int), _positive(float))
+            _html_option(sub)
     return parser
 
 
@@ -132,6 +139,7 @@ def _reliability_parser(commands: Any, with_options: bool) -> None:
     rel.add_argument("--url", help="target a running wsnursery server (ws://127.0.0.1:PORT/) instead of starting one")
     rel.add_argument("--output", metavar="FILE.json", help="write the report as JSON")
     rel.add_argument("--quiet", action="store_true", help="no progress line")
+    _html_option(rel)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,6 +199,10 @@ async def _reliability(args: argparse.Namespace) -> int:
     print(render(results))
     if args.output:
         write_json(args.output, {"runs": [result.as_dict() for result in results]})
+    if args.html:
+        from harness.html_report import write_html
+
+        write_html(args.html, {"command": "reliability", "runs": [result.as_dict() for result in results]})
     failed = [result for result in results if not result.passed]
     if failed:
         for result in failed:

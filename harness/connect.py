@@ -49,6 +49,7 @@ from harness.load import (
 )
 from harness.report import Progress, table
 from harness.servers import raise_nofile_limit
+from harness.timeline import curve
 
 MAX_CONNECTIONS = 10_000
 RETRY_AFTER_S = 1.0  # what wsnursery sends with its 503; rawws does not expose the header
@@ -309,7 +310,7 @@ async def _broadcast(conns: list, k: int, timeout: float, progress: Progress | N
         "duplicate_deliveries": duplicates, "out_of_order_connections": got_all_any_order - complete,
         "unparsed_frames": sum(sub.bad for sub in subs), "errors_sample": errors,
         "deliveries": sum(len(sub.received) for sub in subs),
-        "delivery_latency_ms": summary(hist),
+        "delivery_latency_ms": summary(hist), "delivery_latency_curve": curve(hist),
         "per_connection_worst_ms": summary(per_conn_last),
         "fanout_complete_ms": fanout,
         "fanout_complete_ms_max": max(done_times) if done_times else None,
@@ -338,6 +339,7 @@ async def run(host: str, port: int, path: str, args: Any) -> dict:
         "connect_errors_sample": [e for e in errors if e][:5],
         "establishment_rate_conn_s": round(len(conns) / open_wall, 1) if open_wall > 0 else 0.0,
         "open_phase_s": round(open_wall, 3), "connect_time_ms": summary(open_hist),
+        "connect_time_curve": curve(open_hist),
         "hold_seconds": args.hold_seconds, "held_open_at_end": still_open,
         "held_success_rate": round(still_open / args.hold, 6),
         "heartbeat_pings_received": pings,
@@ -377,6 +379,7 @@ async def run(host: str, port: int, path: str, args: Any) -> dict:
             "refusals_sample": stats["refusals_sample"],
             "server_rejections": _diff(rejected_before, rejected_after),
             "storm_s": round(storm_wall, 3), "reconnect_time_ms": summary(storm_hist),
+            "reconnect_time_curve": curve(storm_hist),
             "errors_sample": [e for e in storm_errors if e][:5],
         }
     result["client_cpu_percent"] = cpu.percent()

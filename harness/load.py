@@ -35,6 +35,7 @@ from harness import rawws
 from harness.machine import describe
 from harness.report import Progress
 from harness.servers import ServerProcess, raise_nofile_limit, wsnursery_argv
+from harness.timeline import Timeline, curve
 
 SCENARIOS: dict[str, tuple[int, int, int]] = {  # name -> clients, messages per client, payload bytes
     "small": (10, 100, 64),
@@ -292,12 +293,15 @@ async def drive(host: str, port: int, path: str, spec: LoadSpec, progress: Progr
     live = [c for c, ok in zip(clients, opened) if ok]
     total = spec.clients * spec.messages
     t1 = time.perf_counter()
+    timeline = Timeline()  # messages received so far, for the HTML report
+    timeline.add(received=0)
     for c in live:
         c.start()
     waiter = asyncio.ensure_future(asyncio.wait([c.done for c in live], timeout=spec.timeout)) if live else None
     timed_out = False
     while waiter is not None and not waiter.done():
-        await asyncio.wait([waiter], timeout=0.2)
+        await asyncio.wait([waiter], timeout=0.02)
+        timeline.add(received=totals["received"])
         if progress:
             elapsed = time.perf_counter() - t1
             progress.update(totals["received"], total, f"{totals['received'] / max(elapsed, 1e-9):,.0f} msg/s")
@@ -325,6 +329,7 @@ async def drive(host: str, port: int, path: str, spec: LoadSpec, progress: Progr
         "latency_ms": summary(hist), "connect_time_ms": summary(connect_hist),
         "client_cpu_percent": client_cpu,
         "client_bound": client_cpu >= CLIENT_BOTTLENECK_CPU,
+        "latency_curve": curve(hist), "timeline": timeline.points,
     }
 
 
@@ -424,6 +429,8 @@ def rows(result: dict) -> list[tuple]:
 def flat(result: dict, prefix: str = "") -> dict:
     out: dict = {}
     for key, value in result.items():
+        if key == "timeline" or key.endswith("_curve"):
+            continue  # series for the HTML report, not figures for a CSV row
         if isinstance(value, dict):
             out.update(flat(value, f"{prefix}{key}."))
         elif isinstance(value, list):
@@ -456,6 +463,10 @@ def write_outputs(args: Any, payload: dict, records: list[dict]) -> None:
             write_json(args.output, payload)
     if getattr(args, "csv", None):
         write_csv(args.csv, records)
+    if getattr(args, "html", None):
+        from harness.html_report import write_html
+
+        write_html(args.html, payload)
 
 
 def command(args: Any) -> int:

@@ -26,6 +26,7 @@ from harness.faults import ALL_KINDS, FaultKind, FaultSchedule
 from harness.proxy import FaultProxy
 from harness.report import Progress
 from harness.streams import Plan, plan
+from harness.timeline import Timeline, curve
 from wsnursery import client as sdk
 from wsnursery.config import Config
 from wsnursery.server import Server
@@ -84,6 +85,8 @@ class Result:
     sessions_ok: int = 0
     latency_ms: dict[str, float] = attrs.field(factory=dict)
     timed_out: bool = False
+    latency_curve: list[list[float]] = attrs.field(factory=list)  # [[percentile, ms], ...]
+    timeline: list[dict[str, Any]] = attrs.field(factory=list)  # samples for the HTML report
 
     @property
     def passed(self) -> bool:
@@ -122,6 +125,8 @@ class Result:
             "latency_ms": self.latency_ms,
             "timed_out": self.timed_out,
             "examples": v.examples,
+            "latency_curve": self.latency_curve,
+            "timeline": self.timeline,
         }
 
 
@@ -203,8 +208,10 @@ async def _drive(
     started = time.monotonic()
     progress = None if options.quiet else Progress(f"{scenario} p={options.failure_rate:.2f}")
     timed_out = False
+    timeline = Timeline()
     with trio.move_on_after(options.duration) as deadline:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(_sample_timeline, state, proxy, timeline)
             for name in state.subscriber_names:
                 nursery.start_soon(_session, state, name, _subscribe_all, url, state.ledger.subscriber(name))
             with trio.fail_after(max(5.0, options.duration / 2)):
@@ -219,6 +226,7 @@ async def _drive(
             await state.all_delivered.wait()
             nursery.cancel_scope.cancel()
     timed_out = deadline.cancelled_caught
+    _sample(state, proxy, timeline)
     verdict = state.ledger.verdict()
     for failure in state.failures:
         verdict.note(failure)
@@ -249,6 +257,8 @@ async def _drive(
             "max": latency.get_max_value() / 1000,
         },
         timed_out=timed_out,
+        latency_curve=curve(latency),
+        timeline=timeline.points,
     )
 
 
@@ -316,6 +326,23 @@ async def _publish_all(state: _Run, url: str, index: int) -> None:
             state.heads[channel] = max(state.heads.get(channel, 0), position.seq)
             state.confirmed += 1
         state.sessions_ok += 1
+
+
+async def _sample_timeline(state: _Run, proxy: FaultProxy, timeline: Timeline) -> None:
+    while True:
+        _sample(state, proxy, timeline)
+        await trio.sleep(0.02)  # Timeline thins itself out on long runs
+
+
+def _sample(state: _Run, proxy: FaultProxy, timeline: Timeline) -> None:
+    """Cumulative figures now: deliveries, confirmed publishes, reconnects, faults by kind."""
+    faults = {kind.value: proxy.stats.count(kind) for kind in FaultKind}
+    timeline.add(
+        delivered=sum(len(log.seen) for log in state.ledger.subscribers),
+        published=state.confirmed,
+        reconnects=sum(client.stats.reconnects for client in state.clients),
+        faults=faults,
+    )
 
 
 async def _report_progress(state: _Run, proxy: FaultProxy, progress: Progress) -> None:

@@ -56,7 +56,7 @@ async def test_metrics_is_prometheus_text_with_the_wsnursery_metrics(server):
     assert samples["wsnursery_queue_depth"] == 0
 
 
-@pytest.mark.parametrize("path", ["/", "/nope", "/healthz/", "/metrics.txt", "/echo"])
+@pytest.mark.parametrize("path", ["/nope", "/healthz/", "/metrics.txt", "/echo", "/client.js/", "/console.png"])
 async def test_unknown_path_is_404(server, path):
     answer = await http_get(server.port, path)
     assert answer.status == 404

@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from . import __version__, handshake, http, logs
+from . import __version__, handshake, http, logs, static
 from .codec import Encoding
 from .config import Config
 from .connection import Connection
@@ -201,6 +201,9 @@ class Server:
             return self._health()
         if head.path == "/metrics":
             return http.response(200, self.metrics.exposition(), CONTENT_TYPE)
+        page = static.response(head)  # GET / (the console), /client.js
+        if page is not None:
+            return page
         return http.response(404, b"not found\n")
 
     def _health(self) -> bytes:
