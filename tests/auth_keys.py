@@ -66,3 +66,34 @@ def public_jwk(kid: str, private: Any, algorithm: str) -> dict[str, Any]:
     algo = jwt.algorithms.RSAAlgorithm if algorithm == "RS256" else jwt.algorithms.ECAlgorithm
     entry: dict[str, Any] = json.loads(algo.to_jwk(private.public_key()))
     return entry | {"kid": kid, "alg": algorithm}
+
+
+def self_signed(tmp: Path, host: str = "127.0.0.1") -> tuple[str, str]:
+    """A throwaway self-signed certificate for ``host`` (and localhost): (certfile, keyfile)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wsnursery test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(host))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    certfile = write(tmp, "cert.pem", cert.public_bytes(serialization.Encoding.PEM))
+    keyfile = write(tmp, "key.pem", private_pem(key))
+    return certfile, keyfile
