@@ -82,8 +82,10 @@ class RequestHandlers:
                 await self._subscribe(request)
             elif isinstance(request, protocol.Unsubscribe):
                 self._unsubscribe(request)
-            else:
+            elif isinstance(request, protocol.Replay):
                 await self._replay(request)
+            else:  # version 1.1 requests, answered once identity and presence are wired in
+                raise ProtocolError("unknown_type", f"{type(request).__name__.lower()} is not served here", request.id)
         except codec.DecodeError as exc:
             self._error(ProtocolError("bad_request", str(exc)))
         except ProtocolError as exc:
