@@ -115,6 +115,10 @@ class RequestParser:
         channel = self._channel(frame, request_id)
         return parse(frame, request_id, channel)
 
+    def check_channel(self, channel: str, request_id: int | None = None) -> None:
+        """ProtocolError ``invalid_channel`` unless ``channel`` is a valid name."""
+        self._channel({"channel": channel}, request_id)
+
     def _channel(self, frame: dict[str, Any], request_id: int | None) -> str:
         channel = frame.get("channel")
         if not isinstance(channel, str):
