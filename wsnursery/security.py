@@ -43,6 +43,11 @@ class Security:
     def tokens(self) -> bool:
         return self.keys is not None
 
+    @classmethod
+    def off(cls) -> Security:
+        """No tokens, no API, every origin, no rate limits, no TLS: version 1 behaviour."""
+        return cls(None, False, None, OriginPolicy(()), 0.0, 0.0, 0, None)
+
 
 def load(config: Config) -> Security:
     """Build the runtime objects; ``ConfigError`` (one line) when a file cannot be used."""

@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import codec
 from .api import ChannelInfo, History, HistoryMessage
-from .presence import Member, PresenceRegistry
-from .protocol import Position, ProtocolError, RequestParser
+from .codec import Encoding
+from .presence import Member
+from .protocol import Position, ProtocolError
 from .wire import CloseCode
 
 if TYPE_CHECKING:
+    from .broadcast import Broadcast
     from .connection import Connection
+    from .context import ConnectionContext
     from .hub import Hub
     from .metrics import Metrics
 
@@ -30,13 +33,12 @@ class ServerApiMixin:
 
     hub: Hub
     metrics: Metrics
-    presence_registry: PresenceRegistry
+    context: ConnectionContext
     connections: set[Connection]
-    request_parser: RequestParser
 
     def check_channel(self, channel: str) -> None:
         """ProtocolError ``invalid_channel`` for a name the channel grammar refuses."""
-        self.request_parser.check_channel(channel)
+        self.context.parser.check_channel(channel)
 
     async def publish(self, channel: str, data: Any, key: str | None = None) -> Position:
         """Publish ``data`` on ``channel`` (``key``: idempotency); the message's position."""
@@ -45,12 +47,13 @@ class ServerApiMixin:
             codec.check_value(data)
         except codec.ValueNotCarried as exc:
             raise ProtocolError("bad_request", str(exc)) from None
-        published = await self.hub.publish(channel, data, key)
+        size = len(codec.encode({"data": data}, Encoding.JSON))  # what the history byte bound counts
+        published = await self.hub.publish(channel, data, key, size)
         (self.metrics.duplicate_publishes if published.duplicate else self.metrics.publishes).inc()
         return published.position
 
-    def _stream(self, channel: str) -> Any:
-        return self.hub.stream(channel)  # type: ignore[attr-defined]
+    def _stream(self, channel: str) -> Broadcast | None:
+        return self.hub.broadcast(channel)
 
     def history(self, channel: str, since: int | None, limit: int | None) -> History:
         self.check_channel(channel)
@@ -63,18 +66,18 @@ class ServerApiMixin:
         return History(stream.epoch, stream.head, held)
 
     def channels(self) -> list[ChannelInfo]:
-        names = getattr(self.hub, "names", None)
-        found = names() if names is not None else sorted({c for conn in self.connections for c in conn.subscriptions})
+        names = getattr(self.hub, "channel_names", None)  # a hub that can list its channels
+        found = names() if names is not None else sorted({c for conn in self.connections for c in conn.handlers.subscriptions})
         infos = []
         for name in found:
             stream = self._stream(name)
             if stream is not None:
-                infos.append(ChannelInfo(name, stream.epoch, stream.head, len(stream.sinks)))
+                infos.append(ChannelInfo(name, stream.epoch, stream.head, len(stream.receivers)))
         return infos
 
     def presence(self, channel: str) -> tuple[list[Member], bool]:
         self.check_channel(channel)
-        registry = self.presence_registry
+        registry = self.context.presence
         return registry.members(channel), registry.complete(channel)
 
     def disconnect(self, user: str) -> int:
