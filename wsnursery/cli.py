@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + attribute.name.replace("_", "-")
         default = attribute.default
         extra: dict[str, Any] = {"metavar": attribute.name.upper()}
-        if attribute.type == "bool":
+        if str(attribute.type) == "bool":
             extra = {"action": argparse.BooleanOptionalAction}
         elif attribute.metadata.get("repeat"):
             extra["action"] = "append"

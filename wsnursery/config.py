@@ -66,33 +66,33 @@ def _setting(default: Any, validator: Any, help: str) -> Any:
     return attrs.field(default=default, validator=validator, metadata={"help": help})
 
 
-def _optional_text(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _optional_text(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and (not isinstance(value, str) or not value or "\n" in value):
         raise ValueError("must be a non-empty line of text")
 
 
-def _api_key(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _api_key(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     _optional_text(instance, attribute, value)
     if value is not None and (len(value) < 16 or any(c.isspace() for c in value)):
         raise ValueError("must be at least 16 characters, without spaces")
 
 
-def _rate(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _rate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
         raise ValueError("must be a number of requests per second (0: no limit)")
 
 
-def _count_or_zero(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _count_or_zero(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not int or not (0 <= value <= 2**31):
         raise ValueError("must be a whole number (0: no limit)")
 
 
-def _flag(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _flag(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not bool:
         raise ValueError("must be true or false")
 
 
-def _globs(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _globs(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
         raise ValueError("must be a list of non-empty glob patterns")
 
@@ -251,13 +251,13 @@ def _convert(attribute: attrs.Attribute[Any], raw: Any, source: str) -> Any:
     kind: object = attribute.type  # the annotation's text (this module uses postponed annotations)
     if not isinstance(raw, str) or kind == "str":
         return raw
-    if attribute.type == "bool":
+    if str(attribute.type) == "bool":
         if raw.strip().lower() in ("1", "true", "yes", "on"):
             return True
         if raw.strip().lower() in ("0", "false", "no", "off", ""):
             return False
         raise ConfigError(f"{attribute.name}={raw!r} (from {source}): must be true or false")
-    if attribute.type == "tuple[str, ...]":
+    if str(attribute.type) == "tuple[str, ...]":
         return [part.strip() for part in raw.split(",") if part.strip()]
     try:
         if kind == "int":

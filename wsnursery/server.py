@@ -298,7 +298,7 @@ class Server(ServerApiMixin):
         try:
             encoding = await self._accept(stream, head, key)
             server_stream = (
-                ServerStream(stream, len(after_head))  # type: ignore[arg-type]
+                ServerStream(raw, len(after_head))
                 if stream is raw
                 else tls.TlsServerStream(stream, raw, len(after_head))  # type: ignore[arg-type]
             )
