@@ -53,6 +53,7 @@ class Connection:
         "_pings_sent",
         "_pong",
         "_reader_scope",
+        "access",
         "close_code",
         "close_reason",
         "context",

@@ -55,8 +55,11 @@ class RequestHandlers:
         "_outbox",
         "_owner",
         "_parser",
+        "_presence",
         "_retransmits",
+        "access",
         "errors",
+        "member",
         "subscriptions",
     )
 

@@ -62,6 +62,7 @@ class Outbox:
         "_deliverer",
         "_frame_cache",
         "_max_control",
+        "_max_events",
         "_metrics",
         "_nursery",
         "_owner",
