@@ -219,7 +219,7 @@ async def test_api_publish_reaches_a_subscriber_and_needs_the_key(start_server: 
         with pytest.raises(ApiCallError) as info:
             await AsyncApiClient(base, "wrong-key-of-sixteen").publish("news", 2)
         assert info.value.status == 401
-        answer = await http_request(running.port, f"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 2", b"{}")
+        answer = await http_request(running.port, "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 2", b"{}")
         assert answer.status == 401 and answer.json()["error"]["code"] == "unauthorized"
         api = AsyncApiClient(base, API_KEY)
         results = await api.broadcast(["news", "other"], b"\x00raw")
@@ -300,3 +300,26 @@ async def test_an_embedding_app_publishes_directly(server: Any) -> None:
         assert position == again and position.seq == 1
         assert (await subscriber.messages(1))[0]["data"] == {"from": "app"}
     await wait_until(lambda: server.server.websockets == 0)
+
+
+# -- logs ---------------------------------------------------------------------------------
+
+
+async def test_tokens_keys_and_query_strings_never_reach_the_logs(
+    start_server: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("wsnursery"), "propagate", True)
+    caplog.set_level(logging.DEBUG, logger="wsnursery")
+    running = await start_server(jwt_secret=SECRET, api_key=API_KEY, log_level="debug")
+    good, bad = token("alice"), token("alice", ttl=-5)
+    async with ws(running.url, good, query=True) as client:
+        await client.subscribe("chat.x")
+    assert (await upgrade(running.port, f"/?token={bad}&x=secretquery"))[0] == 401
+    await AsyncApiClient(f"http://127.0.0.1:{running.port}", API_KEY).publish("chat.x", 1)
+    await wait_until(lambda: any(r.getMessage() == "close" for r in caplog.records), what="the close log line")
+    logged = "\n".join(f"{record.getMessage()} {vars(record)}" for record in caplog.records)
+    assert "alice" in logged  # the sub is logged: the records were captured
+    for secret in (good, bad, "secretquery", API_KEY, SECRET, "token="):
+        assert secret not in logged
