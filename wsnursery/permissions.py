@@ -6,8 +6,9 @@ and every other character stands for itself: ``?``, ``[`` and ``\\`` are not spe
 missing list, or a missing claim, grants nothing: deny by default. ``presence`` (the request
 and ``"presence": true``) needs the right to subscribe; ``replay`` too.
 
-A ``Matcher`` is built once per connection (when its token is verified or refreshed) and
-answers ``matcher(channel)`` with, in order: a set lookup for exact names, one
+A token's grants are compiled when it is verified (on connect or ``refresh``), never on a
+request; connections whose tokens grant the same lists share one compiled ``Grants`` (an LRU
+of ``COMPILED_GRANTS``). A ``Matcher`` answers ``matcher(channel)`` with, in order: a set lookup for exact names, one
 ``str.startswith`` with a tuple for ``prefix*`` patterns, then one compiled regular
 expression for every other pattern. The expression is built so matching stays linear in the
 channel name: each middle segment is found leftmost inside an atomic group (``(?>.*?seg)``),
@@ -20,6 +21,7 @@ Bounds (a claim past them is refused, which makes the token invalid: HTTP 401 on
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -27,6 +29,7 @@ from typing import Any
 import attrs
 
 MAX_PATTERNS = 256
+COMPILED_GRANTS = 1024  # distinct grant lists kept compiled (least recently used dropped)
 MAX_PATTERN_LENGTH = 256
 ACTIONS = ("subscribe", "publish")
 
@@ -122,7 +125,7 @@ def parse_channels_claim(claim: Any) -> Grants:
         return NONE
     if not isinstance(claim, dict):
         raise ClaimError("the channels claim must be an object with subscribe and publish lists")
-    matchers = []
+    lists = []
     for action in ACTIONS:
         patterns = claim.get(action, [])
         if not isinstance(patterns, list):
@@ -134,5 +137,12 @@ def parse_channels_claim(claim: Any) -> Grants:
                 raise ClaimError(
                     f"channels.{action} patterns must be strings of 1 to {MAX_PATTERN_LENGTH} characters"
                 )
-        matchers.append(Matcher(patterns) if patterns else NOTHING)
-    return Grants(*matchers)
+        lists.append(tuple(patterns))
+    return _compiled(lists[0], lists[1])
+
+
+@functools.lru_cache(maxsize=COMPILED_GRANTS)
+def _compiled(subscribe: tuple[str, ...], publish: tuple[str, ...]) -> Grants:
+    """Grants are immutable, so connections whose tokens grant the same lists share them: a
+    token's patterns are compiled at most once, and the common grant shapes only once."""
+    return Grants(Matcher(subscribe) if subscribe else NOTHING, Matcher(publish) if publish else NOTHING)
