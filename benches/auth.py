@@ -1,6 +1,7 @@
 """Issue 13 benchmarks: what tokens, permissions and the server API cost, as ratios in one run.
 
     python benches/auth.py            # about 1-2 minutes on 2 cores; --quick for a smoke run
+    (with the package installed, or PYTHONPATH=$PWD from the repository root)
 
 Every figure compares wsnursery with itself, in the same run, on the same machine: a server
 without tokens against one with ``--jwt-secret`` (HS256), each a fresh process on 127.0.0.1.
@@ -35,15 +36,14 @@ from typing import Any
 import jwt
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benches.lib import machine
-from benches.lib.servers import HOST, ServerProcess
+from harness import machine
+from harness.servers import HOST, ServerProcess, wsnursery_argv
 from wsnursery.permissions import Matcher
 
 SECRET = "bench-secret-of-at-least-thirty-two-bytes"
 API_KEY = "bench-api-key-0123456789"
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def mint(patterns: list[str], ttl: int = 3600) -> str:
@@ -271,8 +271,7 @@ def permission_checks(count: int) -> dict[str, float]:
 
 
 def serve(*extra: str) -> ServerProcess:
-    argv = [sys.executable, "-m", "wsnursery", "serve", "--host", HOST, "--port", "0", *extra]
-    return ServerProcess("wsnursery", argv)
+    return ServerProcess("wsnursery", wsnursery_argv(*extra), cwd=REPO)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
