@@ -17,6 +17,7 @@ Without tokens the grants are everything and ``user`` is None, as in version 1.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 
@@ -54,6 +55,20 @@ def admit(security: Security, headers: Mapping[str, str], target: str, endpoint:
         return keys.verify(token)
     except TokenError as exc:
         raise Refused(401, str(exc), "token") from None
+
+
+def for_connection(security: Security, identity: Identity | None, now: float) -> Access:
+    """A connection's ``Access``: its own with a token or rate limits, else one shared by every
+    connection of the server (it holds nothing per connection), so a server without the
+    new settings spends no memory per connection on them."""
+    if identity is None and not (security.publish_rate or security.subscribe_rate):
+        return _shared(security)
+    return Access(security, identity, now)
+
+
+@functools.lru_cache(maxsize=16)
+def _shared(security: Security) -> Access:
+    return Access(security, None, 0.0)
 
 
 class Access:

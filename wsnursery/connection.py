@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import trio
 
-from . import protocol
-from .access import Access
+from . import access, protocol
 from .codec import Encoding
 from .context import ConnectionContext, ConnectionState
 from .frame_reader import Control, FrameError, FrameReader
 from .handlers import RequestHandlers
 from .heartbeat import PongDeadline
 from .outbox import Outbox
-from .presence import Member
 from .retransmit import Retransmits
 from .stream import ServerStream
 from .tokens import Identity
@@ -100,11 +98,8 @@ class Connection:
         self.retransmits = Retransmits(self, self.outbox, context.timer, context.metrics)
         self.outbox.sent_unacked = self.retransmits.arm
         # Identity (issue 13): the token's grants and rate buckets, and when it runs out.
-        self.access = Access(context.security, identity, trio.current_time())
-        member = Member(self.access.user, next(context.connection_ids))
-        self.handlers = RequestHandlers(
-            self, self.outbox, self.retransmits, encoding, context, self.access, member
-        )
+        self.access = access.for_connection(context.security, identity, trio.current_time())
+        self.handlers = RequestHandlers(self, self.outbox, self.retransmits, encoding, context, self.access)
 
     @property
     def user(self) -> str | None:

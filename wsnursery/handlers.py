@@ -49,8 +49,10 @@ class RequestHandlers:
 
     __slots__ = (
         "_config",
+        "_connection_ids",
         "_encoding",
         "_hub",
+        "_member",
         "_metrics",
         "_outbox",
         "_owner",
@@ -59,7 +61,6 @@ class RequestHandlers:
         "_retransmits",
         "access",
         "errors",
-        "member",
         "subscriptions",
     )
 
@@ -85,8 +86,9 @@ class RequestHandlers:
         self.errors = 0
         # Identity (issue 13): what this connection may do, and who it is in presence lists.
         self.access = access if access is not None else Access(context.security, None, 0.0)
-        self.member = member if member is not None else Member(None, next(context.connection_ids))
+        self._member = member  # made when it first joins a channel: most connections never need it
         self._presence = context.presence
+        self._connection_ids = context.connection_ids
 
     async def handle(self, payload: str | bytes) -> None:
         """Serve one request (``payload`` as it came in one WebSocket message)."""
@@ -110,6 +112,13 @@ class RequestHandlers:
             self._error(ProtocolError("bad_request", str(exc)))
         except ProtocolError as exc:
             self._error(exc)
+
+    @property
+    def member(self) -> Member:
+        """This connection in presence lists: its user and a ``conn`` name unique in the process."""
+        if self._member is None:
+            self._member = Member(self.access.user, next(self._connection_ids))
+        return self._member
 
     def detach_all(self) -> None:
         """The connection has ended: leave every channel (and its presence list)."""
