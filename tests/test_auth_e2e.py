@@ -323,3 +323,46 @@ async def test_tokens_keys_and_query_strings_never_reach_the_logs(
     assert "alice" in logged  # the sub is logged: the records were captured
     for secret in (good, bad, "secretquery", API_KEY, SECRET, "token="):
         assert secret not in logged
+
+
+async def test_join_and_leave_keep_the_channel_order_through_a_random_run(server: Any) -> None:
+    """Publishes, joins and leaves in a seeded random order: the watcher sees exactly that order."""
+    import random
+
+    rng = random.Random(13)
+    async with contextlib.AsyncExitStack() as stack:
+        watcher = await stack.enter_async_context(ws(server.url))
+        await watcher.subscribe("order", presence=True)
+        own = await next_of(watcher, "join")
+        idle: list[Client] = [await stack.enter_async_context(ws(server.url)) for _ in range(4)]
+        members: list[Client] = []
+        expected: list[tuple[str, Any]] = []
+        for step in range(40):
+            action = rng.choice(["publish", "join", "leave"])
+            if action == "join" and idle:
+                client = idle.pop()
+                await client.request({"type": "subscribe", "id": step, "channel": "order"})
+                members.append(client)
+                expected.append(("join", id(client)))
+            elif action == "leave" and members:
+                client = members.pop(rng.randrange(len(members)))
+                await client.request({"type": "unsubscribe", "id": step, "channel": "order"})
+                idle.append(client)
+                expected.append(("leave", id(client)))
+            else:
+                await server.server.publish("order", step)
+                expected.append(("message", step))
+        assert {kind for kind, _ in expected} == {"message", "join", "leave"}
+        conns: dict[int, str] = {}  # a client's conn name, learnt from its first join
+        seen: list[tuple[str, Any]] = []
+        for kind, value in expected:
+            frame = await next_of(watcher, "message", "join", "leave")
+            if frame["type"] == "message":
+                seen.append(("message", frame["data"]))
+                continue
+            if frame["type"] == "join" and kind == "join" and value not in conns:
+                conns[value] = frame["conn"]
+            owner = next((client for client, conn in conns.items() if conn == frame["conn"]), None)
+            seen.append((frame["type"], owner))
+        assert seen == expected
+        assert own["conn"] not in conns.values()
