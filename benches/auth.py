@@ -7,8 +7,9 @@ Every figure compares wsnursery with itself, in the same run, on the same machin
 without tokens against one with ``--jwt-secret`` (HS256), each a fresh process on 127.0.0.1.
 Scenarios:
 - connect: connections opened (upgrade, welcome, close handshake) per second without a token,
-  with a valid HS256 token (target >= 0.85x), and upgrades refused with an invalid token
-  (the rejection rate); server CPU per connection;
+  with a valid HS256 token, a different one for every connection (target >= 0.85x), with one
+  token presented again and again (a reconnect storm: the server remembers verified tokens),
+  and upgrades refused with an invalid token (the rejection rate); server CPU per connection;
 - subscribe/unsubscribe pairs per second on one connection, without tokens and with a token
   of 100 patterns whose match is the last one (a regex match, the slowest kind);
 - permission checks per second in process, 10 and 100 patterns per token;
@@ -27,6 +28,7 @@ import asyncio
 import base64
 import json
 import os
+import statistics
 import struct
 import sys
 import time
@@ -46,8 +48,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def mint(patterns: list[str], ttl: int = 3600) -> str:
-    claims = {"sub": "bench", "exp": int(time.time()) + ttl, "channels": {"subscribe": patterns, "publish": patterns}}
+def mint(patterns: list[str], ttl: int = 3600, sub: str = "bench") -> str:
+    claims = {"sub": sub, "exp": int(time.time()) + ttl, "channels": {"subscribe": patterns, "publish": patterns}}
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
@@ -131,7 +133,7 @@ class ServerCpu:
 # -- scenarios -----------------------------------------------------------------------------
 
 
-async def connect_rate(port: int, target: str, count: int, concurrency: int, cpu: ServerCpu, refused: bool) -> dict[str, float]:
+async def connect_rate(port: int, targets: list[str], count: int, concurrency: int, cpu: ServerCpu, refused: bool) -> dict[str, float]:
     remaining = count
     failures = 0
 
@@ -140,7 +142,7 @@ async def connect_rate(port: int, target: str, count: int, concurrency: int, cpu
         while remaining > 0:
             remaining -= 1
             try:
-                reader, writer = await ws_open(port, target)
+                reader, writer = await ws_open(port, targets[remaining % len(targets)])
             except Refused:
                 failures += 0 if refused else 1
                 continue
@@ -274,25 +276,46 @@ def serve(*extra: str) -> ServerProcess:
     return ServerProcess("wsnursery", wsnursery_argv(*extra), cwd=REPO)
 
 
+async def one_server(name: str, args: argparse.Namespace, tokens: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Every scenario against a fresh server process of kind ``name`` ("no_auth" or "hs256")."""
+    extra = ["--jwt-secret", SECRET, "--api-key", API_KEY] if name == "hs256" else []
+    target = f"/?token={tokens['valid']}" if name == "hs256" else "/"
+    out: dict[str, dict[str, float]] = {}
+    with serve(*extra) as server:
+        assert server.port is not None
+        cpu = ServerCpu(server.pid)
+        connect_targets = tokens["fresh"] if name == "hs256" else [target]
+        out[f"connect_{name}"] = await connect_rate(server.port, connect_targets, args.connections, 8, cpu, False)
+        if name == "hs256":
+            out["connect_hs256_cached"] = await connect_rate(
+                server.port, [f"/?token={tokens['small']}"], args.connections, 8, cpu, False)
+            out["connect_hs256_100"] = await connect_rate(server.port, tokens["fresh_100"], args.connections, 8, cpu, False)
+            out["connect_invalid"] = await connect_rate(
+                server.port, [f"/?token={tokens['bad']}"], args.connections, 8, cpu, True)
+        out[f"subscribe_{name}"] = await subscribe_rate(server.port, target, args.pairs)
+        out[f"fanout_{name}"] = await fanout(server.port, target, args.subscribers, args.messages, cpu)
+    return out
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    small = mint(["chat.*", "user.bench.*", "room.*.live"])
-    valid = mint(patterns(100))
-    bad = mint(["chat.*"], ttl=-10)
-    results: dict[str, Any] = {}
-    for name, extra, target in (
-        ("no_auth", [], "/"),
-        ("hs256", ["--jwt-secret", SECRET, "--api-key", API_KEY], f"/?token={valid}"),
-    ):
-        with serve(*extra) as server:
-            assert server.port is not None
-            cpu = ServerCpu(server.pid)
-            connect_target = f"/?token={small}" if name == "hs256" else target
-            results[f"connect_{name}"] = await connect_rate(server.port, connect_target, args.connections, 8, cpu, False)
-            if name == "hs256":
-                results["connect_hs256_100"] = await connect_rate(server.port, target, args.connections, 8, cpu, False)
-                results["connect_invalid"] = await connect_rate(server.port, f"/?token={bad}", args.connections, 8, cpu, True)
-            results[f"subscribe_{name}"] = await subscribe_rate(server.port, target, args.pairs)
-            results[f"fanout_{name}"] = await fanout(server.port, target, args.subscribers, args.messages, cpu)
+    tokens = {
+        "small": mint(["chat.*", "user.bench.*", "room.*.live"]),
+        "valid": mint(patterns(100)),
+        "bad": mint(["chat.*"], ttl=-10),
+        # Every connection its own token (each verified in full), as when every user connects once.
+        "fresh": [f"/?token={mint(['chat.*', f'user.u{i}.*', 'room.*.live'], sub=f'u{i}')}" for i in range(args.connections)],
+        "fresh_100": [f"/?token={mint(patterns(100), sub=f'u{i}')}" for i in range(args.connections)],
+    }
+    rounds: dict[str, list[dict[str, float]]] = {}
+    for number in range(args.rounds):  # the two servers alternate who goes first
+        order = ("no_auth", "hs256") if number % 2 == 0 else ("hs256", "no_auth")
+        for name in order:
+            for key, value in (await one_server(name, args, tokens)).items():
+                rounds.setdefault(key, []).append(value)
+    results: dict[str, Any] = {
+        key: {field: statistics.median(run[field] for run in runs) for field in runs[0]} for key, runs in rounds.items()
+    }
+    results["rounds"] = rounds
     with serve("--api-key", API_KEY) as server:
         assert server.port is not None
         results["api"] = await api_publishes(server.port, args.api_calls, 8)
@@ -305,16 +328,21 @@ def ratio(new: float, old: float) -> str:
 
 
 def report(results: dict[str, Any], info: dict[str, Any], args: argparse.Namespace) -> str:
-    c0, c1, c100, ci = (results[k] for k in ("connect_no_auth", "connect_hs256", "connect_hs256_100", "connect_invalid"))
+    c0, c1, cc, c100, ci = (results[k] for k in ("connect_no_auth", "connect_hs256", "connect_hs256_cached",
+                                                 "connect_hs256_100", "connect_invalid"))
     s0, s1 = results["subscribe_no_auth"], results["subscribe_hs256"]
     f0, f1 = results["fanout_no_auth"], results["fanout_hs256"]
     api, checks = results["api"], results["permission_checks"]
     rows = [
-        ("connections opened / s, 8 at a time (token: 3 patterns)", f"{c0['per_second']:,.0f}",
+        ("connections opened / s, 8 at a time, a new token each (3 patterns)", f"{c0['per_second']:,.0f}",
          f"{c1['per_second']:,.0f}", f"{ratio(c1['per_second'], c0['per_second'])} (target >= 0.85x)"),
-        ("server CPU per connection (token: 3 patterns)", f"{c0['server_us_each']:,.0f} µs",
+        ("server CPU per connection, a new token each", f"{c0['server_us_each']:,.0f} µs",
          f"{c1['server_us_each']:,.0f} µs", ratio(c1["server_us_each"], c0["server_us_each"])),
-        ("connections opened / s, token of 100 patterns (3.5 KB)", f"{c0['per_second']:,.0f}",
+        ("connections opened / s, one token again and again (a reconnect storm)", f"{c0['per_second']:,.0f}",
+         f"{cc['per_second']:,.0f}", ratio(cc["per_second"], c0["per_second"])),
+        ("server CPU per connection, one token again and again", f"{c0['server_us_each']:,.0f} µs",
+         f"{cc['server_us_each']:,.0f} µs", ratio(cc["server_us_each"], c0["server_us_each"])),
+        ("connections opened / s, a new token of 100 patterns (3.5 KB) each", f"{c0['per_second']:,.0f}",
          f"{c100['per_second']:,.0f}", ratio(c100["per_second"], c0["per_second"])),
         ("invalid (expired) token: upgrades refused with 401 / s", "", f"{ci['per_second']:,.0f}", ""),
         ("subscribe + unsubscribe pairs / s, one connection (100 patterns)", f"{s0['pairs_per_second']:,.0f}",
@@ -326,7 +354,7 @@ def report(results: dict[str, Any], info: dict[str, Any], args: argparse.Namespa
          f"{f1['server_us_each']:.2f} µs ({f1['server_cores']:.2f})", ratio(f1["server_us_each"], f0["server_us_each"])),
     ]
     lines = ["# wsnursery: identity, permissions and server API benchmarks", "", *machine.header_lines(info), "",
-             f"Settings: {vars(args)}", "",
+             f"Settings: {vars(args)}; medians of {args.rounds} rounds, a fresh server process per round and kind", "",
              "| scenario | without tokens | with HS256 tokens | ratio |", "|---|---|---|---|"]
     lines += [f"| {' | '.join(row)} |" for row in rows]
     lines += ["", "| server API and permission checks | figure |", "|---|---|",
@@ -334,7 +362,7 @@ def report(results: dict[str, Any], info: dict[str, Any], args: argparse.Namespa
               f"| API call → WebSocket subscriber latency | p50 {api['p50_ms']:.2f} ms, p99 {api['p99_ms']:.2f} ms |",
               f"| permission checks, 10 patterns per token | {checks['10_patterns_per_second']:,.0f} / s |",
               f"| permission checks, 100 patterns per token | {checks['100_patterns_per_second']:,.0f} / s |", ""]
-    keys = ("connect_no_auth", "connect_hs256", "connect_hs256_100", "connect_invalid")
+    keys = ("connect_no_auth", "connect_hs256", "connect_hs256_cached", "connect_hs256_100", "connect_invalid")
     lines.append(f"Unexpected answers (a refused valid token, an accepted invalid one): {sum(results[k]['unexpected'] for k in keys)}")
     return "\n".join(lines) + "\n"
 
@@ -342,6 +370,7 @@ def report(results: dict[str, Any], info: dict[str, Any], args: argparse.Namespa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run of a few seconds")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (servers alternate)")
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--pairs", type=int, default=5000)
     parser.add_argument("--subscribers", type=int, default=200)
@@ -352,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.connections, args.pairs, args.subscribers, args.messages, args.api_calls, args.checks = 100, 200, 10, 50, 100, 20_000
+        args.rounds = 1
     info = machine.describe()
     results = asyncio.run(run(args))
     text_report = report(results, info, args)

@@ -231,3 +231,27 @@ def test_duplicate_kids_and_short_secrets_are_refused(tmp_path: Path) -> None:
         KeySet(load)
     with pytest.raises(KeyFileError, match="at least 32 bytes"):
         secret_key("short")
+
+
+def test_a_verified_token_is_remembered_until_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsnursery import tokens
+
+    keys = KeySet([secret_key(SECRET)])
+    token = mint(claims("alice", ttl=60))
+    first = keys.verify(token)
+    assert keys.verify(token) is first  # the second time from the cache
+    later = time.time() + 120
+    monkeypatch.setattr(tokens.time, "time", lambda: later)
+    with pytest.raises(TokenError, match="expired"):
+        keys.verify(token)  # the cache checks the expiry too
+    monkeypatch.undo()
+    for bad in BAD_HS256.values():  # refused tokens are never cached, so refused again
+        value = bad()
+        for _ in range(2):
+            with pytest.raises(TokenError):
+                keys.verify(value)
+    monkeypatch.setattr(tokens, "CACHED_TOKENS", 3)
+    many = [mint(claims(f"u{i}")) for i in range(5)]
+    for value in many:
+        keys.verify(value)
+    assert len(keys._verified) == 3 and list(keys._verified) == many[2:]

@@ -16,16 +16,20 @@ is never checked against a public key (PyJWT gets the key object, and only the o
 A token is at most ``MAX_TOKEN_BYTES`` (its header at most 1 KiB); it must carry ``sub`` (a string of 1 to
 ``MAX_SUB_LENGTH`` characters) and ``exp``; ``aud`` and ``iss`` are checked when configured
 (a token that names an audience is refused by a server that expects none); ``nbf`` and ``iat``
-in the future are refused. ``channels`` is parsed by ``permissions``. Every failure is a
+in the future are refused. ``channels`` is parsed by ``permissions``. A token verified once is
+remembered (bounded LRU, expiry checked on every use), so a reconnect storm after a restart
+does not pay PyJWT's verification again for every client. Every failure is a
 ``TokenError`` with a short reason that says nothing about the keys.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import math
 import re
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -41,6 +45,11 @@ ALGORITHMS = ("HS256", "RS256", "ES256")
 MAX_TOKEN_BYTES = 8192
 MAX_SUB_LENGTH = 256
 MAX_KEYS = 32
+# Recently verified tokens (a reconnect presents the same one again): the exact token string
+# maps to its identity, whose expiry is still checked on every use. At most CACHED_TOKENS of at
+# most CACHED_TOKEN_BYTES each (8 MiB); refused tokens are never kept.
+CACHED_TOKENS = 4096
+CACHED_TOKEN_BYTES = 2048
 MIN_SECRET_BYTES = 32
 MIN_RSA_BITS = 2048
 
@@ -100,6 +109,7 @@ class KeySet:
                 self._by_kid[key.kid] = key
         self.audience = audience
         self.issuer = issuer
+        self._verified: collections.OrderedDict[str, Identity] = collections.OrderedDict()
 
     def verify(self, token: str) -> Identity:
         """The identity a token carries, or ``TokenError``."""
@@ -107,6 +117,21 @@ class KeySet:
             raise TokenError("missing token")
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenError(f"token longer than {MAX_TOKEN_BYTES} bytes")
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached.exp <= time.time():
+                del self._verified[token]
+                raise TokenError("token expired")
+            self._verified.move_to_end(token)
+            return cached
+        identity = self._verify(token)
+        if len(token) <= CACHED_TOKEN_BYTES:
+            self._verified[token] = identity
+            if len(self._verified) > CACHED_TOKENS:
+                self._verified.popitem(last=False)
+        return identity
+
+    def _verify(self, token: str) -> Identity:
         header = _header(token)
         algorithm, kid = header.get("alg"), header.get("kid")
         if algorithm not in ALGORITHMS:
