@@ -1,8 +1,14 @@
-"""A connection's request handlers: subscribe, unsubscribe, publish, ack, replay.
+"""A connection's request handlers: subscribe, unsubscribe, publish, ack, replay, presence, refresh.
 
 ``Requests.handle`` takes one message a client sent, decodes and parses it (``protocol``),
 acts on it through the hub and the outbox, and queues the reply; a request that cannot be
 served gets an error frame instead, and the connection stays open.
+
+Permissions and rates (``access``) are checked before a request acts: ``forbidden`` and
+``rate_limited`` are error frames like any other. A subscriber joins its channel's presence
+list (``presence``) when its subscription is placed and leaves it on unsubscribe and when
+the connection ends; ``"presence": true`` makes the subscription a watcher of join/leave. A
+``refresh`` replaces the token's grants for later requests (subscriptions already made stay).
 
 Bounds: ``max_subscriptions`` per connection (``too_many_subscriptions``), ``max_errors``
 error frames (then the connection is closed with 1008); the hub's own bounds answer with
