@@ -366,3 +366,26 @@ async def test_join_and_leave_keep_the_channel_order_through_a_random_run(server
             seen.append((frame["type"], owner))
         assert seen == expected
         assert own["conn"] not in conns.values()
+
+
+async def test_tls_port_survives_plain_clients_and_serves_https_health(start_server: Any, tmp_path: Path) -> None:
+    certfile, keyfile = self_signed(tmp_path)
+    running = await start_server(certfile=certfile, keyfile=keyfile)
+    # Plain HTTP on the TLS port: the TLS handshake fails, the socket is closed, nothing is logged
+    # as an error (the server_errors fixture), and the server goes on serving.
+    with trio.fail_after(TIMEOUT):
+        plain = await trio.open_tcp_stream("127.0.0.1", running.port)
+        async with plain:
+            await plain.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            while await plain.receive_some(65536):
+                pass
+    trust = ssl.create_default_context(cafile=certfile)
+    with trio.fail_after(TIMEOUT):
+        tls_stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", running.port), trust,
+                                    server_hostname="127.0.0.1", https_compatible=True)
+        async with tls_stream:
+            await tls_stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = bytearray()
+            while chunk := await tls_stream.receive_some(65536):
+                data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and b'"status":"ok"' in data
