@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import trio
 import trio_websocket
@@ -389,3 +390,43 @@ async def test_tls_port_survives_plain_clients_and_serves_https_health(start_ser
             while chunk := await tls_stream.receive_some(65536):
                 data += chunk
     assert data.startswith(b"HTTP/1.1 200") and b'"status":"ok"' in data
+
+
+# -- the SDK against these servers --------------------------------------------------------
+
+
+async def test_the_sdk_connects_with_a_token_and_renews_it_in_band(start_server: Any) -> None:
+    import wsnursery.client as wc
+
+    running = await start_server(jwt_secret=SECRET)
+    minted: list[str] = []
+
+    def fresh_token() -> str:  # the SDK asks again before expiry and sends a refresh
+        minted.append(mint(claims("alice", 0, channels=CHAT) | {"exp": int(time.time()) + 3}))
+        return minted[-1]
+
+    with trio.fail_after(30):
+        async with wc.connect(running.url, token=fresh_token, token_refresh_margin=2.0) as client:
+            async with client.subscribe("chat.sdk") as messages:
+                await client.publish("chat.sdk", "one")
+                first_exp = claims_exp(minted[0])
+                await wait_until(lambda: client.stats.token_refreshes >= 1, timeout=20, what="an in-band refresh")
+                await trio.sleep_until(trio.current_time() + max(0.0, first_exp - time.time()) + 0.5)
+                await client.publish("chat.sdk", "two")  # past the first token's exp: still the same link
+                got = []
+                async for message in messages:
+                    got.append(message.data)
+                    if len(got) == 2:
+                        break
+                assert got == ["one", "two"] and client.stats.reconnects == 0
+            with pytest.raises(wc.ServerError) as info:
+                await client.publish("jobs.1", "not mine")
+            assert "forbidden" in str(info.value)
+    async with contextlib.AsyncExitStack():
+        with pytest.raises(wc.Forbidden):
+            async with wc.connect(running.url, token="not-a-jwt", max_reconnects=1):
+                pass
+
+
+def claims_exp(token: str) -> float:
+    return float(jwt.decode(token, options={"verify_signature": False})["exp"])
