@@ -110,7 +110,8 @@ class PresenceRegistry:
             state.untracked += 1
             return False
         state.members[member.conn] = member
-        self._tell(state, PresenceEvent("join", channel, member, after))
+        if state.watchers:
+            self._tell(state, PresenceEvent("join", channel, member, after))
         return True
 
     def leave(self, channel: str, conn: str, tracked: bool, after: int) -> None:
@@ -120,7 +121,7 @@ class PresenceRegistry:
             return
         if tracked:
             member = state.members.pop(conn, None)
-            if member is not None:
+            if member is not None and state.watchers:
                 self._tell(state, PresenceEvent("leave", channel, member, after))
         elif state.untracked:
             state.untracked -= 1
