@@ -21,11 +21,10 @@ def _json(status: int, payload: dict[str, object]) -> bytes:
 
 
 async def answer(
-    stream: trio.abc.ReceiveStream, head: http.RequestHead, already: bytes, handler: ApiHandler | None
+    stream: trio.abc.ReceiveStream, head: http.RequestHead, already: bytes, handler: ApiHandler
 ) -> bytes | None:
-    """The complete HTTP answer to an API request (None: the client left mid-body)."""
-    if handler is None:
-        return _json(404, ApiError(404, "not_found", "the server API is off (no --api-key)").payload())
+    """The complete HTTP answer to an API request (None: the client left mid-body). With the
+    API off the server never calls this: ``/api/...`` then gets the plain 404 (or 405) as before."""
     try:
         length = handler.check_head(head.method, head.target, head.headers)
     except ApiError as exc:

@@ -202,7 +202,7 @@ class Server(ServerApiMixin):
                 await stream.send_all(http.response(exc.status, f"{exc}\n".encode()))
                 return
             if not head.is_websocket:
-                if api.is_api_path(head.target):
+                if self._api is not None and api.is_api_path(head.target):  # off: as before (404/405)
                     answer = await api_http.answer(stream, head, bytes(buffer[end:]), self._api)
                     if answer is not None:
                         await stream.send_all(answer)
