@@ -21,7 +21,18 @@ from typing import Any
 
 import trio
 
-from . import __version__, access, api, api_http, handshake, http, logs, security, static, tls
+from . import (
+    __version__,
+    access,
+    api,
+    api_http,
+    handshake,
+    http,
+    logs,
+    security,
+    static,
+    tls,
+)
 from .codec import Encoding
 from .config import Config
 from .connection import Connection
