@@ -429,3 +429,23 @@ async def test_the_sdk_connects_with_a_token_and_renews_it_in_band(start_server:
 
 def claims_exp(token: str) -> float:
     return float(jwt.decode(token, options={"verify_signature": False})["exp"])
+
+
+async def test_the_harness_load_clients_run_with_tokens_on(start_server: Any) -> None:
+    """``python -m harness load --url ws://...?token=JWT``: the harness's clients carry a token."""
+    import sys
+
+    from .harness.test_load_commands import REPO
+
+    running = await start_server(jwt_secret=SECRET)
+    everything = token("loadtest", channels={"subscribe": ["*"], "publish": ["*"]})
+    argv = [sys.executable, "-m", "harness", "load", "--clients", "2", "--messages", "10", "--quiet",
+            "--url", f"ws://127.0.0.1:{running.port}/?token={everything}"]
+    with trio.fail_after(60):
+        done = await trio.run_process(argv, cwd=REPO, capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert b"throughput msg/s" in done.stdout
+    refused = argv[:-1] + [f"ws://127.0.0.1:{running.port}/"]  # no token: every client gets 401
+    with trio.fail_after(60):
+        done = await trio.run_process(refused, cwd=REPO, capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode != 0
