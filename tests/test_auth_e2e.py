@@ -155,7 +155,7 @@ async def test_expiry_closes_4001_and_a_refresh_keeps_the_connection(start_serve
         error = await next_of(client, "error")
         assert error["code"] == "token_expired"
         assert await closed_with(client) == 4001
-    short = claims("alice", 0, channels=CHAT) | {"exp": int(time.time()) + 2}
+    short = claims("alice", 0, channels=CHAT) | {"exp": int(time.time()) + 4}  # room for a loaded machine
     async with ws(running.url, mint(short)) as client:
         renewed = await client.request({"type": "refresh", "id": 9, "token": token(ttl=600)})
         assert renewed["type"] == "refreshed" and renewed["exp"] > short["exp"]
@@ -260,7 +260,7 @@ async def test_api_disconnect_closes_4003(start_server: Any) -> None:
 
 async def test_origin_rate_and_address_limits(start_server: Any) -> None:
     running = await start_server(allowed_origin=("https://*.example.com",), publish_rate=2,
-                                 max_connections_per_ip=2, max_errors=50)
+                                 max_connections_per_ip=2, max_errors=4)
     assert (await upgrade(running.port, origin="https://evil.test"))[0] == 403
     assert (await upgrade(running.port, origin="https://app.example.com"))[0] == 101
     async with ws(running.url) as one, ws(running.url, headers=[("Origin", "https://a.example.com")]):
@@ -270,6 +270,11 @@ async def test_origin_rate_and_address_limits(start_server: Any) -> None:
             reply = await one.request({"type": "publish", "id": n, "channel": "c", "data": n})
             codes.append(reply.get("code", reply["type"]))
         assert codes[:2] == ["published", "published"] and "rate_limited" in codes
+        # rate_limited counts toward max_errors (4): keep publishing faster than 2/s until 1008
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            for n in range(5, 45):  # 40 at once: far more than 2 a second, whatever the machine's load
+                await one.send({"type": "publish", "id": n, "channel": "c", "data": n})
+        assert await closed_with(one) == 1008
 
 
 # -- TLS ----------------------------------------------------------------------------------
@@ -402,11 +407,11 @@ async def test_the_sdk_connects_with_a_token_and_renews_it_in_band(start_server:
     minted: list[str] = []
 
     def fresh_token() -> str:  # the SDK asks again before expiry and sends a refresh
-        minted.append(mint(claims("alice", 0, channels=CHAT) | {"exp": int(time.time()) + 3}))
+        minted.append(mint(claims("alice", 0, channels=CHAT) | {"exp": int(time.time()) + 6}))
         return minted[-1]
 
     with trio.fail_after(30):
-        async with wc.connect(running.url, token=fresh_token, token_refresh_margin=2.0) as client:
+        async with wc.connect(running.url, token=fresh_token, token_refresh_margin=4.0) as client:
             async with client.subscribe("chat.sdk") as messages:
                 await client.publish("chat.sdk", "one")
                 first_exp = claims_exp(minted[0])
