@@ -55,7 +55,8 @@ class UsageError(ValueError):
 
 
 def parse_url(url: str) -> tuple[str, int, str]:
-    """``ws://127.0.0.1:PORT/path`` -> (host, port, path); only loopback addresses."""
+    """``ws://127.0.0.1:PORT/path`` -> (host, port, path); only loopback addresses. A query is
+    kept on the path: ``?token=JWT`` runs the clients against a server with tokens on."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "ws" or not parts.hostname or not parts.port:
         raise UsageError(f"--url must look like ws://127.0.0.1:PORT/, not {url!r}")
@@ -69,7 +70,7 @@ def parse_url(url: str) -> tuple[str, int, str]:
             raise UsageError("--url must point at a loopback address (127.0.0.1, localhost, [::1])")
     else:
         host = "127.0.0.1"
-    return host, parts.port, parts.path or "/"
+    return host, parts.port, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 def summary(hist: HdrHistogram) -> dict[str, float]:

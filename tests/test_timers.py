@@ -36,3 +36,18 @@ def test_a_disarmed_member_neither_fires_nor_is_kept_alive():
     gc.collect()
     assert ref() is None
     assert timer.pop_due(2.0) == []
+
+
+def test_entries_left_behind_are_dropped_long_before_their_time():
+    """Token expiries may be hours away: disarmed entries must not pile up until then."""
+    timer = DeadlineTimer()
+    keep = Member()
+    timer.arm(keep, 10_000.0)
+    for _ in range(10_000):
+        member = Member()
+        timer.arm(member, 3_600.0)
+        timer.disarm(member)
+    assert len(timer._heap) <= 2 * 64 + 2  # rebuilt whenever stale entries pass half the heap
+    assert len(timer) == 1
+    assert timer.pop_due(3_600.0) == []
+    assert timer.pop_due(10_000.0) == [keep]

@@ -12,11 +12,11 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import trio
 
-from . import __version__, logs
+from . import __version__, logs, security
 from .config import SETTINGS, ConfigError, load
 from .server import Server
 
@@ -37,11 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     for attribute in SETTINGS:
         flag = "--" + attribute.name.replace("_", "-")
         default = attribute.default
+        extra: dict[str, Any] = {"metavar": attribute.name.upper()}
+        if str(attribute.type) == "bool":
+            extra = {"action": argparse.BooleanOptionalAction}
+        elif attribute.metadata.get("repeat"):
+            extra["action"] = "append"
         serve.add_argument(
             flag,
             dest=attribute.name,
-            metavar=attribute.name.upper(),
             help=f"{attribute.metadata['help']} (default: {default}; env WSNURSERY_{attribute.name.upper()})",
+            **extra,
         )
     return parser
 
@@ -51,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = {attribute.name: getattr(args, attribute.name) for attribute in SETTINGS}
     try:
         config = load(flags=flags, config_file=args.config)
+        security.check(config)  # key files and certificates: read once now, exit 2 if unusable
     except ConfigError as exc:
         print(f"wsnursery: {exc}", file=sys.stderr)
         return EXIT_USAGE

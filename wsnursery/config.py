@@ -66,6 +66,41 @@ def _setting(default: Any, validator: Any, help: str) -> Any:
     return attrs.field(default=default, validator=validator, metadata={"help": help})
 
 
+def _optional_text(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value or "\n" in value):
+        raise ValueError("must be a non-empty line of text")
+
+
+def _api_key(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _optional_text(instance, attribute, value)
+    if value is not None and (len(value) < 16 or any(c.isspace() for c in value)):
+        raise ValueError("must be at least 16 characters, without spaces")
+
+
+def _rate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+        raise ValueError("must be a number of requests per second (0: no limit)")
+
+
+def _count_or_zero(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) is not int or not (0 <= value <= 2**31):
+        raise ValueError("must be a whole number (0: no limit)")
+
+
+def _flag(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) is not bool:
+        raise ValueError("must be true or false")
+
+
+def _globs(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError("must be a list of non-empty glob patterns")
+
+
+def _optional(validator: Any, help: str) -> Any:
+    return attrs.field(default=None, validator=validator, metadata={"help": help})
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     """Every setting of the server, with its default. Each limit says what happens at it."""
@@ -145,6 +180,46 @@ class Config:
         5.0, _positive_seconds, "seconds to drain clients on shutdown before exiting"
     )
 
+    # -- identity, permissions, server API, exposure (issue 13; all off by default) --------
+    jwt_secret: str | None = _optional(
+        _optional_text, "HS256 secret (32+ bytes) for connection tokens without a kid; turns tokens on"
+    )
+    jwt_public_key: str | None = _optional(
+        _optional_text, "PEM file of RSA (RS256) / P-256 (ES256) public keys for tokens without a kid; turns tokens on"
+    )
+    jwt_keys: str | None = _optional(
+        _optional_text, "JSON Web Key Set file, every key with kid and alg, chosen by the token's kid (rotation); turns tokens on"
+    )
+    jwt_audience: str | None = _optional(_optional_text, "audience (aud) every token must name")
+    jwt_issuer: str | None = _optional(_optional_text, "issuer (iss) every token must name")
+    echo_open: bool = _setting(False, _flag, "with tokens on, /echo still needs no token")
+    api_key: str | None = _optional(
+        _api_key, "key of the HTTP server API (/api/...; 404 without it); calls carry Authorization: apikey KEY"
+    )
+    api_max_body: int = _setting(
+        1_048_576, _positive_int(64 * 2**20), "largest server API request body, in bytes; bigger gets 413"
+    )
+    allowed_origin: tuple[str, ...] = attrs.field(
+        default=(),
+        validator=_globs,
+        converter=tuple,
+        metadata={"help": "browser Origin glob allowed to connect (repeatable; env: comma-separated); others get 403", "repeat": True},
+    )
+    publish_rate: float = _setting(
+        0.0, _rate, "publishes per second per connection, bursts of one second's worth; more get error rate_limited (0: off)"
+    )
+    subscribe_rate: float = _setting(
+        0.0, _rate, "subscribes per second per connection, bursts of one second's worth; more get error rate_limited (0: off)"
+    )
+    max_connections_per_ip: int = _setting(
+        0, _count_or_zero, "WebSocket connections per client address; past it the upgrade gets HTTP 429 (0: off)"
+    )
+    max_presence_members: int = _setting(
+        1000, _positive_int(), "members listed per channel; later subscribers are not listed (presence complete: false)"
+    )
+    certfile: str | None = _optional(_optional_text, "PEM certificate chain: serve wss:// and https:// (TLS)")
+    keyfile: str | None = _optional(_optional_text, "PEM private key of certfile (if not in certfile)")
+
     def __attrs_post_init__(self) -> None:
         if self.history_size < self.outbound_queue_size:
             raise ValueError(
@@ -154,10 +229,21 @@ class Config:
             raise ValueError(
                 f"history_size ({self.history_size}) must be at least max_unacked ({self.max_unacked})"
             )
+        if not self.tokens_enabled:
+            for name in ("jwt_audience", "jwt_issuer"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} needs a token key: set jwt_secret, jwt_public_key or jwt_keys")
+        if self.keyfile is not None and self.certfile is None:
+            raise ValueError("keyfile needs certfile")
+
+    @property
+    def tokens_enabled(self) -> bool:
+        return any(key is not None for key in (self.jwt_secret, self.jwt_public_key, self.jwt_keys))
 
 
 SETTINGS: tuple[attrs.Attribute[Any], ...] = attrs.fields(Config)
 ENV_PREFIX = "WSNURSERY_"
+SECRET_SETTINGS = frozenset({"jwt_secret", "api_key"})  # never echoed in an error line
 
 
 def _convert(attribute: attrs.Attribute[Any], raw: Any, source: str) -> Any:
@@ -165,6 +251,14 @@ def _convert(attribute: attrs.Attribute[Any], raw: Any, source: str) -> Any:
     kind: object = attribute.type  # the annotation's text (this module uses postponed annotations)
     if not isinstance(raw, str) or kind == "str":
         return raw
+    if str(attribute.type) == "bool":
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{attribute.name}={raw!r} (from {source}): must be true or false")
+    if str(attribute.type) == "tuple[str, ...]":
+        return [part.strip() for part in raw.split(",") if part.strip()]
     try:
         if kind == "int":
             return int(raw.replace("_", ""))
@@ -209,7 +303,8 @@ def load(
         try:
             validator(None, known[name], value)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{name}={value!r} (from {sources[name]}): {exc}") from None
+            shown = "(hidden)" if name in SECRET_SETTINGS else repr(value)
+            raise ConfigError(f"{name}={shown} (from {sources[name]}): {exc}") from None
     try:
         return Config(**typed)
     except ValueError as exc:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import trio
 
-from . import protocol
+from . import access, protocol
 from .codec import Encoding
 from .context import ConnectionContext, ConnectionState
 from .frame_reader import Control, FrameError, FrameReader
@@ -32,6 +32,7 @@ from .heartbeat import PongDeadline
 from .outbox import Outbox
 from .retransmit import Retransmits
 from .stream import ServerStream
+from .tokens import Identity
 from .wire import CloseCode, Opcode
 from .wsframe import control_frame, data_frame
 
@@ -50,6 +51,7 @@ class Connection:
         "_pings_sent",
         "_pong",
         "_reader_scope",
+        "access",
         "close_code",
         "close_reason",
         "context",
@@ -73,6 +75,7 @@ class Connection:
         remote: str,
         *,
         echo: bool = False,
+        identity: Identity | None = None,
     ) -> None:
         self.context = context
         self.echo = echo
@@ -94,7 +97,14 @@ class Connection:
         self.outbox = Outbox(self, stream, encoding, context)
         self.retransmits = Retransmits(self, self.outbox, context.timer, context.metrics)
         self.outbox.sent_unacked = self.retransmits.arm
-        self.handlers = RequestHandlers(self, self.outbox, self.retransmits, encoding, context)
+        # Identity (issue 13): the token's grants and rate buckets, and when it runs out.
+        self.access = access.for_connection(context.security, identity, trio.current_time())
+        self.handlers = RequestHandlers(self, self.outbox, self.retransmits, encoding, context, self.access)
+
+    @property
+    def user(self) -> str | None:
+        """The token's ``sub`` (None without tokens)."""
+        return self.access.user
 
     # -- what other tasks call -------------------------------------------------------
 
@@ -125,6 +135,31 @@ class Connection:
     def excuse_heartbeat(self, excused: bool) -> None:
         self._pong.excuse(excused)
 
+    # -- token expiry (the server's ``expiries`` timer) ---------------------------------
+
+    def _arm_expiry(self) -> None:
+        left = self.access.seconds_left()
+        if left is not None:
+            self.context.expiries.arm(self, trio.current_time() + max(0.0, left))
+
+    def token_refreshed(self, identity: Identity) -> None:
+        """``refresh`` brought a new expiry: the old deadline no longer applies."""
+        self.context.expiries.disarm(self)
+        self._arm_expiry()
+
+    def deadline_reached(self) -> None:
+        """The token's ``exp`` passed: error ``token_expired``, then close 4001 (the error is
+        flushed before the close frame)."""
+        if self.state is not _OPEN:
+            return
+        left = self.access.seconds_left()
+        if left is not None and left > 0:  # the clocks disagree by a hair: wait the rest
+            self._arm_expiry()
+            return
+        self.context.metrics.count(self.context.metrics.errors, "token_expired")
+        self.outbox.send_reply(protocol.error_frame("token_expired", "the connection token expired; connect with a new one"))
+        self.request_close(CloseCode.TOKEN_EXPIRED, "token expired")
+
     # -- lifetime ---------------------------------------------------------------------
 
     async def run(self, nursery: trio.Nursery) -> None:
@@ -139,6 +174,7 @@ class Connection:
         self.outbox.open(nursery)
         heartbeats = context.heartbeats
         heartbeats.add(self)
+        self._arm_expiry()
         try:
             with self._reader_scope:
                 await (self._echo_loop() if self.echo else self._read_loop())
@@ -147,6 +183,7 @@ class Connection:
                 self.request_close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
         finally:
             heartbeats.remove(self)
+            context.expiries.disarm(self)
             self.retransmits.disarm()
             await self._finish()
             self.outbox.shut()  # also when ``abort`` cut the handshake short: no writer starts now

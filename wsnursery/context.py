@@ -9,6 +9,7 @@ the reverse.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 
 import attrs
 
@@ -17,7 +18,9 @@ from .delivery import Deliverer, FrameCache
 from .heartbeat import Heartbeats
 from .hub import Hub
 from .metrics import Metrics
+from .presence import PresenceRegistry, connection_ids
 from .protocol import RequestParser
+from .security import Security
 from .timers import DeadlineTimer
 
 
@@ -34,6 +37,11 @@ class ConnectionContext:
     metrics: Metrics
     parser: RequestParser
     server_name: str  # for the welcome frame
+    # Identity, permissions, presence (issue 13); the defaults are "all off", as in version 1.
+    security: Security = attrs.field(factory=lambda: Security.off())
+    presence: PresenceRegistry = attrs.field(factory=PresenceRegistry)
+    expiries: DeadlineTimer = attrs.field(factory=DeadlineTimer)  # wakes a connection when its token expires
+    connection_ids: Iterator[str] = attrs.field(factory=connection_ids)  # "conn" in presence frames
 
 
 class ConnectionState(enum.Enum):

@@ -1,8 +1,14 @@
-"""A connection's request handlers: subscribe, unsubscribe, publish, ack, replay.
+"""A connection's request handlers: subscribe, unsubscribe, publish, ack, replay, presence, refresh.
 
 ``Requests.handle`` takes one message a client sent, decodes and parses it (``protocol``),
 acts on it through the hub and the outbox, and queues the reply; a request that cannot be
 served gets an error frame instead, and the connection stays open.
+
+Permissions and rates (``access``) are checked before a request acts: ``forbidden`` and
+``rate_limited`` are error frames like any other. A subscriber joins its channel's presence
+list (``presence``) when its subscription is placed and leaves it on unsubscribe and when
+the connection ends; ``"presence": true`` makes the subscription a watcher of join/leave. A
+``refresh`` replaces the token's grants for later requests (subscriptions already made stay).
 
 Bounds: ``max_subscriptions`` per connection (``too_many_subscriptions``), ``max_errors``
 error frames (then the connection is closed with 1008); the hub's own bounds answer with
@@ -11,17 +17,23 @@ their error codes (``too_many_channels``).
 
 from __future__ import annotations
 
+import collections
 from typing import Protocol
 
+import trio
+
 from . import codec, protocol
+from .access import Access
 from .broadcast import Broadcast
 from .codec import Encoding
 from .context import ConnectionContext
 from .outbox import Outbox
+from .presence import Member, presence_reply
 from .protocol import Position, ProtocolError
 from .reliability import AckTracker
 from .retransmit import Retransmits
 from .subscription import Subscription
+from .tokens import Identity
 from .wire import CloseCode
 
 
@@ -34,19 +46,26 @@ class Owner(Protocol):
         """While the server itself holds a request up (a publish waiting under policy ``block``),
         the client's silence is not its fault."""
 
+    def token_refreshed(self, identity: Identity) -> None:
+        """A ``refresh`` replaced the token: its new expiry applies."""
+
 
 class RequestHandlers:
     """The subscriptions of one connection and the handlers that change them."""
 
     __slots__ = (
         "_config",
+        "_connection_ids",
         "_encoding",
         "_hub",
+        "_member",
         "_metrics",
         "_outbox",
         "_owner",
         "_parser",
+        "_presence",
         "_retransmits",
+        "access",
         "errors",
         "subscriptions",
     )
@@ -58,6 +77,8 @@ class RequestHandlers:
         retransmits: Retransmits,
         encoding: Encoding,
         context: ConnectionContext,
+        access: Access | None = None,
+        member: Member | None = None,
     ) -> None:
         self._owner = owner
         self._outbox = outbox
@@ -69,6 +90,11 @@ class RequestHandlers:
         self._parser = context.parser
         self.subscriptions: dict[str, Subscription] = {}
         self.errors = 0
+        # Identity (issue 13): what this connection may do, and who it is in presence lists.
+        self.access = access if access is not None else Access(context.security, None, 0.0)
+        self._member = member  # made when it first joins a channel: most connections never need it
+        self._presence = context.presence
+        self._connection_ids = context.connection_ids
 
     async def handle(self, payload: str | bytes) -> None:
         """Serve one request (``payload`` as it came in one WebSocket message)."""
@@ -82,19 +108,32 @@ class RequestHandlers:
                 await self._subscribe(request)
             elif isinstance(request, protocol.Unsubscribe):
                 self._unsubscribe(request)
-            else:
+            elif isinstance(request, protocol.Replay):
                 await self._replay(request)
+            elif isinstance(request, protocol.PresenceQuery):
+                self._presence_query(request)
+            else:
+                self._refresh(request)
         except codec.DecodeError as exc:
             self._error(ProtocolError("bad_request", str(exc)))
         except ProtocolError as exc:
             self._error(exc)
 
+    @property
+    def member(self) -> Member:
+        """This connection in presence lists: its user and a ``conn`` name unique in the process."""
+        if self._member is None:
+            self._member = Member(self.access.user, next(self._connection_ids))
+        return self._member
+
     def detach_all(self) -> None:
-        """The connection has ended: leave every channel."""
+        """The connection has ended: leave every channel (and its presence list)."""
         for subscription in self.subscriptions.values():
+            self._leave(subscription)
             self._hub.detach(subscription.channel, subscription)
 
     async def _publish(self, request: protocol.Publish, size: int) -> None:
+        self.access.may_publish(request.channel, request.id, trio.current_time())
         data = request.data
         try:
             codec.check_value(data)  # first: it bounds the depth bytes_from_json recurses to
@@ -117,6 +156,7 @@ class RequestHandlers:
         self._outbox.send_reply(protocol.published_frame(request.id, request.channel, published.position))
 
     async def _subscribe(self, request: protocol.Subscribe) -> None:
+        self.access.may_subscribe(request.channel, request.id, trio.current_time())
         config = self._config
         subscription = self.subscriptions.get(request.channel)
         if subscription is None:
@@ -148,6 +188,41 @@ class RequestHandlers:
             subscription.limit = self._limit(request.ack)
         start, recovered = await self._position(subscription, request.since, request.id)
         self._outbox.send_reply(protocol.subscribed_frame(request.id, request.channel, start, recovered))
+        self._join(subscription, request.presence)
+
+    def _join(self, subscription: Subscription, watch: bool) -> None:
+        """Presence on subscribe: watch join/leave (``"presence": true``), then join the list."""
+        channel, presence = subscription.channel, self._presence
+        if watch and subscription.events is None:
+            subscription.events = collections.deque()
+            presence.watch(channel, subscription)
+        elif not watch and subscription.events is not None:
+            presence.unwatch(channel, subscription)
+            subscription.events = None
+        if subscription.member is None:
+            assert subscription.broadcast is not None
+            subscription.member = presence.join(channel, self.member, subscription.broadcast.head)
+
+    def _leave(self, subscription: Subscription) -> None:
+        channel, presence = subscription.channel, self._presence
+        if subscription.events is not None:
+            presence.unwatch(channel, subscription)
+            subscription.events = None
+        if subscription.member is not None:
+            head = subscription.broadcast.head if subscription.broadcast is not None else 0
+            presence.leave(channel, self.member.conn, subscription.member, head)
+            subscription.member = None
+
+    def _presence_query(self, request: protocol.PresenceQuery) -> None:
+        self.access.may_read(request.channel, request.id)
+        presence = self._presence
+        members, complete = presence.members(request.channel), presence.complete(request.channel)
+        self._outbox.send_reply(presence_reply(request.id, request.channel, members, complete))
+
+    def _refresh(self, request: protocol.Refresh) -> None:
+        identity = self.access.refresh(request.token, request.id)
+        self._owner.token_refreshed(identity)
+        self._outbox.send_reply(protocol.refreshed_frame(request.id, identity.exp))
 
     def _tracker(self, ack: bool) -> AckTracker | None:
         if not ack:
@@ -188,6 +263,7 @@ class RequestHandlers:
     def _unsubscribe(self, request: protocol.Unsubscribe) -> None:
         subscription = self._require(request.channel, request.id)
         del self.subscriptions[request.channel]
+        self._leave(subscription)
         self._outbox.forget(subscription)
         self._retransmits.forget(subscription)
         self._hub.detach(request.channel, subscription)
@@ -206,6 +282,7 @@ class RequestHandlers:
             self._retransmits.arm()  # an ack resets the backoff: the next one may be due sooner
 
     async def _replay(self, request: protocol.Replay) -> None:
+        self.access.may_read(request.channel, request.id)
         subscription = self._require(request.channel, request.id)
         start, recovered = await self._position(subscription, request.since, request.id)
         self._outbox.send_reply(protocol.replaying_frame(request.id, request.channel, start, recovered))

@@ -132,6 +132,10 @@ class MemoryHub:
     def broadcast(self, channel: str) -> Broadcast | None:
         return self._channels.get(channel)
 
+    def channel_names(self) -> list[str]:
+        """The channels held, least recently used first (for the server API's channel list)."""
+        return list(self._channels)
+
     async def position(self, channel: str) -> Position | None:
         broadcast = self._channels.get(channel)
         return None if broadcast is None else broadcast.position

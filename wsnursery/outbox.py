@@ -39,7 +39,7 @@ BATCH_PER_SUBSCRIPTION = 512
 
 # Closes after which the writer still sends what is queued (bounded by close_timeout): the
 # going-away client keeps its pending frames, the abusive one gets the error frames that explain.
-_FLUSH_BEFORE_CLOSE = (CloseCode.GOING_AWAY, CloseCode.POLICY)
+_FLUSH_BEFORE_CLOSE = (CloseCode.GOING_AWAY, CloseCode.POLICY, CloseCode.TOKEN_EXPIRED)
 _OPEN = ConnectionState.OPEN
 
 
@@ -62,6 +62,7 @@ class Outbox:
         "_deliverer",
         "_frame_cache",
         "_max_control",
+        "_max_events",
         "_metrics",
         "_nursery",
         "_owner",
@@ -87,6 +88,7 @@ class Outbox:
         self._frame_cache = context.frames
         self._metrics = context.metrics
         self._max_control = context.config.max_control_queue
+        self._max_events = context.config.outbound_queue_size  # presence events a watcher may lag
         self.control: list[bytes] = []  # a list, not a deque: 56 bytes empty, not 624
         self.dirty: dict[Subscription, None] = {}
         self.sent_unacked: Any = _nothing  # called after a write that took unacked messages
@@ -184,6 +186,19 @@ class Outbox:
             self.dirty[subscription] = None
             self._deliverer.schedule(self)
 
+    def presence_notified(self, subscription: Subscription) -> None:
+        """A join/leave for a watching subscription: write it with the channel's messages, in
+        their order. A watcher holding ``outbound_queue_size`` unwritten events is slow (4008)."""
+        if self._owner.state is not _OPEN:
+            return
+        events = subscription.events
+        if events is not None and len(events) > self._max_events:
+            self.slow_consumer(subscription)
+            return
+        if subscription not in self.dirty:
+            self.dirty[subscription] = None
+            self._deliverer.schedule(self)
+
     def slow_consumer(self, subscription: Subscription) -> None:
         if self._owner.state is _OPEN:
             self._metrics.slow_consumer_closes.inc()
@@ -265,7 +280,10 @@ class Outbox:
             self._metrics.deliveries.inc(delivered)
 
     def _collect(self) -> tuple[bytes, int, int]:
-        """Take replies, then messages, up to the write budget: (bytes, frames, deliveries)."""
+        """Take replies, then messages, up to the write budget: (bytes, frames, deliveries).
+
+        A presence watcher's join/leave frames go between its channel's messages, each after
+        the message that was the head when it happened (``PresenceEvent.after``)."""
         parts: list[bytes] = []
         size = 0
         control = self.control
@@ -296,13 +314,34 @@ class Outbox:
                 self.slow_consumer(subscription)
                 break
             taken = 0
-            for message in messages:
-                frame = frames.get(message) or cache.encode(message, encoding)
-                parts.append(frame)
-                size += len(frame)
-                taken += 1
-                if size >= WRITE_BUDGET:
-                    break
+            events = subscription.events
+            if not events:
+                for message in messages:
+                    frame = frames.get(message) or cache.encode(message, encoding)
+                    parts.append(frame)
+                    size += len(frame)
+                    taken += 1
+                    if size >= WRITE_BUDGET:
+                        break
+            else:  # a presence watcher with joins/leaves pending: each goes after its message
+                for message in messages:
+                    while events and events[0].after < message.seq:
+                        frame = events.popleft().frame(encoding)
+                        parts.append(frame)
+                        size += len(frame)
+                        replies += 1  # a notice, not a delivery
+                    frame = frames.get(message) or cache.encode(message, encoding)
+                    parts.append(frame)
+                    size += len(frame)
+                    taken += 1
+                    if size >= WRITE_BUDGET:
+                        break
+                cursor = messages[taken - 1].seq if taken else subscription.cursor
+                while events and events[0].after <= cursor:
+                    frame = events.popleft().frame(encoding)
+                    parts.append(frame)
+                    size += len(frame)
+                    replies += 1
             if taken:
                 subscription.cursor = messages[taken - 1].seq
                 tracker = subscription.tracker
@@ -310,7 +349,7 @@ class Outbox:
                     tracker.on_sent(subscription.cursor, now)
                     unacked_sends = True
                 broadcast.progressed()
-            if subscription.cursor >= broadcast.head:
+            if subscription.cursor >= broadcast.head and not events:
                 del dirty[subscription]
         if unacked_sends:
             self.sent_unacked()  # the first unacked send starts a retransmit deadline

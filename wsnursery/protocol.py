@@ -44,6 +44,7 @@ class Subscribe:
     channel: str
     since: Position | None
     ack: bool
+    presence: bool = False  # also deliver join/leave frames (version 1.1)
 
 
 @attrs.frozen
@@ -74,7 +75,25 @@ class Replay:
     since: Position
 
 
-Request = Subscribe | Unsubscribe | Publish | Ack | Replay
+@attrs.frozen
+class Refresh:
+    """A new connection token before the current one expires (version 1.1)."""
+
+    id: int | None
+    token: str
+
+
+@attrs.frozen
+class PresenceQuery:
+    """Who is subscribed to a channel (version 1.1)."""
+
+    id: int | None
+    channel: str
+
+
+MAX_TOKEN_FIELD = 8192
+
+Request = Subscribe | Unsubscribe | Publish | Ack | Replay | Refresh | PresenceQuery
 
 
 class RequestParser:
@@ -88,11 +107,17 @@ class RequestParser:
         kind = frame.get("type")
         if not isinstance(kind, str):
             raise ProtocolError("bad_request", "a frame needs a string 'type'", request_id)
+        if kind == "refresh":  # the one request without a channel
+            return _parse_refresh(frame, request_id)
         parse = _PARSERS.get(kind)
         if parse is None:
             raise ProtocolError("unknown_type", f"unknown frame type {kind[:64]!r}", request_id)
         channel = self._channel(frame, request_id)
         return parse(frame, request_id, channel)
+
+    def check_channel(self, channel: str, request_id: int | None = None) -> None:
+        """ProtocolError ``invalid_channel`` unless ``channel`` is a valid name."""
+        self._channel({"channel": channel}, request_id)
 
     def _channel(self, frame: dict[str, Any], request_id: int | None) -> str:
         channel = frame.get("channel")
@@ -133,7 +158,22 @@ def _parse_subscribe(frame: dict[str, Any], request_id: int | None, channel: str
     ack = frame.get("ack", False)
     if type(ack) is not bool:
         raise ProtocolError("bad_request", "ack must be true or false", request_id)
-    return Subscribe(request_id, channel, _since(frame.get("since"), request_id, required=False), ack)
+    presence = frame.get("presence", False)
+    if type(presence) is not bool:
+        raise ProtocolError("bad_request", "presence must be true or false", request_id)
+    since = _since(frame.get("since"), request_id, required=False)
+    return Subscribe(request_id, channel, since, ack, presence)
+
+
+def _parse_refresh(frame: dict[str, Any], request_id: int | None) -> Refresh:
+    token = frame.get("token")
+    if not isinstance(token, str) or not (0 < len(token) <= MAX_TOKEN_FIELD):
+        raise ProtocolError("bad_request", f"refresh needs a token of 1 to {MAX_TOKEN_FIELD} characters", request_id)
+    return Refresh(request_id, token)
+
+
+def _parse_presence(frame: dict[str, Any], request_id: int | None, channel: str) -> PresenceQuery:
+    return PresenceQuery(request_id, channel)
 
 
 def _parse_unsubscribe(frame: dict[str, Any], request_id: int | None, channel: str) -> Unsubscribe:
@@ -170,6 +210,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int | None, str], Request]] = {
     "publish": _parse_publish,
     "ack": _parse_ack,
     "replay": _parse_replay,
+    "presence": _parse_presence,
 }
 
 
@@ -227,6 +268,13 @@ def message_frame(channel: str, epoch: str, seq: int, data: Any, ts: int) -> dic
 def error_frame(code: str, reason: str, request_id: int | None = None) -> dict[str, Any]:
     frame = _with_id({"type": "error"}, request_id)
     frame.update(code=code, reason=reason)
+    return frame
+
+
+def refreshed_frame(request_id: int | None, exp: float) -> dict[str, Any]:
+    """The answer to ``refresh``: the new token's expiry, in unix seconds."""
+    frame = _with_id({"type": "refreshed"}, request_id)
+    frame["exp"] = int(exp) if float(exp).is_integer() else exp
     return frame
 
 

@@ -21,7 +21,18 @@ from typing import Any
 
 import trio
 
-from . import __version__, handshake, http, logs, static
+from . import (
+    __version__,
+    access,
+    api,
+    api_http,
+    handshake,
+    http,
+    logs,
+    security,
+    static,
+    tls,
+)
 from .codec import Encoding
 from .config import Config
 from .connection import Connection
@@ -29,8 +40,11 @@ from .context import ConnectionContext
 from .delivery import Deliverer, FrameCache
 from .heartbeat import Heartbeats
 from .hub import Hub, MemoryHub
+from .limits import AddressCounter
 from .metrics import CONTENT_TYPE, Metrics
+from .presence import PresenceRegistry
 from .protocol import RequestParser
+from .server_api import ServerApiMixin
 from .stream import ServerStream, send_at_once
 from .timers import DeadlineTimer
 from .wire import CloseCode
@@ -40,9 +54,13 @@ log = logs.get("server")
 SPARE_SOCKETS = 64
 
 
-class Server:
+class Server(ServerApiMixin):
     def __init__(self, config: Config, hub: Hub | None = None) -> None:
         self.config = config
+        # Identity, API, origins, rates, TLS (issue 13): key files and the certificate are read
+        # here, once (config.ConfigError when unusable; the CLI checks before it gets here).
+        self.security = security.load(config)
+        self._addresses = AddressCounter(config.max_connections_per_ip)
         self.hub: Hub = hub or MemoryHub(
             history_size=config.history_size,
             history_bytes=config.history_bytes,
@@ -67,6 +85,13 @@ class Server:
             metrics=self.metrics,
             parser=RequestParser(config.channel_pattern),
             server_name=self.server_name,
+            security=self.security,
+            presence=PresenceRegistry(config.max_presence_members),
+        )
+        self._api = (
+            api.ApiHandler(self, config.api_key, self.check_channel, config.api_max_body)
+            if config.api_key is not None
+            else None
         )
         self.connections: set[Connection] = set()
         self.websockets = 0  # open WebSocket connections (pub/sub and echo)
@@ -101,13 +126,15 @@ class Server:
             connections.start_soon(self.deliverer.run)
             connections.start_soon(self.heartbeats.run)
             connections.start_soon(self.timer.run)
+            connections.start_soon(self.context.expiries.run)
             try:
                 async with trio.open_nursery() as accepting:
                     for listener in listeners:
                         accepting.start_soon(self._accept_loop, listener, connections)
+                    scheme = "ws" if self.security.ssl_context is None else "wss"
                     for listener in listeners:
                         host, port = listener.socket.getsockname()[:2]
-                        log.info("listening on ws://%s/", _authority(host, port))
+                        log.info("listening on %s://%s/", scheme, _authority(host, port))
                     task_status.started(self.ports)
                     await self._stop.wait()
                     await self._drain()
@@ -158,18 +185,20 @@ class Server:
             self.sockets += 1
             nursery.start_soon(self._handle_socket, stream)
 
-    async def _handle_socket(self, stream: trio.SocketStream) -> None:
+    async def _handle_socket(self, raw: trio.SocketStream) -> None:
+        context = self.security.ssl_context
+        stream: trio.abc.Stream = raw if context is None else tls.wrap(raw, context)
         try:
-            await self._route(stream)
+            await self._route(stream, raw)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            pass  # under TLS also a failed TLS handshake (trio wraps the SSL error)
         except Exception:
             log.exception("unexpected error on a connection")
         finally:
             self.sockets -= 1
-            stream.socket.close()  # at once, without a cancel scope and a checkpoint per socket
+            raw.socket.close()  # at once, without a cancel scope and a checkpoint per socket
 
-    async def _route(self, stream: trio.SocketStream) -> None:
+    async def _route(self, stream: trio.abc.Stream, raw: trio.SocketStream) -> None:
         buffer = bytearray()
         head = None
         with trio.move_on_after(self.config.handshake_timeout):  # the head, and any HTTP answer
@@ -184,6 +213,11 @@ class Server:
                 await stream.send_all(http.response(exc.status, f"{exc}\n".encode()))
                 return
             if not head.is_websocket:
+                if self._api is not None and api.is_api_path(head.target):  # off: as before (404/405)
+                    answer = await api_http.answer(stream, head, bytes(buffer[end:]), self._api)
+                    if answer is not None:
+                        await stream.send_all(answer)
+                    return
                 await stream.send_all(self._http_response(head))
                 return
         if head is None:  # the timeout came first
@@ -192,7 +226,7 @@ class Server:
                 await _send_quietly(stream, http.response(408, b"handshake timeout\n"))
             return
         if head.is_websocket:
-            await self._websocket(stream, head, bytes(buffer[end:]))
+            await self._websocket(stream, raw, head, bytes(buffer[end:]))
 
     def _http_response(self, head: http.RequestHead) -> bytes:
         if head.method != "GET":
@@ -218,7 +252,9 @@ class Server:
 
     # -- WebSocket --------------------------------------------------------------------
 
-    async def _websocket(self, stream: trio.SocketStream, head: http.RequestHead, after_head: bytes) -> None:
+    async def _websocket(
+        self, stream: trio.abc.Stream, raw: trio.SocketStream, head: http.RequestHead, after_head: bytes
+    ) -> None:
         endpoint = {"/": "pubsub", "/echo": "echo"}.get(head.path)
         refusal = None
         key = ""
@@ -233,23 +269,58 @@ class Server:
             refusal = (503, "server shutting down\n", "draining")
         elif refusal is None and self.websockets >= self.config.max_connections:
             refusal = (503, "too many connections, try later\n", "max_connections")
+        identity = None
+        headers: list[tuple[str, str]] = []
+        if refusal is None and endpoint is not None:
+            try:  # Origin (403), then the token (401): nothing of either is logged
+                identity = access.admit(self.security, head.headers, head.target, endpoint)
+            except access.Refused as exc:
+                refusal, headers = (exc.status, f"{exc}\n", exc.label), exc.headers
+        address = _peer_host(raw)
+        if refusal is None and not self._addresses.acquire(address):
+            refusal = (429, "too many connections from this address\n", "per_ip")
         if refusal is not None:
             status, text, reason = refusal
             self.metrics.count(self.metrics.connections_rejected, reason)
-            headers = [("Retry-After", "1")] if status == 503 else []
+            if status == 503:
+                headers = [("Retry-After", "1")]
             if status == 426:
                 headers = [("Sec-WebSocket-Version", handshake.VERSION)]
             await stream.send_all(http.response(status, text.encode(), extra_headers=headers))
             return
+        try:
+            await self._session(stream, raw, head, key, endpoint, after_head, identity)
+        finally:
+            self._addresses.release(address)
+
+    async def _session(
+        self,
+        stream: trio.abc.Stream,
+        raw: trio.SocketStream,
+        head: http.RequestHead,
+        key: str,
+        endpoint: str | None,
+        after_head: bytes,
+        identity: Any,
+    ) -> None:
         assert endpoint is not None  # no endpoint is a refusal
-        remote = _peer(stream)
+        remote = _peer(raw)
         self.websockets += 1
         try:
             encoding = await self._accept(stream, head, key)
-            server_stream = ServerStream(stream, len(after_head))
-            session = Connection(self.context, server_stream, after_head, encoding, remote, echo=endpoint == "echo")
+            server_stream = (
+                ServerStream(raw, len(after_head))
+                if stream is raw
+                else tls.TlsServerStream(stream, raw, len(after_head))  # type: ignore[arg-type]
+            )
+            session = Connection(
+                self.context, server_stream, after_head, encoding, remote, echo=endpoint == "echo", identity=identity
+            )
             self.metrics.count(self.metrics.connections_opened, endpoint)
-            log.info("open", extra={"fields": {"remote": remote, "endpoint": endpoint, "encoding": encoding.value}})
+            fields = {"remote": remote, "endpoint": endpoint, "encoding": encoding.value}
+            if session.user is not None:
+                fields["user"] = session.user
+            log.info("open", extra={"fields": fields})
             async with trio.open_nursery() as nursery:
                 code, reason = await self._serve(session, nursery)
                 if nursery.child_tasks:  # a writer; cancel() formats the task's repr, so only then
@@ -266,7 +337,7 @@ class Server:
             if self.draining and not self.websockets:
                 self._all_closed.set()
 
-    async def _accept(self, stream: trio.SocketStream, head: http.RequestHead, key: str) -> Encoding:
+    async def _accept(self, stream: trio.abc.Stream, head: http.RequestHead, key: str) -> Encoding:
         """Answer 101 with the negotiated subprotocol (see ``handshake``).
 
         No timeout: nothing was written to this socket before, so its send buffer (at least
@@ -275,7 +346,11 @@ class Server:
         encoding, subprotocol = Encoding.JSON, None
         if head.path == "/":
             encoding, subprotocol = Encoding.negotiate(handshake.offered_subprotocols(head))
-        await send_at_once(stream, handshake.switching_protocols(key, subprotocol))
+        answer = handshake.switching_protocols(key, subprotocol)
+        if isinstance(stream, trio.SocketStream):
+            await send_at_once(stream, answer)
+        else:  # TLS: through the SSL stream
+            await stream.send_all(answer)
         return encoding
 
     async def _serve(self, session: Connection, *args: Any) -> tuple[int | None, str]:
@@ -297,11 +372,18 @@ def _peer(stream: trio.SocketStream) -> str:
     return _authority(host, port)
 
 
+def _peer_host(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return "?"
+
+
 def _authority(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def _send_quietly(stream: trio.SocketStream, data: bytes) -> None:
+async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
     try:
         await stream.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -8,9 +8,11 @@ behind the last acknowledged message, not the last written one.
 
 from __future__ import annotations
 
+import collections
 from typing import Protocol
 
 from .broadcast import Cursor
+from .presence import PresenceEvent
 from .reliability import AckTracker
 
 
@@ -19,11 +21,13 @@ class Notified(Protocol):
 
     def notified(self, subscription: Subscription) -> None: ...
 
+    def presence_notified(self, subscription: Subscription) -> None: ...
+
 
 class Subscription(Cursor):
     """A ``broadcast.Cursor`` with a channel name, an owner to wake, and maybe an ack tracker."""
 
-    __slots__ = ("channel", "outbox", "ready", "replay_end", "tracker")
+    __slots__ = ("channel", "events", "member", "outbox", "ready", "replay_end", "tracker")
 
     def __init__(self, outbox: Notified, channel: str, tracker: AckTracker | None, limit: int) -> None:
         super().__init__(limit=limit)
@@ -32,6 +36,10 @@ class Subscription(Cursor):
         self.tracker = tracker
         self.ready = False  # the cursor is placed (after the subscribe's reply is queued)
         self.replay_end = 0  # the head when the cursor was placed: history up to it is a replay
+        # Presence: whether the channel lists this subscriber (None: not joined yet), and, for a
+        # subscription made with "presence": true, the join/leave events not yet written.
+        self.member: bool | None = None
+        self.events: collections.deque[PresenceEvent] | None = None
 
     @property
     def lag(self) -> int:
@@ -63,3 +71,9 @@ class Subscription(Cursor):
     def notify(self) -> None:
         if self.ready:
             self.outbox.notified(self)
+
+    def presence_event(self, event: PresenceEvent) -> None:
+        """A member joined or left the channel (``presence.Watcher``): written in channel order."""
+        if self.events is not None:
+            self.events.append(event)
+            self.outbox.presence_notified(self)

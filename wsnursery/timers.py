@@ -9,7 +9,8 @@ fires (the connection then re-arms).
 
 Bounds: one armed deadline per connection; heap entries left behind by a re-arm or a
 closed connection hold a slot, not the connection, and leave when their time comes (at most
-``ack_max_timeout`` later).
+``ack_max_timeout`` later), or sooner: once they are more than half the heap, the heap is
+rebuilt without them (token expiries, also timed here, may be hours away).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class DeadlineTimer:
         self._armed: dict[Timed, _Slot] = {}
         self._order = itertools.count()
         self._changed = trio.Event()
+        self._stale = 0  # heap entries whose member was disarmed or re-armed
 
     def __len__(self) -> int:
         return len(self._armed)
@@ -52,6 +54,7 @@ class DeadlineTimer:
             if slot.deadline <= deadline:
                 return
             slot.member = None
+            self._left_behind()
         slot = self._armed[member] = _Slot(member, deadline)
         first = not self._heap or deadline < self._heap[0][0]
         heapq.heappush(self._heap, (deadline, next(self._order), slot))
@@ -62,6 +65,15 @@ class DeadlineTimer:
         slot = self._armed.pop(member, None)
         if slot is not None:
             slot.member = None
+            self._left_behind()
+
+    def _left_behind(self) -> None:
+        """One more heap entry without a member: past half the heap, drop them all (amortised O(1))."""
+        self._stale += 1
+        if self._stale > 64 and self._stale * 2 > len(self._heap):
+            self._heap = [entry for entry in self._heap if entry[2].member is not None]
+            heapq.heapify(self._heap)
+            self._stale = 0
 
     def next_deadline(self) -> float:
         return self._heap[0][0] if self._heap else math.inf
@@ -75,6 +87,8 @@ class DeadlineTimer:
             if member is not None:
                 del self._armed[member]
                 due.append(member)
+            elif self._stale:
+                self._stale -= 1
         return due
 
     async def run(self) -> None:
