@@ -11,7 +11,7 @@ import json
 import pytest
 import trio
 
-from .test_server_support import (  # server_errors: a fixture
+from .helpers import (  # server_errors: a fixture
     metric,
     raw_request,
     raw_welcome,

@@ -19,7 +19,7 @@ from wsnursery.config import Config
 from wsnursery.server import Server
 
 from .conftest import TEST_DEFAULTS
-from .test_server_support import http_get, server_errors, wait_until  # noqa: F401 (a fixture)
+from .helpers import http_get, server_errors, wait_until  # noqa: F401 (a fixture)
 from .wsclient import RawClient, connect
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
