@@ -9,7 +9,7 @@ import trio_websocket
 from .helpers import metric, server_errors  # noqa: F401 (a fixture)
 from .wsclient import connect
 
-ACKS = dict(ack_timeout=0.1, ack_max_timeout=0.4)
+ACKS = {"ack_timeout": 0.1, "ack_max_timeout": 0.4}
 
 pytestmark = pytest.mark.usefixtures("server_errors")
 
