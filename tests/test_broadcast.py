@@ -77,6 +77,31 @@ def test_messages_past_their_age_expire_from_the_front():
     assert len(broadcast) == 0 and broadcast.bytes == 0 and broadcast.after(3, 5) == []
 
 
+def test_a_hub_can_backfill_older_messages_in_front_as_far_as_the_bounds_allow():
+    """A remote hub that reads its store for a resume from before the window puts the older
+    messages back in front of the oldest held one."""
+    broadcast = make(capacity=4, max_bytes=10, max_age=5.0)
+    for born in (0.0, 0.0, 0.0, 10.0, 10.0):
+        send(broadcast, size=1, born=born)
+    broadcast.expire(12.0)  # the age drops seqs 1 to 3: 4 and 5 are held
+    assert (broadcast.oldest, broadcast.head, broadcast.bytes) == (4, 5, 2)
+    older = [Message("ch", "ep", seq, seq, 0, 0.0, 3) for seq in (1, 2, 3)]
+    assert broadcast.backfill(older) == 2  # 3 then 2 fit the capacity; 1 does not
+    assert (broadcast.oldest, broadcast.bytes) == (2, 8)
+    assert [m.seq for m in broadcast.after(1, 10)] == [2, 3, 4, 5]
+    assert broadcast.holds_after(1) and not broadcast.holds_after(0)
+    with pytest.raises(ValueError):
+        broadcast.backfill([older[1]])  # must end right before the oldest held (1)
+    with pytest.raises(ValueError):
+        broadcast.backfill([older[0], older[0]])  # and be contiguous
+    assert broadcast.backfill([]) == 0
+    tight = make(capacity=10, max_bytes=5, max_age=5.0)
+    send(tight, size=1, born=0.0)
+    send(tight, size=2, born=10.0)
+    tight.expire(12.0)
+    assert tight.backfill([Message("ch", "ep", 1, None, 0, 0.0, 4)]) == 0  # 2 + 4 > 5 bytes
+
+
 def test_seqs_must_follow_the_head_and_bounds_must_be_positive():
     broadcast = make()
     with pytest.raises(ValueError):
@@ -160,14 +185,16 @@ def test_policy_close_leaves_the_decision_to_the_receiver_and_never_waits():
             st.tuples(st.just("send"), st.integers(0, 20)),
             st.tuples(st.just("read"), st.integers(0, 5)),
             st.tuples(st.just("expire"), st.floats(0, 3)),
+            st.tuples(st.just("backfill"), st.integers(0, 6)),
         ),
         max_size=80,
     ),
 )
 def test_against_a_list_model(capacity, max_bytes, steps):
-    """Whatever is sent, read and expired: the broadcast holds the longest suffix of what was sent
-    that fits both bounds (and the age), a cursor reads exactly the model's messages after it,
-    and a cursor behind what is held is reported lost rather than handed a gap."""
+    """Whatever is sent, read, expired and backfilled, the broadcast holds exactly what a list
+    model holds (the newest messages that fit both bounds and the age, and what was backfilled
+    in front while it fit), a cursor reads exactly the model's messages after it, and a cursor
+    behind what is held is reported lost rather than handed a gap."""
     broadcast = make(capacity=capacity, max_bytes=max_bytes, max_age=5.0)
     cursor = Cursor(broadcast, limit=capacity)
     sent: list[Message] = []
@@ -184,6 +211,16 @@ def test_against_a_list_model(capacity, max_bytes, steps):
             now += value
             broadcast.expire(now)
             held = [m for m in held if m.born >= now - 5.0]
+        elif kind == "backfill":  # what a remote hub reads back from its store
+            older = sent[: broadcast.oldest - 1][-value:] if value else []
+            went = broadcast.backfill(older)
+            expected = 0
+            for message in reversed(older):
+                if len(held) >= capacity or sum(m.size for m in held) + message.size > max_bytes:
+                    break
+                held.insert(0, message)
+                expected += 1
+            assert went == expected
         else:
             taken = cursor.take(value)
             missing = any(m.seq > cursor.cursor for m in sent if m not in held)

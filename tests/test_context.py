@@ -12,7 +12,7 @@ from wsnursery.context import ConnectionContext
 from wsnursery.hub import MemoryHub
 from wsnursery.server import Server
 
-from .test_server_support import raw_welcome
+from .helpers import raw_welcome
 from .wsclient import RawClient
 
 

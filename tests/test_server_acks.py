@@ -6,10 +6,10 @@ import pytest
 import trio
 import trio_websocket
 
-from .test_server_support import metric, server_errors  # noqa: F401 (a fixture)
+from .helpers import metric, server_errors  # noqa: F401 (a fixture)
 from .wsclient import connect
 
-ACKS = dict(ack_timeout=0.1, ack_max_timeout=0.4)
+ACKS = {"ack_timeout": 0.1, "ack_max_timeout": 0.4}
 
 pytestmark = pytest.mark.usefixtures("server_errors")
 

@@ -11,7 +11,7 @@ import json
 import pytest
 import trio
 
-from .test_server_support import (  # server_errors: a fixture
+from .helpers import (  # server_errors: a fixture
     metric,
     raw_request,
     raw_welcome,
@@ -280,3 +280,32 @@ async def test_oversize_message_still_being_sent_gets_the_1009_close_frame(start
             assert await raw.read_frame() is None  # then the server ends the TCP connection
     finally:
         await raw.aclose()
+
+
+async def test_a_subscriber_whose_next_message_left_history_is_closed_4008(start_server):
+    """Not its lag in messages (far under ``outbound_queue_size``) but the history's byte bound:
+    while its socket is backed up, the messages after its cursor are dropped, so when it reads
+    again it gets what was in flight, then 4008 (resume with ``since``), never a gap."""
+    running = await start_server(
+        outbound_queue_size=4096, history_size=4096, history_bytes=65_536, close_timeout=5.0
+    )
+    slow = await _slow_subscriber(running.port)
+    broadcast = running.server.hub.broadcast(CHANNEL)
+    assert broadcast is not None
+    [subscription] = broadcast.receivers
+    async with connect(running.url) as pub:
+        published = 0
+        with trio.fail_after(60):
+            while not (subscription.lost and not subscription.outbox.stream.idle):
+                assert published < 4000, "the slow subscriber never fell out of history"
+                await pub.publish(CHANNEL, {"i": published, "pad": PAD})
+                published += 1
+        assert metric(running.server, "wsnursery_slow_consumer_closes_total") == 0  # not by its lag
+        with trio.fail_after(30):
+            seqs, code = await _read_messages(slow)  # reading lets its writer go on: the next is gone
+        assert (await pub.publish(CHANNEL, "still serving"))["seq"] == published + 1
+    await slow.aclose()
+    assert code == 4008
+    assert seqs == list(range(1, len(seqs) + 1))  # in order, no gap, up to the close
+    assert seqs[-1] < broadcast.oldest - 1
+    assert metric(running.server, "wsnursery_slow_consumer_closes_total") == 1

@@ -15,7 +15,7 @@ import trio_websocket
 
 from wsnursery.codec import Encoding
 
-from .test_server_support import metric, raw_welcome, server_errors, text_frame, wait_until  # noqa: F401
+from .helpers import metric, raw_welcome, server_errors, text_frame, wait_until  # noqa: F401
 from .wsclient import RawClient, connect
 
 

@@ -7,7 +7,7 @@ import trio
 
 from wsnursery import handshake
 
-from .test_server_support import http_request, parse_http
+from .helpers import http_request, parse_http
 from .wsclient import TIMEOUT, RawClient, masked_frame
 
 RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3's example

@@ -7,7 +7,7 @@ import json
 import pytest
 import trio
 
-from .test_server_support import (  # noqa: F401 (a fixture)
+from .helpers import (  # noqa: F401 (a fixture)
     metric,
     raw_welcome,
     server_errors,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio_websocket
 
-from .test_server_support import http_get, http_request, server_errors  # noqa: F401 (a fixture)
+from .helpers import http_get, http_request, server_errors  # noqa: F401 (a fixture)
 from .wsclient import connect
 
 pytestmark = pytest.mark.usefixtures("server_errors")

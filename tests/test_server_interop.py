@@ -14,7 +14,7 @@ import trio
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from .test_server_support import server_errors  # noqa: F401 (a fixture)
+from .helpers import server_errors  # noqa: F401 (a fixture)
 
 TIMEOUT = 10
 

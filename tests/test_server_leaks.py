@@ -7,7 +7,7 @@ import random
 import pytest
 import trio
 
-from .test_server_support import (  # server_errors: a fixture
+from .helpers import (  # server_errors: a fixture
     abort,
     count_tasks,
     raw_request,

@@ -11,7 +11,7 @@ import trio_websocket
 from wsnursery import codec
 from wsnursery.codec import Encoding
 
-from .test_server_support import (  # server_errors: a fixture
+from .helpers import (  # server_errors: a fixture
     http_get,
     http_request,
     metric,

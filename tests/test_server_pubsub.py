@@ -8,7 +8,7 @@ import trio
 from wsnursery import codec
 from wsnursery.codec import Encoding
 
-from .test_server_support import metric, server_errors  # noqa: F401 (a fixture)
+from .helpers import metric, server_errors  # noqa: F401 (a fixture)
 from .wsclient import bytes_form, connect
 
 ENCODINGS = [

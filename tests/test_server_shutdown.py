@@ -19,7 +19,7 @@ from wsnursery.config import Config
 from wsnursery.server import Server
 
 from .conftest import TEST_DEFAULTS
-from .test_server_support import http_get, server_errors, wait_until  # noqa: F401 (a fixture)
+from .helpers import http_get, server_errors, wait_until  # noqa: F401 (a fixture)
 from .wsclient import RawClient, connect
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,26 +84,25 @@ async def _close_code(client) -> int:
 
 
 async def test_sigterm_drains_with_1001_healthz_503_and_exits_0():
-    async with serve("--shutdown-timeout", "1.5", "--close-timeout", "5") as served:
-        async with connect(served.url) as client:
-            await client.subscribe("bye")
-            assert (await http_get(served.port, "/healthz")).status == 200
-            # A client that never answers the close keeps the server draining until shutdown_timeout.
-            stubborn = await RawClient.connect(served.port)
-            signalled = trio.current_time()
-            served.signal(signal.SIGTERM)
-            assert await _close_code(client) == 1001
-            assert await stubborn.read_close_code() == 1001  # read, never answered
-            health = await http_get(served.port, "/healthz")
-            assert health.status == 503
-            assert health.json()["status"] == "draining"
-            with pytest.raises(trio_websocket.ConnectionRejected) as rejected:
-                async with connect(served.url):
-                    pass  # pragma: no cover
-            assert rejected.value.status_code == 503
-            assert await served.exit_code(within=1.5 + 5) == 0
-            elapsed = trio.current_time() - signalled
-            await stubborn.aclose()
+    async with serve("--shutdown-timeout", "1.5", "--close-timeout", "5") as served, connect(served.url) as client:
+        await client.subscribe("bye")
+        assert (await http_get(served.port, "/healthz")).status == 200
+        # A client that never answers the close keeps the server draining until shutdown_timeout.
+        stubborn = await RawClient.connect(served.port)
+        signalled = trio.current_time()
+        served.signal(signal.SIGTERM)
+        assert await _close_code(client) == 1001
+        assert await stubborn.read_close_code() == 1001  # read, never answered
+        health = await http_get(served.port, "/healthz")
+        assert health.status == 503
+        assert health.json()["status"] == "draining"
+        with pytest.raises(trio_websocket.ConnectionRejected) as rejected:
+            async with connect(served.url):
+                pass  # pragma: no cover
+        assert rejected.value.status_code == 503
+        assert await served.exit_code(within=1.5 + 5) == 0
+        elapsed = trio.current_time() - signalled
+        await stubborn.aclose()
     assert 1.3 <= elapsed < 1.5 + 5, elapsed
     log = served.stderr.decode()
     assert "shutting down" in log and "stopped" in log, log
@@ -138,9 +137,10 @@ async def test_second_signal_stops_at_once():
         await stubborn.aclose()
 
 
-async def test_shutdown_timeout_bounds_the_drain_even_past_close_timeout(server_errors):
+@pytest.mark.usefixtures("server_errors")
+async def test_shutdown_timeout_bounds_the_drain_even_past_close_timeout():
     """In process: clients that never answer the close cannot hold the server past shutdown_timeout."""
-    config = Config(**(TEST_DEFAULTS | dict(shutdown_timeout=0.3, close_timeout=30.0)))
+    config = Config(**(TEST_DEFAULTS | {"shutdown_timeout": 0.3, "close_timeout": 30.0}))
     server = Server(config)
     async with trio.open_nursery() as nursery:
         [port] = await nursery.start(server.run)

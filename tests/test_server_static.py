@@ -6,7 +6,7 @@ import pytest
 
 from wsnursery import static
 
-from .test_server_support import http_get, http_request, server_errors  # noqa: F401 (a fixture)
+from .helpers import http_get, http_request, server_errors  # noqa: F401 (a fixture)
 from .wsclient import connect
 
 pytestmark = pytest.mark.usefixtures("server_errors")

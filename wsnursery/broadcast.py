@@ -134,6 +134,27 @@ class Broadcast:
         for receiver in tuple(self.receivers):
             receiver.notify()
 
+    def backfill(self, messages: list[Message]) -> int:
+        """Put older messages back in front of the oldest held one (a hub that reads its store
+        for a resume from before the window). ``messages`` must end at seq ``oldest - 1``,
+        contiguous, oldest first; the newest of them go in first, as many as the bounds
+        allow (what does not fit stays out, as if dropped). Returns how many went in.
+        Receivers are not notified: nothing after their cursors changed."""
+        if messages and messages[-1].seq != self.oldest - 1:
+            raise ValueError(f"backfill must end at seq {self.oldest - 1}, not {messages[-1].seq}")
+        first = self.oldest - len(messages)
+        if first < 1 or any(message.seq != first + i for i, message in enumerate(messages)):
+            raise ValueError("backfilled seqs must be contiguous, oldest first, and at least 1")
+        taken = 0
+        for message in reversed(messages):
+            if len(self) >= self.capacity or self.bytes + message.size > self.max_bytes:
+                break
+            self._ring[message.seq % self.capacity] = message
+            self.oldest = message.seq
+            self.bytes += message.size
+            taken += 1
+        return taken
+
     def expire(self, now: float) -> None:
         """Drop messages older than ``max_age`` (by ``born``) from the front."""
         deadline = now - self.max_age

@@ -132,9 +132,6 @@ class Connection:
             self.outbox.queue(control_frame(Opcode.PING, self._pings_sent.to_bytes(4, "big")))
             self._pong.pinged(trio.current_time())
 
-    def excuse_heartbeat(self, excused: bool) -> None:
-        self._pong.excuse(excused)
-
     # -- token expiry (the server's ``expiries`` timer) ---------------------------------
 
     def _arm_expiry(self) -> None:
@@ -268,7 +265,7 @@ class Connection:
     async def _read_loop(self) -> None:
         received = self.context.metrics.messages_in
         handle = self.handlers.handle
-        outbox = self.outbox
+        outbox, pong = self.outbox, self._pong
         expect_text = not self.encoding.is_binary
         while (payload := await self._receive_message()) is not None:
             received.inc()
@@ -279,7 +276,13 @@ class Connection:
                     f"{self.encoding.subprotocol} carries {kind} frames only",
                 )
                 return
-            await handle(payload)
+            # While a request waits on the server (a publish held up under policy ``block``, a
+            # remote hub's I/O), the client's silence is not its fault: no pong deadline.
+            pong.excuse()
+            try:
+                await handle(payload)
+            finally:
+                pong.resume()
             if self.state is not _OPEN:
                 return
             if outbox.crowded:

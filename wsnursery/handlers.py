@@ -42,10 +42,6 @@ class Owner(Protocol):
 
     def request_close(self, code: int, reason: str) -> None: ...
 
-    def excuse_heartbeat(self, excused: bool) -> None:
-        """While the server itself holds a request up (a publish waiting under policy ``block``),
-        the client's silence is not its fault."""
-
     def token_refreshed(self, identity: Identity) -> None:
         """A ``refresh`` replaced the token: its new expiry applies."""
 
@@ -143,14 +139,11 @@ class RequestHandlers:
                 data = codec.bytes_from_json(data)
         except codec.ValueNotCarried as exc:
             raise ProtocolError("bad_request", str(exc), request.id) from None
-        self._owner.excuse_heartbeat(True)
         try:
             published = await self._hub.publish(request.channel, data, request.key, size)
         except ProtocolError as exc:
             exc.request_id = request.id
             raise
-        finally:
-            self._owner.excuse_heartbeat(False)
         metrics = self._metrics
         (metrics.duplicate_publishes if published.duplicate else metrics.publishes).inc()
         self._outbox.send_reply(protocol.published_frame(request.id, request.channel, published.position))

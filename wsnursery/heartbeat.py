@@ -12,9 +12,9 @@ connection has the same interval, so the next ping due is always the oldest one 
 one FIFO queue serves any number of connections. ``Heartbeats`` is its Trio shell.
 
 Costs: a ping sets the scope's deadline once (only when none is pending), the first read after
-it clears it once; reads in between touch nothing. While the server itself holds a connection
-up (a publish waiting under policy ``block``), its deadline is lifted and pings set none
-(``excuse``): the server's own backpressure is not the client's silence.
+it clears it once; reads in between touch nothing. While the server itself holds a connection's
+reader up (a publish waiting under policy ``block``, a remote hub's I/O), its deadline is
+suspended (``excuse``, ``resume``): the server's own backpressure is not the client's silence.
 
 Bounds: the ping queue holds one entry per connection; a connection that leaves is dropped
 from it when its entry comes up.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -41,21 +42,29 @@ class PongDeadline:
     earlier deadline: the first unanswered ping decides. ``pending`` mirrors "a deadline is
     set", so that the check on every read is one attribute, not the scope's ``deadline``
     property (about 0.3 us in trio 0.35).
+
+    While the server itself holds the connection's reader up (``excuse``/``resume``), the
+    deadline is suspended and pings set none; a ping still unanswered when the reader resumes
+    gets a fresh ``timeout`` from then, since the server read nothing meanwhile.
     """
 
-    __slots__ = ("excused", "pending", "scope", "timeout")
+    __slots__ = ("clock", "excused", "pending", "scope", "timeout")
 
-    def __init__(self, scope: trio.CancelScope, timeout: float) -> None:
+    def __init__(
+        self, scope: trio.CancelScope, timeout: float, clock: Callable[[], float] = trio.current_time
+    ) -> None:
         self.scope = scope
         self.timeout = timeout
+        self.clock = clock
         self.excused = False
         self.pending = False
 
     def pinged(self, now: float) -> None:
         """A ping went out at ``now``: the peer has ``timeout`` seconds to send anything."""
-        if not self.excused and not self.pending:
+        if not self.pending:
             self.pending = True
-            self.scope.deadline = now + self.timeout
+            if not self.excused:
+                self.scope.deadline = now + self.timeout
 
     def heard(self) -> None:
         """Something arrived from the peer: every ping so far is answered."""
@@ -63,11 +72,17 @@ class PongDeadline:
             self.pending = False
             self.scope.deadline = math.inf
 
-    def excuse(self, excused: bool) -> None:
-        """While ``excused`` the peer may stay silent (the server holds it up); no deadline."""
-        self.excused = excused
-        if excused:
-            self.heard()
+    def excuse(self) -> None:
+        """The server holds the reader up (a request waiting on the hub): no deadline meanwhile."""
+        self.excused = True
+        if self.pending:
+            self.scope.deadline = math.inf
+
+    def resume(self) -> None:
+        """The reader goes on: a ping still unanswered gets ``timeout`` from now."""
+        self.excused = False
+        if self.pending:
+            self.scope.deadline = self.clock() + self.timeout
 
 
 class _Slot:

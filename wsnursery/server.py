@@ -353,12 +353,14 @@ class Server(ServerApiMixin):
             await stream.send_all(answer)
         return encoding
 
-    async def _serve(self, session: Connection, *args: Any) -> tuple[int | None, str]:
+    async def _serve(self, session: Connection, nursery: trio.Nursery) -> tuple[int | None, str]:
         self.connections.add(session)
+        if self.draining:  # the drain began while this one was being accepted: it missed the 1001
+            session.request_close(CloseCode.GOING_AWAY, "server shutting down")
         if self._aborted:
             session.abort()
         try:
-            await session.run(*args)
+            await session.run(nursery)
         finally:
             self.connections.discard(session)
         return session.close_code, session.close_reason

@@ -1,8 +1,8 @@
 """A connection's subscription to one channel: a receive cursor into the channel's broadcast.
 
 It never holds messages: its ``cursor`` is the seq of the last message written to the client,
-and its connection's outbox reads what follows from the broadcast (``Cursor.take``) when it
-writes. With acks (``"ack": true``) it also has an ``AckTracker``, and the lag that counts is
+and its connection's outbox reads what follows from the broadcast (``Broadcast.after`` the
+cursor, which is ``Cursor.take`` without the method call on the hot path) when it writes. With acks (``"ack": true``) it also has an ``AckTracker``, and the lag that counts is
 behind the last acknowledged message, not the last written one.
 """
 

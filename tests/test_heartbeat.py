@@ -70,15 +70,22 @@ def test_a_second_ping_keeps_the_first_unanswered_deadline():
     assert pong.scope.deadline == 8.0
 
 
-def test_an_excused_connection_has_no_deadline_until_the_excuse_ends():
+def test_an_excused_connection_has_no_deadline_until_it_resumes_then_a_fresh_timeout():
     """Backpressure the server applies (a publish waiting under ``block``) is not silence."""
-    pong = PongDeadline(trio.CancelScope(), 1.0)
+    now = [0.0]
+    pong = PongDeadline(trio.CancelScope(), 1.0, clock=lambda: now[0])
     pong.pinged(0.0)
-    pong.excuse(True)
-    assert pong.scope.deadline == math.inf  # the pending deadline is lifted ...
+    pong.excuse()
+    assert pong.scope.deadline == math.inf  # the pending deadline is suspended ...
     pong.pinged(5.0)
     assert pong.scope.deadline == math.inf  # ... and pings meanwhile set none
-    pong.excuse(False)
+    now[0] = 7.0
+    pong.resume()
+    assert pong.scope.deadline == 8.0  # still unanswered: timeout from when reading resumes
+    pong.heard()
+    pong.excuse()
+    pong.resume()
+    assert pong.scope.deadline == math.inf  # nothing pending, nothing set
     pong.pinged(9.0)
     assert pong.scope.deadline == 10.0
 
