@@ -111,7 +111,7 @@ class RequestHandlers:
             else:
                 self._refresh(request)
         except codec.DecodeError as exc:
-            self._error(ProtocolError("bad_request", str(exc)))
+            self._error(ProtocolError("bad_request", str(exc), exc.request_id))
         except ProtocolError as exc:
             self._error(exc)
 
