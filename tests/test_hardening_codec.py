@@ -132,8 +132,9 @@ HOSTILE_CBOR = [
 ]
 
 
+@pytest.mark.usefixtures("server_errors")
 @pytest.mark.parametrize("payload", HOSTILE_CBOR)
-async def test_aliasing_cbor_gets_bad_request_and_reaches_no_subscriber(server, server_errors, payload):
+async def test_aliasing_cbor_gets_bad_request_and_reaches_no_subscriber(server, payload):
     async with bystanders(server.url) as check, connect(server.url, Encoding.CBOR) as client:
         async with connect(server.url) as json_sub:
             await json_sub.subscribe("a")
@@ -146,7 +147,8 @@ async def test_aliasing_cbor_gets_bad_request_and_reaches_no_subscriber(server, 
         await check(1)
 
 
-async def test_a_lone_surrogate_channel_is_refused_whatever_the_pattern(start_server, server_errors):
+@pytest.mark.usefixtures("server_errors")
+async def test_a_lone_surrogate_channel_is_refused_whatever_the_pattern(start_server):
     """Item 10: ``'^.{1,64}$'`` admits ``"\\ud800"``; the old server logged a traceback from the
     encoder and dropped the connection without a close frame."""
     running = await start_server(channel_pattern="^.{1,64}$")
