@@ -3,7 +3,8 @@
     python benches/hardening.py                  # every scenario, each on a fresh server
     python benches/hardening.py --only storm,dag # some of them
 
-Each scenario starts a fresh ``python -m wsnursery serve`` on 127.0.0.1 (ephemeral port),
+Run from the repository root. Each scenario starts a fresh ``python -m wsnursery serve``
+(the repository's code) on 127.0.0.1 (ephemeral port),
 reads the server's RSS (psutil) before and after sending one hostile input from a raw
 socket client, and reports the bytes sent, the RSS growth, growth per byte sent, what the
 client got back, and how long a second, well-behaved client waited for a pong meanwhile
@@ -26,10 +27,11 @@ from pathlib import Path
 import cbor2
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
-from benches.lib.machine import describe
-from benches.lib.servers import COMMANDS, ServerProcess
+from harness.machine import describe
+from harness.servers import ServerProcess, wsnursery_argv
 
 MIB = 1 << 20
 MASK = b"\x01\x02\x03\x04"
@@ -247,7 +249,7 @@ SCENARIOS = {
 
 
 def run(name: str) -> dict[str, object]:
-    with ServerProcess("wsnursery", COMMANDS["wsnursery"]) as server:
+    with ServerProcess("wsnursery", wsnursery_argv(), cwd=REPO) as server:
         assert server.port is not None
         process = psutil.Process(server.pid)
         time.sleep(0.5)
