@@ -10,9 +10,6 @@ from .test_server_support import raw_welcome, server_errors  # noqa: F401
 from .wsclient import RawClient, masked_frame
 
 pytestmark = pytest.mark.usefixtures("server_errors")
-# Fixed in the connection code after the connection refactor lands; until then they
-# document the bug (strict: a pass is reported, so the mark cannot outlive the fix).
-not_yet = pytest.mark.xfail(strict=True, reason="issue 12 item 11: connection-level fix pending")
 
 
 async def frames_until_close(client: RawClient) -> list[tuple[int, bytes]]:
@@ -24,7 +21,6 @@ async def frames_until_close(client: RawClient) -> list[tuple[int, bytes]]:
     return frames
 
 
-@not_yet
 async def test_a_ping_then_a_close_in_one_read_gets_its_pong_before_the_close(server):
     """Item 11 (RFC 6455 5.5.2): the ping came first, so its pong is owed."""
     client = await RawClient.connect(server.port)
@@ -37,7 +33,6 @@ async def test_a_ping_then_a_close_in_one_read_gets_its_pong_before_the_close(se
     assert frames[1][1][:2] == struct.pack("!H", 1000)
 
 
-@not_yet
 async def test_an_echo_just_before_a_bad_frame_in_one_read_is_not_lost(server):
     """Item 11: the message was whole and valid; the bad frame after it closes 1002 after it."""
     client = await RawClient.connect(server.port, path="/echo")
@@ -48,7 +43,6 @@ async def test_an_echo_just_before_a_bad_frame_in_one_read_is_not_lost(server):
     assert frames[-1][0] == 0x8 and frames[-1][1][:2] == struct.pack("!H", 1002), frames
 
 
-@not_yet
 async def test_pongs_and_replies_before_a_protocol_error_are_sent_first(server):
     client = await RawClient.connect(server.port)
     await raw_welcome(client)

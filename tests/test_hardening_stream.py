@@ -25,23 +25,23 @@ async def read_all(peer: trio.SocketStream, size: int) -> bytes:
     return bytes(data)
 
 
-async def send_until_blocked(stream: ServerStream, data: bytes, ends: list[int]) -> None:
+async def send_until_blocked(stream: ServerStream, parts: list[bytes]) -> None:
     """Start ``send_all`` and cancel it once it waits on the full socket."""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(stream.send_all, data, ends)
+        nursery.start_soon(stream.send_all, b"".join(parts), parts)
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
 
 
-def frames(count: int) -> tuple[bytes, list[int]]:
-    data = b"".join(bytes([index % 251]) * FRAME for index in range(count))
-    return data, [FRAME * (index + 1) for index in range(count)]
+def frames(count: int) -> tuple[bytes, list[bytes]]:
+    parts = [bytes([index % 251]) * FRAME for index in range(count)]
+    return b"".join(parts), parts
 
 
 async def test_a_cancelled_send_keeps_exactly_its_unsent_rest():
     stream, peer = await pair()
-    data, ends = frames(8192)  # 8 MB: far more than the socket buffers take
-    await send_until_blocked(stream, data, ends)
+    data, parts = frames(8192)  # 8 MB: far more than the socket buffers take
+    await send_until_blocked(stream, parts)
     assert stream.backlog is not None and 0 < len(stream.backlog) < len(data)
     assert stream.bytes_out + len(stream.backlog) == len(data)
     async with trio.open_nursery() as nursery:
@@ -52,8 +52,8 @@ async def test_a_cancelled_send_keeps_exactly_its_unsent_rest():
 
 async def test_a_close_frame_overtakes_whole_frames_but_never_cuts_one():
     stream, peer = await pair()
-    data, ends = frames(8192)
-    await send_until_blocked(stream, data, ends)
+    data, parts = frames(8192)
+    await send_until_blocked(stream, parts)
     written = stream.bytes_out
     dropped = stream.cut_backlog()
     assert dropped > 0

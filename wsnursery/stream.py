@@ -7,13 +7,15 @@ backlog first. ``close_now`` closes the socket at once, without a checkpoint.
 
 Sends count exactly what the socket took, also when they are cancelled: the rest of a
 cancelled send becomes the backlog, so a frame is never left half written behind a close
-frame. A send may say where its frames end (``ends``); ``cut_backlog`` then drops every
-whole frame of the backlog after the one under way, so that a close frame can go out
-ahead of data it replaces (a slow consumer's 4008) once that one frame is finished.
+frame. A send may pass the frames its data is made of (``frames``: only their sizes are
+used, and only when the send is partial); ``cut_backlog`` then drops every whole frame of
+the backlog after the one under way, so that a close frame can go out ahead of data it
+replaces (a slow consumer's 4008) once that one frame is finished.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import struct
@@ -66,28 +68,28 @@ class ServerStream:
         self.bytes_in += len(data)
         return data
 
-    def send_nowait(self, data: bytes, ends: Sequence[int] = ()) -> bool:
+    def send_nowait(self, data: bytes, frames: Sequence[bytes] = ()) -> bool:
         """Write what the socket takes now (only when ``idle``); True when all of ``data`` went.
 
-        The rest becomes the backlog, which the next ``send_all`` writes first. ``ends``: where
-        the frames in ``data`` end (offsets, ascending), for ``cut_backlog``. Raises
+        The rest becomes the backlog, which the next ``send_all`` writes first. ``frames``: what
+        ``data`` is the concatenation of, for ``cut_backlog``. Raises
         ``trio.BrokenResourceError`` when the connection is gone.
         """
         assert self.idle, "send_nowait while a send is under way"
         sent = _write_now(self._fd, data)
         self.bytes_out += sent
         if sent < len(data):
-            self._keep(memoryview(data), sent, ends)
+            self._keep(memoryview(data), sent, _ends(frames))
             return False
         return True
 
-    async def send_all(self, data: bytes | bytearray | memoryview, ends: Sequence[int] = ()) -> None:
+    async def send_all(self, data: bytes | bytearray | memoryview, frames: Sequence[bytes] = ()) -> None:
         """Write the backlog, then ``data``. When cancelled, what was not sent of the write
         under way is the backlog (the rest of ``data`` is dropped if the backlog was under way)."""
         if self._closed:
             raise trio.ClosedResourceError("stream closed")
         async with self._send_lock:
-            await self._write(data, ends)
+            await self._write(data, frames)
 
     def cut_backlog(self) -> int:
         """Drop the backlog's whole frames after the one under way; return the bytes dropped.
@@ -104,7 +106,7 @@ class ServerStream:
         self.backlog = data[sent:]
         self._backlog_ends = [end - sent for end in ends if end > sent]
 
-    async def _write(self, data: bytes | bytearray | memoryview, ends: Sequence[int] = ()) -> None:
+    async def _write(self, data: bytes | bytearray | memoryview, frames: Sequence[bytes] = ()) -> None:
         self.writing = True
         try:
             if self.backlog is not None:
@@ -124,7 +126,7 @@ class ServerStream:
                     await self._send_counted(view, progress)
                 except BaseException:
                     if progress[0] < len(view):
-                        self._keep(view, progress[0], ends)
+                        self._keep(view, progress[0], _ends(frames))
                     raise
         finally:
             self.writing = False
@@ -170,6 +172,11 @@ class ServerStream:
         """Close the socket at once (trio's socket close also wakes any task waiting on it)."""
         self._closed = True
         self._stream.socket.close()
+
+
+def _ends(frames: Sequence[bytes]) -> list[int]:
+    """Where each of ``frames`` ends in their concatenation."""
+    return list(itertools.accumulate(map(len, frames)))
 
 
 async def send_at_once(stream: trio.SocketStream, data: bytes) -> None:
