@@ -86,53 +86,65 @@ class ValueNotCarried(ValueError):
     """An application value outside the shared data model."""
 
 
-def check_value(value: Any, depth: int = 0) -> None:
-    """Raise ValueNotCarried unless ``value`` is inside the shared data model.
+def check_value(value: Any, depth: int = 0) -> int:
+    """Raise ValueNotCarried unless ``value`` is inside the shared data model; else return
+    an estimate of the memory ``value`` holds, in bytes (``footprint``).
 
     Also refuses what the model admits on paper but an encoder cannot write (a lone
     surrogate, an int too long for JSON text): the hub must never hold a message that would
     fail in every subscriber's writer.
+
+    The estimate follows CPython's object sizes (``sys.getsizeof``, 64-bit), counting a
+    value each time it is reached: small containers cost far more than the bytes they were
+    sent in (``[{},{}]``: 3 bytes an item on the wire, about 72 in memory), so the hub
+    bounds history by this, not by the payload's length.
     """
     if depth > MAX_DEPTH:
         raise ValueNotCarried(f"data nests deeper than {MAX_DEPTH} levels")
     kind = type(value)
-    if value is None or kind is bool or kind is bytes:
-        return
+    if value is None or kind is bool:
+        return 0  # shared singletons
+    if kind is bytes:
+        return 33 + len(value)
     if kind is str:
-        _check_text(value)
-        return
+        return _check_text(value)
     if kind is int:
-        if value.bit_length() > _LONG_INT_BITS:
+        bits: int = value.bit_length()
+        if bits > _LONG_INT_BITS:
             try:
                 repr(value)
             except ValueError:
                 raise ValueNotCarried("data holds an integer too long to write as JSON") from None
-        return
+        return 28 + 4 * (bits // 30)
     if kind is float:
         if not math.isfinite(value):
             raise ValueNotCarried("data holds a non-finite float (NaN or infinity)")
-        return
+        return 24
     if kind is list:
+        size = 56 + 8 * len(value)
         for item in value:
-            check_value(item, depth + 1)
-        return
+            size += check_value(item, depth + 1)
+        return size
     if kind is dict:
+        size = 120 + 40 * len(value) if value else 64
         for key, item in value.items():
             if type(key) is not str:
                 raise ValueNotCarried("data holds a map key that is not a string")
-            _check_text(key)
-            check_value(item, depth + 1)
-        return
+            size += _check_text(key) + check_value(item, depth + 1)
+        return size
     raise ValueNotCarried(f"data holds a value of unsupported type {kind.__name__}")
 
 
-def _check_text(text: str) -> None:
-    """A JSON ``\\ud800`` escape decodes to a lone surrogate, which no encoder can write."""
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueNotCarried("data holds a lone surrogate, which is not text") from None
+def _check_text(text: str) -> int:
+    """A JSON ``\\ud800`` escape decodes to a lone surrogate, which no encoder can write.
+    Returns the string's size estimate (4 bytes a character when it is not ASCII)."""
+    if text.isascii():
+        return 49 + len(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueNotCarried("data holds a lone surrogate, which is not text") from None
+    return 76 + 4 * len(text)
 
 
 def _json_default(value: Any) -> Any:

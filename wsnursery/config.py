@@ -157,7 +157,7 @@ class Config:
     )
     history_bytes: int = _setting(
         64 * 2**20, _positive_int(2**40),
-        "bytes of history kept per channel (each message counts the size its publisher sent); the oldest are dropped",
+        "bytes of history kept per channel (a message counts its decoded size in memory, or the bytes sent if more); the oldest are dropped",
     )
     history_age: float = _setting(
         300.0, _positive_seconds, "seconds a message is kept in a channel's history"
