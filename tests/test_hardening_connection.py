@@ -203,3 +203,14 @@ async def test_a_slow_consumer_gets_its_4008_ahead_of_the_data_it_replaces(start
     assert code == 4008, f"no close frame after {len(seqs)} messages"
     assert seqs == list(range(1, len(seqs) + 1))
     assert len(seqs) < 20 * burst
+
+
+async def test_a_storm_of_empty_continuation_frames_is_closed_1009(start_server):
+    """Item 1 end to end: ``[`` then empty continuation frames, past ``max_fragments``."""
+    running = await start_server(max_fragments=64)
+    client = await RawClient.connect(running.port)
+    await raw_welcome(client)
+    empty = masked_frame(0x0, b"", fin=False)
+    await client.stream.send_all(masked_frame(0x1, b"[", fin=False) + empty * 200)
+    assert await client.read_close_code() == 1009
+    await client.aclose()
