@@ -3,7 +3,8 @@
     python benches/hardening.py                  # every scenario, each on a fresh server
     python benches/hardening.py --only storm,dag # some of them
 
-Run from the repository root. Each scenario starts a fresh ``python -m wsnursery serve``
+Needs the harness importable (``pip install -e '.[bench]'``, or ``PYTHONPATH=$PWD`` from the
+repository root). Each scenario starts a fresh ``python -m wsnursery serve``
 (the repository's code) on 127.0.0.1 (ephemeral port),
 reads the server's RSS (psutil) before and after sending one hostile input from a raw
 socket client, and reports the bytes sent, the RSS growth, growth per byte sent, what the
@@ -28,7 +29,6 @@ import cbor2
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from harness.machine import describe
 from harness.servers import ServerProcess, wsnursery_argv
