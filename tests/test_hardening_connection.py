@@ -97,8 +97,9 @@ async def test_echo_to_a_client_that_never_reads_holds_a_byte_bound(start_server
         await wait_until(lambda: len(running.server.connections) == 1, what="the echo connection")
         [connection] = running.server.connections
         outbox = connection.outbox
-        await wait_until(lambda: outbox._space is not None, timeout=30, what="the reader to stop reading")
+        await wait_until(lambda: outbox.waiting_for_space, timeout=30, what="the reader to stop reading")
         queued = sum(len(frame) for frame in outbox.control)
+        assert outbox.control_bytes == queued  # its own accounting agrees
         held = connection.stream.bytes_in - connection.stream.bytes_out  # read, not written back
         nursery.cancel_scope.cancel()
     await raw.aclose()
