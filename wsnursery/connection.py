@@ -14,9 +14,10 @@ connection ends, it runs the close handshake (``_finish``), stops its writer and
 channel: nothing it started outlives it.
 
 A connection is handed a ``ConnectionContext`` (what it may use of the server), never the
-server itself. Bounds: ``max_message_size`` per message (the frame reader: 1009),
-``max_control_queue`` replies before the reader stops reading, ``close_timeout`` for the
-close handshake; the outbox and handlers state theirs.
+server itself. Bounds: ``max_message_size`` bytes and ``max_fragments`` frames per message
+(the frame reader: 1009), ``max_control_queue`` replies or ``max_control_bytes`` bytes of
+them before the reader stops reading (TCP backpressure then stops the client),
+``close_timeout`` for the close handshake; the outbox and handlers state theirs.
 """
 
 from __future__ import annotations
