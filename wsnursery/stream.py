@@ -79,7 +79,7 @@ class ServerStream:
         sent = _write_now(self._fd, data)
         self.bytes_out += sent
         if sent < len(data):
-            self._keep(memoryview(data), sent, _ends(frames))
+            self._keep(memoryview(data), sent, frame_ends(frames))
             return False
         return True
 
@@ -126,7 +126,7 @@ class ServerStream:
                     await self._send_counted(view, progress)
                 except BaseException:
                     if progress[0] < len(view):
-                        self._keep(view, progress[0], _ends(frames))
+                        self._keep(view, progress[0], frame_ends(frames))
                     raise
         finally:
             self.writing = False
@@ -174,7 +174,7 @@ class ServerStream:
         self._stream.socket.close()
 
 
-def _ends(frames: Sequence[bytes]) -> list[int]:
+def frame_ends(frames: Sequence[bytes]) -> list[int]:
     """Where each of ``frames`` ends in their concatenation."""
     return list(itertools.accumulate(map(len, frames)))
 
