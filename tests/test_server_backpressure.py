@@ -237,8 +237,11 @@ async def test_ping_flood_from_a_client_that_does_not_read_stays_bounded(start_s
 
 
 async def test_client_close_while_the_writer_is_mid_frame_is_answered_after_that_frame(start_server):
-    """The writer's send under way finishes before the close answer (never half a frame then EOF)."""
-    running = await start_server(close_timeout=5.0)
+    """The writer's send under way finishes before the close answer (never half a frame then EOF).
+
+    (The client sends 3 MB without reading: the echo byte bound must be above that, or TCP
+    backpressure stops the client before its close frame, which is the bound working.)"""
+    running = await start_server(close_timeout=5.0, max_control_bytes=8 * 2**20)
     raw = await RawClient.connect(running.port, "/echo", rcvbuf=4096)
     big = b"x" * 100_000
     try:

@@ -21,12 +21,16 @@ Bounds, and what happens at each:
   one of two policies at the bound: ``Policy.CLOSE`` (the receiver's owner closes the
   lagging receiver; the sender never waits) or ``Policy.WAIT`` (``wait_room`` makes the
   sender wait until every receiver is under its limit; receivers call ``progressed`` when
-  they move).
+  they move). The wait is bounded too: after ``timeout`` seconds every receiver still full
+  is dropped from the broadcast and told it ``stalled`` (its owner closes it with 4008),
+  so one stuck subscriber cannot hold a channel's publishers, and its other subscribers,
+  forever.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from typing import Any, Protocol
 
 import trio
@@ -74,6 +78,9 @@ class Receiver(Protocol):
     @property
     def full(self) -> bool:
         """This receiver lags by its limit or more (``Policy.WAIT`` makes senders wait)."""
+
+    def stalled(self) -> None:
+        """It stayed full past a sender's wait bound and was dropped from the broadcast."""
 
 
 class Broadcast:
@@ -176,12 +183,21 @@ class Broadcast:
     def any_full(self) -> bool:
         return any(receiver.full for receiver in self.receivers)
 
-    async def wait_room(self) -> None:
-        """Wait until no receiver is full (``Policy.WAIT``; returns at once when none is)."""
-        while self.any_full():
-            if self._progress is None:
-                self._progress = trio.Event()
-            await self._progress.wait()
+    async def wait_room(self, timeout: float = math.inf) -> None:
+        """Wait until no receiver is full (``Policy.WAIT``; returns at once when none is).
+
+        After ``timeout`` seconds, the receivers still full are dropped and told ``stalled``,
+        and the sender goes on."""
+        with trio.move_on_after(timeout):
+            while self.any_full():
+                if self._progress is None:
+                    self._progress = trio.Event()
+                await self._progress.wait()
+            return
+        for receiver in [receiver for receiver in self.receivers if receiver.full]:
+            self.receivers.discard(receiver)
+            receiver.stalled()
+        self.progressed()  # other senders waiting on the same receivers go on too
 
     # -- receive side -----------------------------------------------------------------
 
@@ -244,3 +260,6 @@ class Cursor:
 
     def notify(self) -> None:
         """A message was sent (the broadcast calls this without blocking)."""
+
+    def stalled(self) -> None:
+        """Dropped from the broadcast: it stayed full past a sender's wait bound."""

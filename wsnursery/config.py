@@ -118,6 +118,9 @@ class Config:
     max_message_size: int = _setting(
         1_048_576, _positive_int(64 * 2**20), "largest message a client may send, in bytes; bigger closes 1009"
     )
+    max_fragments: int = _setting(
+        1024, _positive_int(), "frames one message may come in (empty continuation frames count); more closes 1009"
+    )
     handshake_timeout: float = _setting(
         10.0, _positive_seconds, "seconds for a client to finish the HTTP/WebSocket handshake; then the socket is closed"
     )
@@ -145,12 +148,16 @@ class Config:
     slow_consumer_policy: str = _setting(
         "close", _choice("close", "block"), "close: close a slow subscriber with 4008; block: the publisher waits"
     )
+    block_timeout: float = _setting(
+        5.0, _positive_seconds,
+        "policy block: seconds a publisher waits for a lagging subscriber; then that subscriber is closed 4008",
+    )
     history_size: int = _setting(
         4096, _positive_int(), "messages kept per channel for resume and replay (at least the queue and unacked limits)"
     )
     history_bytes: int = _setting(
         64 * 2**20, _positive_int(2**40),
-        "bytes of history kept per channel (each message counts the size its publisher sent); the oldest are dropped",
+        "bytes of history kept per channel (a message counts its decoded size in memory, or the bytes sent if more); the oldest are dropped",
     )
     history_age: float = _setting(
         300.0, _positive_seconds, "seconds a message is kept in a channel's history"
@@ -172,6 +179,10 @@ class Config:
     )
     max_control_queue: int = _setting(
         256, _positive_int(), "replies queued to a client before the server stops reading its requests"
+    )
+    max_control_bytes: int = _setting(
+        1_048_576, _positive_int(2**40),
+        "bytes of replies, pongs and /echo echoes queued to a client before the server stops reading it",
     )
     close_timeout: float = _setting(
         2.0, _positive_seconds, "seconds to wait for a close handshake before the socket is dropped"

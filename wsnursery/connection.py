@@ -14,9 +14,10 @@ connection ends, it runs the close handshake (``_finish``), stops its writer and
 channel: nothing it started outlives it.
 
 A connection is handed a ``ConnectionContext`` (what it may use of the server), never the
-server itself. Bounds: ``max_message_size`` per message (the frame reader: 1009),
-``max_control_queue`` replies before the reader stops reading, ``close_timeout`` for the
-close handshake; the outbox and handlers state theirs.
+server itself. Bounds: ``max_message_size`` bytes and ``max_fragments`` frames per message
+(the frame reader: 1009), ``max_control_queue`` replies or ``max_control_bytes`` bytes of
+them before the reader stops reading (TCP backpressure then stops the client),
+``close_timeout`` for the close handshake; the outbox and handlers state theirs.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ READ_SIZE = 65536
 
 # Closes for bytes that broke the protocol: no close frame is parsed after them.
 _PROTOCOL_ERRORS = (CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_PAYLOAD, CloseCode.TOO_BIG)
+# Closes after which what was queued for the frames read before still goes out first.
+_OWED_BEFORE_CLOSE = (*_PROTOCOL_ERRORS, CloseCode.UNSUPPORTED_DATA)
 _OPEN = ConnectionState.OPEN
 
 
@@ -88,7 +91,7 @@ class Connection:
         self.peer_closed = False  # the client's close frame arrived (we answer it, then close)
         config = context.config
         self._close_timeout = config.close_timeout
-        self._frames = FrameReader(config.max_message_size)
+        self._frames = FrameReader(config.max_message_size, config.max_fragments)
         self._frames.feed(already_read)  # what the client sent right behind its request head
         self._reader_scope = trio.CancelScope()  # its deadline is the pong deadline
         self._pong = PongDeadline(self._reader_scope, config.heartbeat_timeout)
@@ -190,8 +193,13 @@ class Connection:
         """The close handshake, within ``close_timeout`` in all (and cut short by ``abort``).
 
         First the writer finishes the write under way (for our 1001 and 1008, the whole
-        queue), so a close frame never follows half a frame. The peer closed: answer with
-        its code (what is still queued is dropped). We close: send our close frame, then
+        queue), so a close frame never follows half a frame. What the peer is owed goes
+        before the close frame: after its close frame or a protocol error (1002, 1003, 1007,
+        1009), the pongs, replies and echoes queued for what it sent before (RFC 6455
+        5.5.2); messages still queued are dropped. A slow consumer's 4008 goes ahead of the
+        data it replaces: the write under way stops between two socket sends, only the frame
+        it was in is finished, and the close frame follows as soon as the socket takes it.
+        The peer closed: answer with its code. We close: send our close frame, then
         wait for the peer's; after a protocol error (1002, 1007, 1009), stop sending and drop
         what the peer still sends until it closes, since closing a socket with unread input
         resets the connection, which can destroy the close frame on its way; after a
@@ -204,12 +212,21 @@ class Connection:
                 self.state = ConnectionState.CLOSING
                 self.close_code, self.close_reason = CloseCode.LOST, "connection lost"
             code = self.close_code
-            writer_done = self.outbox.writer_done
+            outbox = self.outbox
+            writer_done = outbox.writer_done
+            if code == CloseCode.SLOW_CONSUMER:
+                outbox.shut()  # the writer stops at once, between two socket sends
             if code != CloseCode.LOST and writer_done is not None:
                 await writer_done.wait()
-            self.outbox.shut()
+            outbox.shut()
             if code != CloseCode.LOST:
                 try:
+                    if code == CloseCode.SLOW_CONSUMER:
+                        self.stream.cut_backlog()  # only the frame under way is finished
+                    elif self.peer_closed or code in _OWED_BEFORE_CLOSE:
+                        owed = outbox.take_control()
+                        if owed:
+                            await self.stream.send_all(owed)
                     await self.stream.send_close_frame(None if code == CloseCode.NO_STATUS else code, self.close_reason)
                     if code in _PROTOCOL_ERRORS:
                         await self.stream.drain()

@@ -12,15 +12,27 @@ raises it again:
   fragmented or oversized control frame, a continuation with nothing to continue, a new
   message inside a fragmented one, a close payload of one byte or a close code that may
   not be sent;
-- 1007: a text message or a close reason that is not UTF-8;
-- 1009: a message longer than ``max_message_size``. This is checked from the frame
-  header, before the payload is buffered, so the buffer never holds more than one
-  message's worth plus one read.
+- 1007: a text message or a close reason that is not UTF-8. A fragmented text message is
+  checked fragment by fragment with an incremental decoder, so the first fragment that
+  makes it invalid fails it, before the rest arrives (a single frame is checked whole);
+- 1009: a message longer than ``max_message_size`` bytes, or sent in more than
+  ``max_fragments`` frames (empty continuation frames count). Both are checked from the
+  frame header, before the payload is buffered.
+
+Memory: a fragmented message under way is one ``bytearray`` that the fragments' payloads
+are appended to, so holding it costs its bytes (plus the bytearray's over-allocation),
+not a Python object per fragment; ``held`` is what the reader holds, at most
+``max_message_size`` plus the bytes fed and not yet parsed.
 """
 
 from __future__ import annotations
 
+import codecs
+
 from .wire import CloseCode, Opcode, may_be_sent
+
+DEFAULT_MAX_FRAGMENTS = 1024  # frames per message: 1 MiB in 1 KiB pieces
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
 _DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY)
@@ -39,7 +51,7 @@ class FrameError(Exception):
 class Control:
     """A ping, pong or close frame. For a close, ``code`` and ``reason`` are filled in."""
 
-    __slots__ = ("opcode", "payload", "code", "reason")
+    __slots__ = ("code", "opcode", "payload", "reason")
 
     def __init__(self, opcode: int, payload: bytes, code: int = CloseCode.NO_STATUS, reason: str = "") -> None:
         self.opcode = opcode
@@ -63,18 +75,25 @@ def unmask(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
 class FrameReader:
     """Parses what a client sends; see the module docstring for the rules it enforces."""
 
-    def __init__(self, max_message_size: int) -> None:
+    def __init__(self, max_message_size: int, max_fragments: int = DEFAULT_MAX_FRAGMENTS) -> None:
         self.max_message_size = max_message_size
+        self.max_fragments = max_fragments
         self._buffer = bytearray()
-        self._fragments: list[bytes] = []  # a fragmented message being put together
+        self._message = bytearray()  # the payload so far of a fragmented message under way
         self._fragment_opcode = 0  # its opcode (text or binary); 0 while none is under way
-        self._fragment_size = 0
+        self._fragment_count = 0  # frames it came in so far
+        self._text: codecs.IncrementalDecoder | None = None  # checks its UTF-8 as it arrives
         self._error: FrameError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes fed and not yet consumed."""
         return len(self._buffer)
+
+    @property
+    def held(self) -> int:
+        """Bytes the reader holds: fed and not yet parsed, plus a fragmented message so far."""
+        return len(self._buffer) + len(self._message)
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -128,8 +147,11 @@ class FrameReader:
                 if length >> 63:
                     raise FrameError(CloseCode.PROTOCOL_ERROR, "64-bit payload length with its top bit set")
                 header = 14
-            if opcode not in _CONTROL_OPCODES and self._fragment_size + length > self.max_message_size:
-                raise FrameError(CloseCode.TOO_BIG, f"message over {self.max_message_size} bytes")
+            if opcode not in _CONTROL_OPCODES:
+                if len(self._message) + length > self.max_message_size:
+                    raise FrameError(CloseCode.TOO_BIG, f"message over {self.max_message_size} bytes")
+                if self._fragment_count >= self.max_fragments:
+                    raise FrameError(CloseCode.TOO_BIG, f"message in more than {self.max_fragments} fragments")
             end = header + length
             if available < end:
                 return None
@@ -141,13 +163,24 @@ class FrameReader:
                 if fin:
                     return _message(opcode, payload)
                 self._fragment_opcode = opcode
-            self._fragments.append(payload)
-            self._fragment_size += length
+                if opcode == Opcode.TEXT:
+                    self._text = _utf8_decoder()
+            self._fragment_count += 1
+            self._message += payload
+            if self._text is not None:
+                try:
+                    self._text.decode(payload, bool(fin))  # fails on the first invalid sequence
+                except UnicodeDecodeError:
+                    raise FrameError(CloseCode.INVALID_PAYLOAD, "text message is not valid UTF-8") from None
             if fin:
-                opcode, payload = self._fragment_opcode, b"".join(self._fragments)
-                self._fragments.clear()
-                self._fragment_opcode = self._fragment_size = 0
-                return _message(opcode, payload)
+                return self._finish_fragmented()
+
+    def _finish_fragmented(self) -> str | bytes:
+        message, text = self._message, self._text is not None
+        self._message = bytearray()
+        self._fragment_opcode = self._fragment_count = 0
+        self._text = None
+        return message.decode("utf-8") if text else bytes(message)
 
 
 def _message(opcode: int, payload: bytes) -> str | bytes:

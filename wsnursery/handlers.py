@@ -111,7 +111,7 @@ class RequestHandlers:
             else:
                 self._refresh(request)
         except codec.DecodeError as exc:
-            self._error(ProtocolError("bad_request", str(exc)))
+            self._error(ProtocolError("bad_request", str(exc), exc.request_id))
         except ProtocolError as exc:
             self._error(exc)
 
@@ -132,7 +132,9 @@ class RequestHandlers:
         self.access.may_publish(request.channel, request.id, trio.current_time())
         data = request.data
         try:
-            codec.check_value(data)  # first: it bounds the depth bytes_from_json recurses to
+            # First: it bounds the depth bytes_from_json recurses to. History counts what the
+            # decoded value holds in memory, or the bytes sent if more (issue 12, item 3).
+            size = max(size, codec.check_value(data))
             if not self._encoding.is_binary:
                 # JSON carries bytes as {"$bytes": base64}: store real bytes, so a CBOR reader
                 # gets bytes and a JSON reader the same form back.

@@ -3,7 +3,8 @@
 Sans-I/O. The server parses every request head once (``http``); for a WebSocket upgrade
 this module checks it and builds the ``101 Switching Protocols`` answer. No handshake
 state outlives it: from then on the connection reads frames with ``frame_reader``. A
-request that is not a valid upgrade gets 400, or 426 with the version we speak. No
+request that is not a valid upgrade gets 400, or 426 with the version we speak; an upgrade
+over HTTP/1.0 gets 505 (RFC 6455 §4.2.1: "HTTP/1.1 or higher"). No
 extension is offered back (permessage-deflate is not spoken), so RSV bits stay errors.
 """
 
@@ -36,6 +37,8 @@ def offered_subprotocols(head: RequestHead) -> list[str]:
 def check_upgrade(head: RequestHead) -> str:
     """Validate a WebSocket upgrade request; return its ``Sec-WebSocket-Key``."""
     headers = head.headers
+    if head.version < (1, 1):
+        raise HeadError(505, "a WebSocket upgrade needs HTTP/1.1 or higher")
     if head.method != "GET":
         raise HeadError(400, "a WebSocket upgrade must be a GET")
     if "upgrade" not in (token.lower() for token in _tokens(headers.get("connection", ""))):

@@ -9,7 +9,10 @@ answered here; anything else gets 404.
 from __future__ import annotations
 
 import json
-from typing import Iterable
+import re
+from collections.abc import Iterable
+from http import HTTPStatus
+from typing import Any
 
 import attrs
 
@@ -26,11 +29,14 @@ _REASONS = {
     408: "Request Timeout",
     411: "Length Required",
     413: "Content Too Large",
+    426: "Upgrade Required",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
-}
+    505: "HTTP Version Not Supported",
+}  # the rest: http.HTTPStatus's phrase
+_HTTP_VERSION = re.compile(r"HTTP/(\d)\.(\d)")
 
 
 class HeadError(Exception):
@@ -46,6 +52,7 @@ class RequestHead:
     method: str
     target: str
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    version: tuple[int, int] = (1, 1)  # of the request line: (1, 0) or (1, 1)
 
     @property
     def path(self) -> str:
@@ -79,8 +86,11 @@ def parse_head(head: bytes) -> RequestHead:
         raise HeadError(400, "undecodable request head") from None
     lines = text.split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+    version = _HTTP_VERSION.fullmatch(parts[2]) if len(parts) == 3 else None
+    if version is None:
         raise HeadError(400, "malformed request line")
+    if version[1] != "1":
+        raise HeadError(505, f"HTTP/{version[1]}.{version[2]} is not supported; use HTTP/1.1")
     method, target, _ = parts
     headers: dict[str, str] = {}
     for line in lines[1:]:
@@ -92,7 +102,7 @@ def parse_head(head: bytes) -> RequestHead:
         name = name.lower()
         value = value.strip()
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return RequestHead(method, target, headers)
+    return RequestHead(method, target, headers, (1, int(version[2])))
 
 
 def response(
@@ -103,7 +113,7 @@ def response(
 ) -> bytes:
     """One complete HTTP/1.1 response that closes the connection."""
     lines = [
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
+        f"HTTP/1.1 {status} {_reason(status)}",
         f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
         "Connection: close",
@@ -113,6 +123,17 @@ def response(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def json_response(status: int, payload: dict, extra_headers: Iterable[tuple[str, str]] = ()) -> bytes:
+def _reason(status: int) -> str:
+    """The standard reason phrase (426 is "Upgrade Required"), never "Unknown"."""
+    reason = _REASONS.get(status)
+    if reason is not None:
+        return reason
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def json_response(status: int, payload: dict[str, Any], extra_headers: Iterable[tuple[str, str]] = ()) -> bytes:
     body = json.dumps(payload, separators=(",", ":")).encode()
     return response(status, body, "application/json", extra_headers)

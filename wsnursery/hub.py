@@ -107,6 +107,7 @@ class MemoryHub:
         dedup_age: float = 300.0,
         max_channels: int = 10_000,
         block: bool = False,
+        block_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._history_size = history_size
@@ -116,6 +117,7 @@ class MemoryHub:
         self._dedup_age = dedup_age
         self._max_channels = max_channels
         self._policy = Policy.WAIT if block else Policy.CLOSE
+        self._block_timeout = block_timeout
         self._clock = clock
         self._channels: dict[str, Broadcast] = {}
         self._dedup: dict[str, DedupWindow] = {}
@@ -174,7 +176,7 @@ class MemoryHub:
         if key is not None and (seen := dedup.lookup(key, now)) is not None:
             return Published(Position(*seen), duplicate=True)
         if broadcast.policy is Policy.WAIT and broadcast.any_full():
-            await broadcast.wait_room()
+            await broadcast.wait_room(self._block_timeout)  # then the lagging ones are closed 4008
             # The wait may have let the same key through on another task.
             if key is not None and (seen := dedup.lookup(key, now)) is not None:
                 return Published(Position(*seen), duplicate=True)

@@ -1,13 +1,48 @@
-"""Log setup: one line per event, as text or as JSON objects."""
+"""Log setup: one line per event, as text or as JSON objects.
+
+Every byte a client sends is hostile, and some reach log lines (close reasons, channel
+names, paths...). So the formatters escape, and no call site has to remember to:
+- text: the message (after ``%`` formatting) and every field value go through ``escape``:
+  control characters, line and paragraph separators, bidi and other format characters,
+  lone surrogates and the backslash itself become ``\\xNN`` / ``\\uNNNN`` / ``\\\\``, so
+  one event is one line, and a field value with a space, ``=`` or ``"`` is quoted
+  (``reason="a b"``), so it cannot pose as another field. A traceback's lines are indented
+  with ``  | ``: only a record's first line starts at column 0;
+- JSON: ``json.dumps`` escapes every control and non-ASCII character.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
 LOGGER_NAME = "wsnursery"
+_PLAIN_VALUE = re.compile(r"[!#-<>-\[\]-~]+")  # printable ASCII but space, '"', '=' and '\\'
+
+
+def escape(text: str) -> str:
+    """``text`` with every character that is not printable (and the backslash) escaped."""
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text  # the common case, at C speed
+    return "".join(char if char.isprintable() and char != "\\" else _escape_char(char) for char in text)
+
+
+def _escape_char(char: str) -> str:
+    if char == "\\":
+        return "\\\\"
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def field_value(value: object) -> str:
+    """A field value for a text line: as is when plain, else escaped and in double quotes."""
+    text = str(value)
+    if _PLAIN_VALUE.fullmatch(text):
+        return text
+    return '"' + escape(text).replace('"', '\\"') + '"'
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,19 +77,21 @@ class TextFormatter(logging.Formatter):
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        text = f"{self._stamp},{int(record.msecs):03d} {record.levelname} {record.name}: {record.getMessage()}"
+        message = escape(record.getMessage())
+        text = f"{self._stamp},{int(record.msecs):03d} {record.levelname} {record.name}: {message}"
         fields = getattr(record, "fields", None)
         if fields:
-            text += " " + " ".join(f"{key}={value}" for key, value in fields.items())
+            text += " " + " ".join(f"{key}={field_value(value)}" for key, value in fields.items())
         if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
+            lines = self.formatException(record.exc_info).splitlines()
+            text += "".join(f"\n  | {escape(line)}" for line in lines)
         return text
 
 
 def configure(level: str, fmt: str) -> None:
     # What no line shows is not collected (the logging HOWTO's "Optimization" section):
     # the caller's file and line, thread, process and multiprocessing names.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

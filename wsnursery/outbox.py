@@ -15,7 +15,11 @@ Bounds, and what happens at each:
   slow: closed with 4008 (policy ``close``; history it is still replaying after a ``since``
   does not count, only messages published since) or its publishers wait (policy ``block``,
   see ``broadcast``). A subscriber whose next message was dropped from history: 4008.
-- ``max_control_queue`` replies: the reader stops reading (``wait_for_space``) until they go.
+- ``max_control_queue`` replies, or ``max_control_bytes`` bytes of them (replies, pings,
+  pongs, ``/echo`` echoes): the reader stops reading (``wait_for_space``) until they are
+  under both again, and TCP backpressure stops the client. What a client that never reads
+  can make the server hold is then ``max_control_bytes`` plus the one frame that crossed it,
+  plus one write in flight (see below), not a queue of ``max_control_queue`` whole messages.
 - one write carries at most ``WRITE_BUDGET`` bytes (or one frame, if larger), and at most
   ``BATCH_PER_SUBSCRIPTION`` messages of one subscription.
 """
@@ -62,6 +66,7 @@ class Outbox:
         "_deliverer",
         "_frame_cache",
         "_max_control",
+        "_max_control_bytes",
         "_max_events",
         "_metrics",
         "_nursery",
@@ -71,6 +76,7 @@ class Outbox:
         "_write_in_flight",
         "_writer_scope",
         "control",
+        "control_bytes",
         "dirty",
         "encoding",
         "sent_unacked",
@@ -89,7 +95,9 @@ class Outbox:
         self._metrics = context.metrics
         self._max_control = context.config.max_control_queue
         self._max_events = context.config.outbound_queue_size  # presence events a watcher may lag
+        self._max_control_bytes = context.config.max_control_bytes
         self.control: list[bytes] = []  # a list, not a deque: 56 bytes empty, not 624
+        self.control_bytes = 0  # their total size
         self.dirty: dict[Subscription, None] = {}
         self.sent_unacked: Any = _nothing  # called after a write that took unacked messages
         self._space: trio.Event | None = None  # the reader waits on it when replies pile up
@@ -120,6 +128,7 @@ class Outbox:
     def queue(self, frame: bytes) -> None:
         """Queue an encoded frame (reply, ping, pong, echo) for the deliverer's next pass."""
         self.control.append(frame)
+        self.control_bytes += len(frame)
         self._deliverer.schedule(self)
 
     def mark(self, subscription: Subscription) -> None:
@@ -132,11 +141,17 @@ class Outbox:
 
     @property
     def crowded(self) -> bool:
-        """Replies are queued up to ``max_control_queue``: the reader should wait."""
-        return len(self.control) >= self._max_control
+        """Replies are queued up to ``max_control_queue`` or ``max_control_bytes``: the reader
+        should wait."""
+        return len(self.control) >= self._max_control or self.control_bytes >= self._max_control_bytes
+
+    @property
+    def waiting_for_space(self) -> bool:
+        """The reader is waiting in ``wait_for_space``."""
+        return self._space is not None
 
     async def wait_for_space(self) -> None:
-        """Wait until the queued replies are under ``max_control_queue`` again."""
+        """Wait until the queued replies are under both bounds again."""
         if self._space is None:
             self._space = trio.Event()
         await self._space.wait()
@@ -149,6 +164,14 @@ class Outbox:
     @property
     def pending(self) -> bool:
         return bool(self.control or self.dirty or self.stream.backlog)
+
+    def take_control(self) -> bytes:
+        """Everything queued in ``control`` (pongs, replies, echoes), taken out: what is owed
+        before a close frame that answers the peer's close or its protocol error."""
+        data = b"".join(self.control)
+        self.control.clear()
+        self.control_bytes = 0
+        return data
 
     def closing(self) -> None:
         """The connection decided to close: a started writer (or one with work) finishes."""
@@ -219,11 +242,12 @@ class Outbox:
         if self._write_in_flight or not self.stream.idle:
             self._wake_writer()  # a send is under way (or a backlog waits): the writer goes next
             return
-        data, frames, delivered = self._collect()
+        data, parts, delivered = self._collect()
         if not data:
             return
+        frames = len(parts)
         try:
-            complete = self.stream.send_nowait(data)
+            complete = self.stream.send_nowait(data, parts)
         except trio.BrokenResourceError:
             self._owner.request_close(CloseCode.LOST, "connection lost")
             return
@@ -267,11 +291,11 @@ class Outbox:
                 continue
             self._write_in_flight = True
             try:
-                data, frames, delivered = self._collect()
-                await stream.send_all(data)  # the backlog of a non-blocking send goes first
+                data, parts, delivered = self._collect()
+                await stream.send_all(data, parts)  # the backlog of a non-blocking send goes first
             finally:
                 self._write_in_flight = False
-            self._count_sent(frames, delivered)
+            self._count_sent(len(parts), delivered)
 
     def _count_sent(self, frames: int, delivered: int) -> None:
         if frames:
@@ -279,8 +303,8 @@ class Outbox:
         if delivered:
             self._metrics.deliveries.inc(delivered)
 
-    def _collect(self) -> tuple[bytes, int, int]:
-        """Take replies, then messages, up to the write budget: (bytes, frames, deliveries).
+    def _collect(self) -> tuple[bytes, list[bytes], int]:
+        """Take replies, then messages, up to the write budget: (bytes, the frames, deliveries).
 
         A presence watcher's join/leave frames go between its channel's messages, each after
         the message that was the head when it happened (``PresenceEvent.after``)."""
@@ -294,7 +318,8 @@ class Outbox:
             size += len(part)
         replies = len(parts)
         del control[:replies]  # at most max_control_queue (+ one read's pings) long
-        if self._space is not None and len(control) < self._max_control:
+        self.control_bytes -= size
+        if self._space is not None and not self.crowded:
             self._space.set()
             self._space = None
         encoding = self.encoding
@@ -353,4 +378,4 @@ class Outbox:
                 del dirty[subscription]
         if unacked_sends:
             self.sent_unacked()  # the first unacked send starts a retransmit deadline
-        return b"".join(parts), len(parts), len(parts) - replies
+        return b"".join(parts), parts, len(parts) - replies

@@ -69,6 +69,7 @@ class Server(ServerApiMixin):
             dedup_age=config.dedup_age,
             max_channels=config.max_channels,
             block=config.slow_consumer_policy == "block",
+            block_timeout=config.block_timeout,
         )
         self.metrics = Metrics()
         self.deliverer = Deliverer()

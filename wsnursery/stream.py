@@ -4,13 +4,22 @@ Every send is serialised, so frames never interleave on the socket. ``send_nowai
 without blocking when no send is under way: what the socket does not take at once is kept
 as the backlog (at most the one write it came from), and every later send writes the
 backlog first. ``close_now`` closes the socket at once, without a checkpoint.
+
+Sends count exactly what the socket took, also when they are cancelled: the rest of a
+cancelled send becomes the backlog, so a frame is never left half written behind a close
+frame. A send may pass the frames its data is made of (``frames``: only their sizes are
+used, and only when the send is partial); ``cut_backlog`` then drops every whole frame of
+the backlog after the one under way, so that a close frame can go out ahead of data it
+replaces (a slow consumer's 4008) once that one frame is finished.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import struct
+from collections.abc import Sequence
 
 import trio
 
@@ -36,7 +45,8 @@ class ServerStream:
         self._fd = stream.socket.fileno()
         self._send_lock = trio.StrictFIFOLock()
         self._closed = False
-        self.backlog: memoryview | None = None  # the unsent end of a send_nowait
+        self.backlog: memoryview | None = None  # the unsent end of a send_nowait or a cancelled send
+        self._backlog_ends: list[int] = []  # where the backlog's frames end, when the sender said
         self.bytes_in = bytes_in  # counts what the server read before it made the stream
         self.bytes_out = 0
         self.writing = False  # True while a send_all is under way (a frame may be half sent)
@@ -58,37 +68,82 @@ class ServerStream:
         self.bytes_in += len(data)
         return data
 
-    def send_nowait(self, data: bytes) -> bool:
+    def send_nowait(self, data: bytes, frames: Sequence[bytes] = ()) -> bool:
         """Write what the socket takes now (only when ``idle``); True when all of ``data`` went.
 
-        The rest becomes the backlog, which the next ``send_all`` writes first. Raises
+        The rest becomes the backlog, which the next ``send_all`` writes first. ``frames``: what
+        ``data`` is the concatenation of, for ``cut_backlog``. Raises
         ``trio.BrokenResourceError`` when the connection is gone.
         """
         assert self.idle, "send_nowait while a send is under way"
         sent = _write_now(self._fd, data)
         self.bytes_out += sent
         if sent < len(data):
-            self.backlog = memoryview(data)[sent:]
+            self._keep(memoryview(data), sent, frame_ends(frames))
             return False
         return True
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    async def send_all(self, data: bytes | bytearray | memoryview, frames: Sequence[bytes] = ()) -> None:
+        """Write the backlog, then ``data``. When cancelled, what was not sent of the write
+        under way is the backlog (the rest of ``data`` is dropped if the backlog was under way)."""
         if self._closed:
             raise trio.ClosedResourceError("stream closed")
         async with self._send_lock:
-            await self._write(data)
+            await self._write(data, frames)
 
-    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+    def cut_backlog(self) -> int:
+        """Drop the backlog's whole frames after the one under way; return the bytes dropped.
+
+        Only frames whose ends were given are dropped (without them the backlog stays whole)."""
+        backlog, ends = self.backlog, self._backlog_ends
+        if backlog is None or not ends or ends[0] >= len(backlog):
+            return 0
+        self.backlog, self._backlog_ends = backlog[: ends[0]], ends[:1]
+        return len(backlog) - ends[0]
+
+    def _keep(self, data: memoryview, sent: int, ends: Sequence[int]) -> None:
+        """Make the unsent end of ``data`` (from ``sent``) the backlog."""
+        self.backlog = data[sent:]
+        self._backlog_ends = [end - sent for end in ends if end > sent]
+
+    async def _write(self, data: bytes | bytearray | memoryview, frames: Sequence[bytes] = ()) -> None:
         self.writing = True
-        if self.backlog is not None:
-            backlog = self.backlog
-            await self._stream.send_all(backlog)
-            self.backlog = None
-            self.bytes_out += len(backlog)
-        if data:
-            await self._stream.send_all(data)
-        self.writing = False
-        self.bytes_out += len(data)
+        try:
+            if self.backlog is not None:
+                backlog, backlog_ends = self.backlog, self._backlog_ends
+                self.backlog = None
+                progress = [0]
+                try:
+                    await self._send_counted(backlog, progress)
+                except BaseException:  # cancelled (or broken): the backlog is what is left of it
+                    if progress[0] < len(backlog):
+                        self._keep(backlog, progress[0], backlog_ends)
+                    raise
+            if data:
+                view = memoryview(data)
+                progress = [0]
+                try:
+                    await self._send_counted(view, progress)
+                except BaseException:
+                    if progress[0] < len(view):
+                        self._keep(view, progress[0], frame_ends(frames))
+                    raise
+        finally:
+            self.writing = False
+
+    async def _send_counted(self, data: memoryview, progress: list[int]) -> None:
+        """Send ``data``, counting in ``progress[0]`` what went. A cancellation stops it between
+        two socket sends: trio's ``socket.send`` has sent nothing when it raises ``Cancelled``."""
+        sock = self._stream.socket
+        total = 0
+        try:
+            while total < len(data):
+                sent = await sock.send(data[total:])
+                total += sent
+                progress[0] = total
+                self.bytes_out += sent
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
 
     async def send_close_frame(self, code: int | None, reason: str = "") -> None:
         """Write a close frame (without a code when ``code`` is None) after the backlog.
@@ -101,9 +156,7 @@ class ServerStream:
                 return
             frame = b""  # the rest of it is the backlog, which _write sends first
         async with self._send_lock:
-            if self.writing:
-                return  # a cancelled send left a frame half written: the peer sees the TCP close
-            await self._write(frame)
+            await self._write(frame)  # after the backlog: never behind half a frame
 
     async def drain(self) -> None:
         """Stop sending (FIN after what was written) and drop what arrives until the peer
@@ -119,6 +172,11 @@ class ServerStream:
         """Close the socket at once (trio's socket close also wakes any task waiting on it)."""
         self._closed = True
         self._stream.socket.close()
+
+
+def frame_ends(frames: Sequence[bytes]) -> list[int]:
+    """Where each of ``frames`` ends in their concatenation."""
+    return list(itertools.accumulate(map(len, frames)))
 
 
 async def send_at_once(stream: trio.SocketStream, data: bytes) -> None:

@@ -23,6 +23,8 @@ class Notified(Protocol):
 
     def presence_notified(self, subscription: Subscription) -> None: ...
 
+    def slow_consumer(self, subscription: Subscription) -> None: ...
+
 
 class Subscription(Cursor):
     """A ``broadcast.Cursor`` with a channel name, an owner to wake, and maybe an ack tracker."""
@@ -77,3 +79,7 @@ class Subscription(Cursor):
         if self.events is not None:
             self.events.append(event)
             self.outbox.presence_notified(self)
+
+    def stalled(self) -> None:
+        """Its publishers waited ``block_timeout`` for it (policy ``block``): close it 4008."""
+        self.outbox.slow_consumer(self)
