@@ -53,7 +53,6 @@ from .effects import (
 from .errors import ClientError, Closed, TransportClosed
 from .options import ENCODINGS, ClientStats, Options, Published
 from .publisher import PublishWindowFull
-from .receiver import ChannelReceiver
 from .session import ClientSession, LinkState
 from .subscription import Subscription, SubscriptionState
 from .transport import WebSocketTransport, open_transport, parse_url
@@ -123,7 +122,6 @@ class Client:
             self.urls, options,
             # Keys must differ between clients even when two share a seed.
             client_prefix=secrets.token_hex(8),
-            new_receiver=self._new_receiver,
         )
         self._encoding = ENCODINGS[options.encoding]
         self._publish_waiters: dict[str, _Waiter] = {}
@@ -139,9 +137,6 @@ class Client:
     def url(self) -> str:
         """The node the client is connected to (or tries next)."""
         return self.session.url
-
-    def _new_receiver(self, channel: str, ack: bool) -> ChannelReceiver:
-        return ChannelReceiver(channel, ack=ack, replay_timeout=self.options.request_timeout)
 
     # -- public API --------------------------------------------------------------------
 
