@@ -15,7 +15,7 @@ import attrs
 from ..codec import Encoding
 from .receiver import ChannelReceiver
 
-__all__ = ["ENCODINGS", "ClientStats", "Counters", "Options", "Published", "TokenSource"]
+__all__ = ["ENCODINGS", "ClientStats", "Counters", "Options", "Published", "TokenSource", "is_token"]
 
 ENCODINGS = {"json": Encoding.JSON, "cbor": Encoding.CBOR}
 
@@ -93,10 +93,13 @@ class Counters:
         )
 
 
+def is_token(value: object) -> bool:
+    """Whether ``value`` can be sent as a token: a non-empty string on one line (a header)."""
+    return isinstance(value, str) and bool(value) and "\r" not in value and "\n" not in value
+
+
 def _token_source(_: Any, __: Any, value: Any) -> None:
-    if value is None or callable(value):
-        return
-    if not isinstance(value, str) or not value or any(c in value for c in "\r\n"):
+    if value is not None and not callable(value) and not is_token(value):
         raise ValueError("token must be a non-empty one-line string or a callable returning one")
 
 

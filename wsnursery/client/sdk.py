@@ -51,7 +51,7 @@ from .effects import (
     ToApp,
 )
 from .errors import ClientError, Closed, TransportClosed
-from .options import ENCODINGS, ClientStats, Options, Published
+from .options import ENCODINGS, ClientStats, Options, Published, is_token
 from .publisher import PublishWindowFull
 from .session import ClientSession, LinkState
 from .subscription import Subscription, SubscriptionState
@@ -315,7 +315,7 @@ class Client:
         token = source()
         if inspect.isawaitable(token):
             token = await token
-        if not isinstance(token, str) or not token or "\r" in token or "\n" in token:
+        if not is_token(token):
             raise ValueError("the token callable must return a non-empty one-line string")
         return token
 
