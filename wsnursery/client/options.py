@@ -62,13 +62,20 @@ class Counters:
     aborts: int = 0
     heartbeat_timeouts: int = 0
     replays_requested: int = 0
-    retransmits_seen: int = 0  # of retired receivers; live ones count their own
+    retransmits_seen: int = 0  # these three: of retired receivers; live ones count their own
     stale_dropped: int = 0
     gaps: int = 0
     delivered: int = 0
     published: int = 0
     requests_resent: int = 0
     server_errors: int = 0
+
+    def retire(self, receiver: ChannelReceiver) -> None:
+        """Keep the counts of a receiver whose subscription ended (:meth:`snapshot` reads
+        only the live ones)."""
+        self.retransmits_seen += receiver.duplicates_dropped
+        self.stale_dropped += receiver.stale_dropped
+        self.gaps += receiver.gaps_reported
 
     def snapshot(
         self, receivers: list[ChannelReceiver], *, connect_failures: int, publish_retries: int,

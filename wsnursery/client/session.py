@@ -256,10 +256,7 @@ class ClientSession:
         record = self._channels.pop(channel, None)
         if record is None:
             return
-        receiver, c = record.receiver, self._counters
-        c.retransmits_seen += receiver.duplicates_dropped
-        c.stale_dropped += receiver.stale_dropped
-        c.gaps += receiver.gaps_reported
+        self._counters.retire(record.receiver)
         if self.state is LinkState.UP:
             self._unsubscribes[channel] = (next(self._ids), None)
 
