@@ -68,7 +68,8 @@ const PROTOCOL_VERSION = 1;
  * jittered backoff) in the background. Events (addEventListener): "open" (detail: welcome),
  * "reconnect" (detail: {attempt, delay}), "close" (detail: {code, reason}), "gap", "error"
  * (detail: server error frames and failures), "gaveup" (after maxReconnects failed attempts;
- * pending publishes reject), "state" (detail: "connecting" | "open" | "closed").
+ * pending publishes reject), "state" (detail: "connecting" | "open" | "closed"), "refreshed"
+ * (detail: {exp}: the server took the renewed token).
  * @param {string} url ws:// or wss:// URL of the pub/sub endpoint.
  * @param {ConnectOptions} [options]
  * @returns {Client}
