@@ -127,6 +127,9 @@ class Client:
         self._publish_waiters: dict[str, _Waiter] = {}
         self._window = anyio.Event()
         self._subscriptions: dict[str, Subscription] = {}
+        # Subscriptions whose inbox overflowed, in order (a set): the reader drains them
+        # before its next frame, instead of looking at every subscription per frame.
+        self._overflowing: dict[Subscription, None] = {}
         self._conn: _Connection | None = None
         self._ready = anyio.Event()  # the first connection is up, or the client failed
         self._stopped = anyio.Event()  # the supervisor has returned
@@ -398,6 +401,8 @@ class Client:
                 sub = self._subscriptions.get(effect.channel)
                 if sub is not None:
                     sub.inbox.hand_over(effect.item)
+                    if sub.inbox.overflow:
+                        self._overflowing[sub] = None
             elif isinstance(effect, SendFrame):
                 if not conn.ended:
                     conn.transport.queue_message(effect.payload)
@@ -451,13 +456,14 @@ class Client:
         transport = conn.transport
         try:
             while True:
-                for sub in list(self._subscriptions.values()):
-                    if sub.inbox.overflow:
-                        self.session.set_paused(True)
-                        try:
-                            await sub.inbox.drain()
-                        finally:
-                            self.session.set_paused(False)
+                while self._overflowing:
+                    sub = next(iter(self._overflowing))
+                    self.session.set_paused(True)
+                    try:
+                        await sub.inbox.drain()  # cancelled: it stays for the next reader
+                    finally:
+                        self.session.set_paused(False)
+                    del self._overflowing[sub]
                 payload = await transport.receive()
                 try:
                     frame = codec.decode(payload, conn.encoding)
