@@ -9,8 +9,9 @@ task group ``connect`` opens (none outlives the ``async with``):
   session -> effects; messages handed to the subscriptions' memory object streams), the
   timers (tick the session when something is due: requests and publishes to (re)send, acks,
   replays, pings, the heartbeat verdict) and the writer (the only task that writes the
-  socket). When the connection ends, that group is cancelled and the session decides
-  whether to reconnect.
+  socket), plus, when the session asks for a fresh token, a short task that runs the
+  application's token callable. When the connection ends, that group is cancelled and the
+  session decides whether to reconnect.
 
 Backpressure: each subscription is a bounded anyio memory object stream. When one is full
 the reader waits for the application to read (:attr:`Client.reading_paused`): it reads no
