@@ -15,7 +15,7 @@ import attrs
 from ..codec import Encoding
 from .receiver import ChannelReceiver
 
-__all__ = ["ENCODINGS", "ClientStats", "Counters", "Options", "Published", "TokenSource"]
+__all__ = ["ENCODINGS", "ClientStats", "Counters", "Options", "Published", "TokenSource", "is_token"]
 
 ENCODINGS = {"json": Encoding.JSON, "cbor": Encoding.CBOR}
 
@@ -62,13 +62,20 @@ class Counters:
     aborts: int = 0
     heartbeat_timeouts: int = 0
     replays_requested: int = 0
-    retransmits_seen: int = 0  # of retired receivers; live ones count their own
+    retransmits_seen: int = 0  # these three: of retired receivers; live ones count their own
     stale_dropped: int = 0
     gaps: int = 0
     delivered: int = 0
     published: int = 0
     requests_resent: int = 0
     server_errors: int = 0
+
+    def retire(self, receiver: ChannelReceiver) -> None:
+        """Keep the counts of a receiver whose subscription ended (:meth:`snapshot` reads
+        only the live ones)."""
+        self.retransmits_seen += receiver.duplicates_dropped
+        self.stale_dropped += receiver.stale_dropped
+        self.gaps += receiver.gaps_reported
 
     def snapshot(
         self, receivers: list[ChannelReceiver], *, connect_failures: int, publish_retries: int,
@@ -93,10 +100,13 @@ class Counters:
         )
 
 
+def is_token(value: object) -> bool:
+    """Whether ``value`` can be sent as a token: a non-empty string on one line (a header)."""
+    return isinstance(value, str) and bool(value) and "\r" not in value and "\n" not in value
+
+
 def _token_source(_: Any, __: Any, value: Any) -> None:
-    if value is None or callable(value):
-        return
-    if not isinstance(value, str) or not value or any(c in value for c in "\r\n"):
+    if value is not None and not callable(value) and not is_token(value):
         raise ValueError("token must be a non-empty one-line string or a callable returning one")
 
 

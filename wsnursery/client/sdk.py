@@ -9,8 +9,9 @@ task group ``connect`` opens (none outlives the ``async with``):
   session -> effects; messages handed to the subscriptions' memory object streams), the
   timers (tick the session when something is due: requests and publishes to (re)send, acks,
   replays, pings, the heartbeat verdict) and the writer (the only task that writes the
-  socket). When the connection ends, that group is cancelled and the session decides
-  whether to reconnect.
+  socket), plus, when the session asks for a fresh token, a short task that runs the
+  application's token callable. When the connection ends, that group is cancelled and the
+  session decides whether to reconnect.
 
 Backpressure: each subscription is a bounded anyio memory object stream. When one is full
 the reader waits for the application to read (:attr:`Client.reading_paused`): it reads no
@@ -51,9 +52,8 @@ from .effects import (
     ToApp,
 )
 from .errors import ClientError, Closed, TransportClosed
-from .options import ENCODINGS, ClientStats, Options, Published
+from .options import ENCODINGS, ClientStats, Options, Published, is_token
 from .publisher import PublishWindowFull
-from .receiver import ChannelReceiver
 from .session import ClientSession, LinkState
 from .subscription import Subscription, SubscriptionState
 from .transport import WebSocketTransport, open_transport, parse_url
@@ -123,12 +123,14 @@ class Client:
             self.urls, options,
             # Keys must differ between clients even when two share a seed.
             client_prefix=secrets.token_hex(8),
-            new_receiver=self._new_receiver,
         )
         self._encoding = ENCODINGS[options.encoding]
         self._publish_waiters: dict[str, _Waiter] = {}
         self._window = anyio.Event()
         self._subscriptions: dict[str, Subscription] = {}
+        # Subscriptions whose inbox overflowed, in order (a set): the reader drains them
+        # before its next frame, instead of looking at every subscription per frame.
+        self._overflowing: dict[Subscription, None] = {}
         self._conn: _Connection | None = None
         self._ready = anyio.Event()  # the first connection is up, or the client failed
         self._stopped = anyio.Event()  # the supervisor has returned
@@ -139,9 +141,6 @@ class Client:
     def url(self) -> str:
         """The node the client is connected to (or tries next)."""
         return self.session.url
-
-    def _new_receiver(self, channel: str, ack: bool) -> ChannelReceiver:
-        return ChannelReceiver(channel, ack=ack, replay_timeout=self.options.request_timeout)
 
     # -- public API --------------------------------------------------------------------
 
@@ -320,7 +319,7 @@ class Client:
         token = source()
         if inspect.isawaitable(token):
             token = await token
-        if not isinstance(token, str) or not token or "\r" in token or "\n" in token:
+        if not is_token(token):
             raise ValueError("the token callable must return a non-empty one-line string")
         return token
 
@@ -403,6 +402,8 @@ class Client:
                 sub = self._subscriptions.get(effect.channel)
                 if sub is not None:
                     sub.inbox.hand_over(effect.item)
+                    if sub.inbox.overflow:
+                        self._overflowing[sub] = None
             elif isinstance(effect, SendFrame):
                 if not conn.ended:
                     conn.transport.queue_message(effect.payload)
@@ -456,13 +457,14 @@ class Client:
         transport = conn.transport
         try:
             while True:
-                for sub in list(self._subscriptions.values()):
-                    if sub.inbox.overflow:
-                        self.session.set_paused(True)
-                        try:
-                            await sub.inbox.drain()
-                        finally:
-                            self.session.set_paused(False)
+                while self._overflowing:
+                    sub = next(iter(self._overflowing))
+                    self.session.set_paused(True)
+                    try:
+                        await sub.inbox.drain()  # cancelled: it stays for the next reader
+                    finally:
+                        self.session.set_paused(False)
+                    del self._overflowing[sub]
                 payload = await transport.receive()
                 try:
                     frame = codec.decode(payload, conn.encoding)

@@ -256,10 +256,7 @@ class ClientSession:
         record = self._channels.pop(channel, None)
         if record is None:
             return
-        receiver, c = record.receiver, self._counters
-        c.retransmits_seen += receiver.duplicates_dropped
-        c.stale_dropped += receiver.stale_dropped
-        c.gaps += receiver.gaps_reported
+        self._counters.retire(record.receiver)
         if self.state is LinkState.UP:
             self._unsubscribes[channel] = (next(self._ids), None)
 
@@ -342,26 +339,20 @@ class ClientSession:
             ))]
         if verdict is HeartbeatVerdict.PING:
             effects.append(SendPing(b"hb%d" % self._heartbeat.pings))
-        timeout = self.options.request_timeout
         for record in list(self._channels.values()):
             last_sent = record.last_sent()
             if record.state is ChannelState.SUBSCRIBING:
-                if last_sent is None or now >= last_sent + timeout:
-                    if last_sent is not None:
-                        self._counters.requests_resent += 1
+                if self._request_due(last_sent, now):
                     effects.append(self._send_subscribe(record, now))
                 continue
             position = record.receiver.position
-            if last_sent is not None and now >= last_sent + timeout and position is not None:
+            if last_sent is not None and position is not None and self._request_due(last_sent, now):
                 # A replay answer went missing: ask again from where we are (costs nothing
                 # we already hold) so the ack bookkeeping learns where the server stands.
-                self._counters.requests_resent += 1
                 effects.append(self._send_replay(record, position, now))
             effects += self._apply(record, record.receiver.tick(now), now)
         for channel, (request_id, sent_at) in list(self._unsubscribes.items()):
-            if sent_at is None or now >= sent_at + timeout:
-                if sent_at is not None:
-                    self._counters.requests_resent += 1
+            if self._request_due(sent_at, now):
                 self._unsubscribes[channel] = (request_id, now)
                 effects.append(self._send(protocol.unsubscribe_request(request_id, channel)))
         effects += self._send_publishes(now)
@@ -392,6 +383,17 @@ class ClientSession:
         return min((d for d in deadlines if d is not None), default=None)
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _request_due(self, sent_at: float | None, now: float) -> bool:
+        """Whether a request last sent at ``sent_at`` (None: not yet on this connection) goes
+        out now: at once, or again once ``request_timeout`` passed unanswered (a re-send,
+        counted in ``requests_resent``)."""
+        if sent_at is None:
+            return True
+        if now < sent_at + self.options.request_timeout:
+            return False
+        self._counters.requests_resent += 1
+        return True
 
     def _send(self, frame: dict[str, Any]) -> SendFrame:
         payload = codec.encode(frame, self._encoding)

@@ -86,23 +86,15 @@ class WebSocketTransport:
         self.on_outgoing: Callable[[], None] = lambda: None
         self.on_pong: Callable[[], None] = lambda: None  # called by the reader for each pong
         self.pongs = 0  # pongs received
-        self.pong_event = anyio.Event()  # set by the next pong, replaced by the heartbeat
-        self.bytes_in = 0
-        self.bytes_out = 0
+        self.bytes_in = 0  # bytes read from the socket
         self._ws = ws
         self._outgoing = bytearray()
         self._send_broken = False
         self._fragments: list[Any] = []
         self._fragment_size = 0
-        self.close_code: int | None = None
-        self.close_reason = ""
         self.compressed = False  # permessage-deflate was negotiated
 
     # -- queueing (any task, never blocks) --------------------------------------------
-
-    @property
-    def is_open(self) -> bool:
-        return self._ws.state is ConnectionState.OPEN
 
     @property
     def has_outgoing(self) -> bool:
@@ -149,7 +141,6 @@ class WebSocketTransport:
             self._send_broken = True
             await self.stream.send(chunk)
             self._send_broken = False
-            self.bytes_out += len(chunk)
 
     # -- the single reader ------------------------------------------------------------
 
@@ -188,10 +179,8 @@ class WebSocketTransport:
             self.on_outgoing()
         elif isinstance(event, Pong):
             self.pongs += 1
-            self.pong_event.set()
             self.on_pong()
         elif isinstance(event, CloseConnection):
-            self.close_code, self.close_reason = event.code, event.reason or ""
             remote = True
             if self._ws.state is ConnectionState.REMOTE_CLOSING:
                 self._send(event.response())  # the peer's close: answer it

@@ -243,8 +243,7 @@ export class Session {
 
   subscribe(channel, { ack = false, since = null, paused = () => false } = {}, now) {
     if (this.subs.has(channel)) throw new Error(`already subscribed to ${channel}`);
-    const sub = { channel, ack, since, paused, confirmed: false, outstanding: new Map(),
-                  serverEpoch: null, ackCeiling: 0, ackOwed: 0, ackSent: 0, starved: false,
+    const sub = { channel, ack, since, paused, ...linkState(),
                   receiver: new ChannelReceiver(channel, { ack, replayTimeout: this.requestTimeout }) };
     this.subs.set(channel, sub);
     this.unsubscribes.delete(channel);
@@ -280,8 +279,7 @@ export class Session {
     this.unsubscribes.clear();
     for (const sub of this.subs.values()) {
       sub.receiver.onReconnect();
-      Object.assign(sub, { confirmed: false, outstanding: new Map(), serverEpoch: null,
-                           ackCeiling: 0, ackOwed: 0, ackSent: 0, starved: false });
+      Object.assign(sub, linkState());
       this.sendSubscribe(sub, now);
     }
     this.publishes.onReconnect(now);
@@ -480,6 +478,12 @@ export class Session {
   send(frame) { if (this.connected) this.out.push({ send: frame }); }
 
   emit(event, detail) { this.out.push({ event, detail }); }
+}
+
+/** A subscription's per-connection state, as a new connection starts it (the SDK's ChannelRecord). */
+function linkState() {
+  return { confirmed: false, outstanding: new Map(), serverEpoch: null, ackCeiling: 0, ackOwed: 0,
+           ackSent: 0, starved: false };
 }
 
 function lastSentAt(sub) {

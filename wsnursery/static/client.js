@@ -68,7 +68,8 @@ const PROTOCOL_VERSION = 1;
  * jittered backoff) in the background. Events (addEventListener): "open" (detail: welcome),
  * "reconnect" (detail: {attempt, delay}), "close" (detail: {code, reason}), "gap", "error"
  * (detail: server error frames and failures), "gaveup" (after maxReconnects failed attempts;
- * pending publishes reject), "state" (detail: "connecting" | "open" | "closed").
+ * pending publishes reject), "state" (detail: "connecting" | "open" | "closed"), "refreshed"
+ * (detail: {exp}: the server took the renewed token).
  * @param {string} url ws:// or wss:// URL of the pub/sub endpoint.
  * @param {ConnectOptions} [options]
  * @returns {Client}
@@ -236,13 +237,11 @@ export class Client extends EventTarget {
         this.subscriptions.get(detail.channel)?.push(detail);
         if (detail.kind === "gap") this.dispatch("gap", detail);
       } else if (event === "published") {
-        const waiter = this.waiters.get(detail.key);
-        this.waiters.delete(detail.key);
-        waiter?.resolve({ channel: detail.channel, epoch: detail.epoch, seq: detail.seq, key: detail.key });
+        this.takeWaiter(detail.key)?.resolve({ channel: detail.channel, epoch: detail.epoch,
+                                                seq: detail.seq, key: detail.key });
       } else if (event === "publishFailed") {
-        const waiter = this.waiters.get(detail.key);
-        this.waiters.delete(detail.key);
-        waiter?.reject(Object.assign(new Error(`${detail.error.code}: ${detail.error.reason}`), detail.error));
+        const { code, reason } = detail.error;
+        this.takeWaiter(detail.key)?.reject(Object.assign(new Error(`${code}: ${reason}`), detail.error));
       } else if (event === "subscribeFailed") {
         this.subscriptions.get(detail.channel)?.fail(detail.error);
         this.subscriptions.delete(detail.channel);
@@ -268,6 +267,13 @@ export class Client extends EventTarget {
       this.timers.tick = setTimeout(() => { session.tick(this.now()); this.pump(); }, wait * 1000 + 1);
     }
     this.armHeartbeat();
+  }
+
+  /** The publish waiter for `key`, taken out of the map (undefined if there is none). */
+  takeWaiter(key) {
+    const waiter = this.waiters.get(key);
+    this.waiters.delete(key);
+    return waiter;
   }
 
   /**
