@@ -1,0 +1,164 @@
+"""Recovery figures of a reliability run, sans-I/O: where the latency tail comes from.
+
+Inputs, all on one monotonic clock (seconds), kept per client (each client of a run has
+its own fault proxy, so "the connection" of a fault is that client's link):
+
+- the proxy's fault events (time, connection index, direction, kind) and connection
+  accept times;
+- the client's progress times: deliveries to the application for a subscriber (with each
+  message's publish time and publisher), confirmations for a publisher.
+
+Figures:
+
+- **recovery** per fault kind: time from the fault to the client's next delivery (or
+  confirmation), p50/p99/max; faults with no later progress are counted, not timed;
+- **reconnects** by cause: what ended the connection before each new one (``reset``,
+  ``stall``, or ``other``: a close the proxy did not cause, e.g. a request or heartbeat
+  timeout on a link that was only slow);
+- **replay sizes**: per subscriber reconnect, the messages delivered on the new connection
+  that were published before it opened (what the server had to send again);
+- **tail**: for deliveries at or above the run's p99 latency, the first fault on the
+  message's way (its publisher's link or its subscriber's link) between publish and
+  delivery; ``none`` when no fault touched it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class Event:
+    at: float
+    connection: int
+    kind: str
+
+
+@attrs.define
+class ClientTrace:
+    """What one client went through: faults and connections from its proxy, its progress."""
+
+    name: str
+    subscriber: bool
+    events: list[Event] = attrs.field(factory=list)
+    opened: list[float] = attrs.field(factory=list)
+    progress: list[float] = attrs.field(factory=list)  # delivery or confirmation times, ascending
+    published_at: list[float] = attrs.field(factory=list)  # subscribers: per delivery
+    publisher: list[int] = attrs.field(factory=list)  # subscribers: per delivery
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile of ``values`` (0 for none)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, math.ceil(pct / 100 * len(ordered)) - 1))
+    return ordered[rank]
+
+
+def _summary_ms(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "p50": round(percentile(values, 50) * 1000, 1),
+        "p99": round(percentile(values, 99) * 1000, 1),
+        "max": round(max(values, default=0.0) * 1000, 1),
+    }
+
+
+def recovery_by_kind(traces: Sequence[ClientTrace]) -> dict[str, dict[str, Any]]:
+    """Per fault kind: count, time to the client's next progress (ms), and the unhealed."""
+    waits: dict[str, list[float]] = collections.defaultdict(list)
+    unhealed: collections.Counter[str] = collections.Counter()
+    for trace in traces:
+        for event in trace.events:
+            after = bisect.bisect_right(trace.progress, event.at)
+            if after < len(trace.progress):
+                waits[event.kind].append(trace.progress[after] - event.at)
+            else:
+                unhealed[event.kind] += 1
+    kinds = sorted(set(waits) | set(unhealed))
+    return {
+        kind: {"faults": len(waits[kind]) + unhealed[kind], **_summary_ms(waits[kind]),
+               "no_later_progress": unhealed[kind]}
+        for kind in kinds
+    }
+
+
+def reconnect_causes(traces: Sequence[ClientTrace]) -> dict[str, int]:
+    """What ended the connection before each reconnect: reset, stall or other."""
+    causes: collections.Counter[str] = collections.Counter()
+    for trace in traces:
+        ending = {e.connection: e.kind for e in trace.events if e.kind in ("reset", "stall")}
+        for connection in range(1, len(trace.opened)):
+            causes[ending.get(connection - 1, "other")] += 1
+    return dict(sorted(causes.items()))
+
+
+def replay_sizes(traces: Sequence[ClientTrace]) -> list[int]:
+    """Per subscriber reconnect: deliveries on the new link published before it opened."""
+    sizes = []
+    for trace in traces:
+        if not trace.subscriber:
+            continue
+        for k in range(1, len(trace.opened)):
+            start = trace.opened[k]
+            end = trace.opened[k + 1] if k + 1 < len(trace.opened) else float("inf")
+            first = bisect.bisect_left(trace.progress, start)
+            last = bisect.bisect_left(trace.progress, end)
+            sizes.append(sum(1 for i in range(first, last) if trace.published_at[i] < start))
+    return sizes
+
+
+def tail_causes(traces: Sequence[ClientTrace], publishers: Mapping[int, ClientTrace]) -> dict[str, Any]:
+    """For deliveries at or above p99 latency: the first fault on the way, counted by kind."""
+    latencies = [
+        (done - sent, trace, sent, done, pub)
+        for trace in traces
+        if trace.subscriber
+        for done, sent, pub in zip(trace.progress, trace.published_at, trace.publisher)
+    ]
+    if not latencies:
+        return {"threshold_ms": 0.0, "deliveries": 0, "causes": {}}
+    threshold = percentile([item[0] for item in latencies], 99)
+    causes: collections.Counter[str] = collections.Counter()
+    tail = [item for item in latencies if item[0] >= threshold]
+    times = {id(t): [e.at for e in t.events] for t in [*traces, *publishers.values()]}
+    for _, trace, sent, done, pub in tail:
+        candidates = [(e.at, f"subscriber {e.kind}") for e in _between(trace, times, sent, done)]
+        publisher = publishers.get(pub)
+        if publisher is not None:
+            candidates += [(e.at, f"publisher {e.kind}") for e in _between(publisher, times, sent, done)]
+        causes[min(candidates)[1] if candidates else "none"] += 1
+    return {
+        "threshold_ms": round(threshold * 1000, 1),
+        "deliveries": len(tail),
+        "causes": dict(causes.most_common()),
+    }
+
+
+def _between(trace: ClientTrace, times: Mapping[int, list[float]], start: float, end: float) -> Sequence[Event]:
+    """The trace's events in [start, end] (the proxy appends them in time order)."""
+    at = times[id(trace)]
+    return trace.events[bisect.bisect_left(at, start) : bisect.bisect_right(at, end)]
+
+
+def summarise(traces: Sequence[ClientTrace], publishers: Mapping[int, ClientTrace]) -> dict[str, Any]:
+    """Every recovery figure of a run, ready for the report."""
+    sizes = replay_sizes(traces)
+    return {
+        "recovery_ms": recovery_by_kind(traces),
+        "reconnects_by_cause": reconnect_causes(traces),
+        "replay_sizes": {
+            "reconnects": len(sizes),
+            "p50": percentile(sizes, 50),
+            "p99": percentile(sizes, 99),
+            "max": max(sizes, default=0),
+            "total": sum(sizes),
+        },
+        "tail": tail_causes(traces, publishers),
+    }
