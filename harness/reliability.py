@@ -61,6 +61,8 @@ CLIENT_SETTINGS = dict(
 
 DRAIN_LIMIT = 60.0  # seconds a soak may take to deliver what it published, after publishing
 READY_LIMIT = 30.0  # seconds every subscriber may take to subscribe before the run fails
+MAX_CLIENTS = 256  # subscribers plus publishers: each has its own proxy (a listener, two sockets a link)
+MAX_CHANNELS = 1000
 
 
 class OptionError(ValueError):
@@ -98,6 +100,10 @@ class Options:
         for name in ("clients", "publishers", "channels"):
             if getattr(self, name) < 1:
                 raise OptionError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.clients + self.publishers > MAX_CLIENTS:
+            raise OptionError(f"clients plus publishers must be at most {MAX_CLIENTS}, not {self.clients + self.publishers}")
+        if self.channels > MAX_CHANNELS:
+            raise OptionError(f"channels must be at most {MAX_CHANNELS}, not {self.channels}")
         if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
             raise OptionError(f"duration must be a number of seconds above 0, not {self.duration}")
         if self.soak and self.duration is None:

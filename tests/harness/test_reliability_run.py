@@ -51,7 +51,7 @@ def test_a_client_without_dedup_makes_the_harness_fail(monkeypatch, capsys, tmp_
     status = cli.main([
         "reliability", "--failure-rate", "0.3", "--faults", "duplicate", "--messages", "30",
         "--clients", "2", "--publishers", "1", "--channels", "1", "--seed", "3", "--quiet",
-        "--output", str(output),
+        "--output", str(output), "--no-shrink",
     ])
     assert status == 1
     report = json.loads(output.read_text())["runs"][0]
