@@ -17,9 +17,13 @@ Figures:
   timeout on a link that was only slow);
 - **replay sizes**: per subscriber reconnect, the messages delivered on the new connection
   that were published before it opened (what the server had to send again);
-- **tail**: for deliveries at or above the run's p99 latency, the first fault on the
-  message's way (its publisher's link or its subscriber's link) between publish and
-  delivery; ``none`` when no fault touched it.
+- **tail**: the deliveries at or above the run's p99 latency, each split at its publish's
+  confirmation into a publisher part (publish to confirmed) and a subscriber part
+  (confirmed to delivered); the larger part names the side, and the first fault on that
+  side's link within that part names the kind (``publisher stall``, ``subscriber reset``,
+  ...; ``publisher no fault`` when that link saw none, e.g. a subscriber waiting in order
+  behind a replay). Publishers publish one message at a time, so publisher ``p``'s
+  ``k``-th confirmation is that of its ``k``-th message.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class ClientTrace:
     progress: list[float] = attrs.field(factory=list)  # delivery or confirmation times, ascending
     published_at: list[float] = attrs.field(factory=list)  # subscribers: per delivery
     publisher: list[int] = attrs.field(factory=list)  # subscribers: per delivery
+    number: list[int] = attrs.field(factory=list)  # subscribers: per delivery, the message's index
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -115,28 +120,38 @@ def replay_sizes(traces: Sequence[ClientTrace]) -> list[int]:
 
 
 def tail_causes(traces: Sequence[ClientTrace], publishers: Mapping[int, ClientTrace]) -> dict[str, Any]:
-    """For deliveries at or above p99 latency: the first fault on the way, counted by kind."""
-    latencies = [
-        (done - sent, trace, sent, done, pub)
-        for trace in traces
-        if trace.subscriber
-        for done, sent, pub in zip(trace.progress, trace.published_at, trace.publisher)
-    ]
+    """The deliveries at or above p99 latency: which side held them, and the first fault there."""
+    subscribers = [trace for trace in traces if trace.subscriber]
+    latencies = [done - sent for trace in subscribers for done, sent in zip(trace.progress, trace.published_at)]
     if not latencies:
-        return {"threshold_ms": 0.0, "deliveries": 0, "causes": {}}
-    threshold = percentile([item[0] for item in latencies], 99)
-    causes: collections.Counter[str] = collections.Counter()
-    tail = [item for item in latencies if item[0] >= threshold]
+        return {"threshold_ms": 0.0, "deliveries": 0, "publisher_part_ms": 0.0, "subscriber_part_ms": 0.0,
+                "causes": {}}
+    threshold = percentile(latencies, 99)
     times = {id(t): [e.at for e in t.events] for t in [*traces, *publishers.values()]}
-    for _, trace, sent, done, pub in tail:
-        candidates = [(e.at, f"subscriber {e.kind}") for e in _between(trace, times, sent, done)]
-        publisher = publishers.get(pub)
-        if publisher is not None:
-            candidates += [(e.at, f"publisher {e.kind}") for e in _between(publisher, times, sent, done)]
-        causes[min(candidates)[1] if candidates else "none"] += 1
+    count = len(publishers) or 1
+    causes: collections.Counter[str] = collections.Counter()
+    parts: tuple[list[float], list[float]] = ([], [])
+    for trace in subscribers:
+        for i, (done, sent) in enumerate(zip(trace.progress, trace.published_at)):
+            if done - sent < threshold:
+                continue
+            publisher = publishers.get(trace.publisher[i]) if i < len(trace.publisher) else None
+            k = trace.number[i] // count if i < len(trace.number) else -1
+            confirmed = publisher.progress[k] if publisher and 0 <= k < len(publisher.progress) else sent
+            confirmed = min(max(confirmed, sent), done)
+            parts[0].append(confirmed - sent)
+            parts[1].append(done - confirmed)
+            if publisher is not None and confirmed - sent > done - confirmed:
+                side, link, start, end = "publisher", publisher, sent, confirmed
+            else:
+                side, link, start, end = "subscriber", trace, confirmed, done
+            first = _between(link, times, start, end)
+            causes[f"{side} {first[0].kind if first else 'no fault'}"] += 1
     return {
         "threshold_ms": round(threshold * 1000, 1),
-        "deliveries": len(tail),
+        "deliveries": len(parts[0]),
+        "publisher_part_ms": round(percentile(parts[0], 50) * 1000, 1),  # medians over the tail
+        "subscriber_part_ms": round(percentile(parts[1], 50) * 1000, 1),
         "causes": dict(causes.most_common()),
     }
 

@@ -271,6 +271,7 @@ class _Run:
         self.progress: dict[str, array[float]] = {name: array("d") for name in proxies}
         self.sent_at: dict[str, array[float]] = {name: array("d") for name in proxies}
         self.sent_by: dict[str, array[int]] = {name: array("i") for name in proxies}
+        self.numbers: dict[str, array[int]] = {name: array("q") for name in proxies}
 
     def check_done(self) -> None:
         if not self.publishing_done.is_set():
@@ -293,6 +294,7 @@ class _Run:
                 events=[recovery.Event(e.at, e.connection, str(e.kind)) for e in proxy.events],
                 opened=list(proxy.opened), progress=list(self.progress[name]),
                 published_at=list(self.sent_at[name]), publisher=list(self.sent_by[name]),
+                number=list(self.numbers[name]),
             )
             traces.append(trace)
             if not trace.subscriber:
@@ -426,6 +428,7 @@ async def _follow(
 ) -> None:
     key = (log.name, channel)
     progress, sent_at, sent_by = state.progress[log.name], state.sent_at[log.name], state.sent_by[log.name]
+    numbers = state.numbers[log.name]
     async with client.subscribe(channel, ack=True) as messages:
         # Channels are new for each run and publishing starts only once every subscriber
         # is confirmed, so each subscriber must see the whole stream from seq 1.
@@ -441,8 +444,9 @@ async def _follow(
                 state.latency.record_value(min(600_000_000, max(1, (now_ns - stamp) // 1000)))
                 progress.append(now_ns / 1e9)
                 sent_at.append(stamp / 1e9)
-                publisher = item.data.get("p")
+                publisher, number = item.data.get("p"), item.data.get("n")
                 sent_by.append(publisher if isinstance(publisher, int) else -1)
+                numbers.append(number if isinstance(number, int) else -1)
             state.last_delivery = now_ns / 1e9
             state.reached[key] = item.seq
             state.check_done()

@@ -241,7 +241,8 @@ def render_recovery(result: Result) -> str:
     )
     tail = figures["tail"]
     lines.append(
-        f"latency tail (>= p99 {tail['threshold_ms']} ms, {tail['deliveries']} deliveries), first fault on the way: "
-        + (", ".join(f"{k} {v}" for k, v in tail["causes"].items()) or "none")
+        f"latency tail (>= p99 {tail['threshold_ms']} ms, {tail['deliveries']} deliveries): median "
+        f"{tail['publisher_part_ms']} ms publish to confirmed, {tail['subscriber_part_ms']} ms confirmed to delivered; "
+        "held by: " + (", ".join(f"{k} {v}" for k, v in tail["causes"].items()) or "none")
     )
     return "\n".join(lines)

@@ -9,8 +9,6 @@ import sys
 import pytest
 
 from harness import cli, reliability
-from wsnursery.client import sdk
-from wsnursery.client.receiver import ChannelReceiver, Deliver, Message
 
 SMALL = dict(clients=2, publishers=1, channels=2, messages=40, duration=40.0, quiet=True)
 
@@ -36,17 +34,7 @@ async def test_json_encoding_run_is_clean_too():
     assert result.passed, result.verdict.examples
 
 
-class DeliversRepeats(ChannelReceiver):
-    """A broken receiver: dedup switched off, so repeats reach the application."""
-
-    def on_message(self, epoch, seq, data, ts, now):
-        if epoch == self._epoch and self._resync is None and seq <= self._delivered:
-            return [Deliver(Message(self.channel, epoch, seq, data, ts))]
-        return super().on_message(epoch, seq, data, ts, now)
-
-
-def test_a_client_without_dedup_makes_the_harness_fail(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(sdk, "ChannelReceiver", DeliversRepeats)
+def test_a_client_without_dedup_makes_the_harness_fail(broken_dedup, capsys, tmp_path):
     output = tmp_path / "report.json"
     status = cli.main([
         "reliability", "--failure-rate", "0.3", "--faults", "duplicate", "--messages", "30",
@@ -71,3 +59,32 @@ def test_cli_reports_and_exits_zero_on_a_clean_run(tmp_path):
         assert row in result.stdout
     report = json.loads(output.read_text())["runs"][0]
     assert report["passed"] and report["faults_total"] > 0 and report["lost"] == 0
+
+
+def test_a_soak_publishes_until_the_time_is_up_next_to_a_run_without_faults(tmp_path, capsys):
+    output = tmp_path / "report.json"
+    status = cli.main([
+        "reliability", "--duration", "2", "--failure-rate", "0.1", "--clients", "2", "--publishers", "1",
+        "--channels", "2", "--seed", "4", "--quiet", "--output", str(output),
+    ])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    faulted, clean = json.loads(output.read_text())["runs"]
+    assert (faulted["scenario"], clean["scenario"]) == ("custom", "no faults")
+    assert faulted["case"]["soak"] and clean["case"]["soak"] and clean["failure_rate"] == 0
+    for run in (faulted, clean):
+        assert run["passed"] and run["published"] > 20 and run["delivered"] == 2 * run["published"]
+        assert run["throughput_deliveries_per_s"] > 0
+    assert faulted["faults_total"] > 0 and clean["faults_total"] == 0
+    assert "throughput deliveries/s" in out and "recovery (custom, p=0.1)" in out
+    assert set(faulted["recovery"]) == {"recovery_ms", "reconnects_by_cause", "replay_sizes", "tail"}
+
+
+@pytest.mark.slow
+async def test_twenty_thousand_messages_at_two_percent_pass():
+    options = reliability.Options(failure_rate=0.02, messages=20_000, seed=20, quiet=True)
+    result = await reliability.run(options, "long")
+    verdict = result.verdict
+    assert result.passed, verdict.examples
+    assert verdict.published == 20_000 and verdict.delivered == verdict.expected == 4 * 20_000
+    assert result.faults_total > 0
