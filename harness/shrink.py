@@ -60,8 +60,10 @@ async def shrink(options: Options, failed: Result, *, max_runs: int = 16, runner
     """The smallest case found within ``max_runs`` re-runs that fails like ``failed``."""
     target = failed.failure_kinds
     run = runner or _quiet_run
-    start = attrs.evolve(options, quiet=True, soak=False, duration=None,
-                         messages=max(failed.verdict.published + failed.verdict.unconfirmed, options.publishers))
+    messages = options.messages
+    if options.soak:  # a soak becomes a run of the messages it attempted
+        messages = max(failed.verdict.published + failed.verdict.unconfirmed, options.publishers)
+    start = attrs.evolve(options, quiet=True, soak=False, duration=None, messages=messages)
     state = Shrunk(start, failed, 0, [], max_runs)
 
     async def fails(candidate: Options) -> bool:
