@@ -8,8 +8,8 @@ import attrs
 import pytest
 
 from harness import cli, shrink
-from harness.reliability import Options, Result
 from harness.check import Verdict
+from harness.reliability import Options, Result
 
 
 def test_a_client_without_dedup_shrinks_to_a_handful_of_messages_and_replays(broken_dedup, tmp_path, capsys):

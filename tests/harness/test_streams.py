@@ -79,11 +79,11 @@ def test_no_value_is_larger_than_max_payload(seed, max_payload):
 @pytest.mark.parametrize(
     "settings_, why",
     [
-        (dict(messages=0, publishers=1, channels=1), "messages must be"),
-        (dict(messages=3, publishers=5, channels=1), "cannot share"),
-        (dict(messages=10, publishers=1, channels=0), "at least one"),
-        (dict(messages=10, publishers=1, channels=1, max_payload=10), "max payload"),
-        (dict(messages=10, publishers=1, channels=1, max_payload=streams.MAX_PAYLOAD_LIMIT + 1), "max payload"),
+        ({"messages": 0, "publishers": 1, "channels": 1}, "messages must be"),
+        ({"messages": 3, "publishers": 5, "channels": 1}, "cannot share"),
+        ({"messages": 10, "publishers": 1, "channels": 0}, "at least one"),
+        ({"messages": 10, "publishers": 1, "channels": 1, "max_payload": 10}, "max payload"),
+        ({"messages": 10, "publishers": 1, "channels": 1, "max_payload": streams.MAX_PAYLOAD_LIMIT + 1}, "max payload"),
     ],
 )
 def test_a_stream_that_cannot_be_planned_says_why(settings_, why):
