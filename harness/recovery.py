@@ -22,8 +22,10 @@ Figures:
   (confirmed to delivered); the larger part names the side, and the first fault on that
   side's link within that part names the kind (``publisher stall``, ``subscriber reset``,
   ...; ``publisher no fault`` when that link saw none, e.g. a subscriber waiting in order
-  behind a replay). Publishers publish one message at a time, so publisher ``p``'s
-  ``k``-th confirmation is that of its ``k``-th message.
+  behind a replay), and ``reconnects_on_the_way`` counts the new connections that side's
+  client opened within that part (median over the tail): a tail of several reconnects is
+  a replay cut short by the next fault, again and again. Publishers publish one message
+  at a time, so publisher ``p``'s ``k``-th confirmation is that of its ``k``-th message.
 """
 
 from __future__ import annotations
@@ -125,12 +127,13 @@ def tail_causes(traces: Sequence[ClientTrace], publishers: Mapping[int, ClientTr
     latencies = [done - sent for trace in subscribers for done, sent in zip(trace.progress, trace.published_at)]
     if not latencies:
         return {"threshold_ms": 0.0, "deliveries": 0, "publisher_part_ms": 0.0, "subscriber_part_ms": 0.0,
-                "causes": {}}
+                "reconnects_on_the_way": 0, "causes": {}}
     threshold = percentile(latencies, 99)
     times = {id(t): [e.at for e in t.events] for t in [*traces, *publishers.values()]}
     count = len(publishers) or 1
     causes: collections.Counter[str] = collections.Counter()
     parts: tuple[list[float], list[float]] = ([], [])
+    redials: list[int] = []
     for trace in subscribers:
         for i, (done, sent) in enumerate(zip(trace.progress, trace.published_at)):
             if done - sent < threshold:
@@ -147,11 +150,13 @@ def tail_causes(traces: Sequence[ClientTrace], publishers: Mapping[int, ClientTr
                 side, link, start, end = "subscriber", trace, confirmed, done
             first = _between(link, times, start, end)
             causes[f"{side} {first[0].kind if first else 'no fault'}"] += 1
+            redials.append(bisect.bisect_right(link.opened, end) - bisect.bisect_left(link.opened, start))
     return {
         "threshold_ms": round(threshold * 1000, 1),
         "deliveries": len(parts[0]),
         "publisher_part_ms": round(percentile(parts[0], 50) * 1000, 1),  # medians over the tail
         "subscriber_part_ms": round(percentile(parts[1], 50) * 1000, 1),
+        "reconnects_on_the_way": percentile(redials, 50),
         "causes": dict(causes.most_common()),
     }
 

@@ -242,7 +242,8 @@ def render_recovery(result: Result) -> str:
     tail = figures["tail"]
     lines.append(
         f"latency tail (>= p99 {tail['threshold_ms']} ms, {tail['deliveries']} deliveries): median "
-        f"{tail['publisher_part_ms']} ms publish to confirmed, {tail['subscriber_part_ms']} ms confirmed to delivered; "
-        "held by: " + (", ".join(f"{k} {v}" for k, v in tail["causes"].items()) or "none")
+        f"{tail['publisher_part_ms']} ms publish to confirmed, {tail['subscriber_part_ms']} ms confirmed to delivered, "
+        f"{tail['reconnects_on_the_way']} reconnects on the way; held by (first fault): "
+        + (", ".join(f"{k} {v}" for k, v in tail["causes"].items()) or "none")
     )
     return "\n".join(lines)

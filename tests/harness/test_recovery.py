@@ -50,6 +50,7 @@ def test_recovery_reconnects_replays_and_tail():
     assert tail["threshold_ms"] == 4000.0  # the slowest delivery: published at 19, delivered at 23
     assert tail["deliveries"] == 1
     assert (tail["publisher_part_ms"], tail["subscriber_part_ms"]) == (3000.0, 1000.0)
+    assert tail["reconnects_on_the_way"] == 0  # the publisher's link was never redialled
     assert tail["causes"] == {"publisher stall": 1}  # the larger part; the drop at 18.5 came before the publish
 
 
@@ -58,3 +59,13 @@ def test_a_connection_that_ended_without_a_proxy_fault_is_other():
     figures = summarise([sub], {})
     assert figures["reconnects_by_cause"] == {"other": 1}
     assert figures["tail"]["causes"] == {"subscriber no fault": 1}
+
+
+def test_a_tail_delivery_counts_the_reconnects_it_waited_through():
+    # Published at 1, confirmed at once, delivered at 9 after three redials of the subscriber.
+    sub = subscriber([Event(2.0, 0, "reset"), Event(4.0, 1, "reset"), Event(6.0, 2, "stall")],
+                     [0.0, 3.0, 5.0, 8.0], [(0.6, 0.5, 0, 0), (9.0, 1.0, 0, 1)])
+    publisher = ClientTrace("pub0", False, opened=[0.0], progress=[0.5, 1.0])
+    tail = summarise([sub, publisher], {0: publisher})["tail"]
+    assert tail["deliveries"] == 1 and tail["reconnects_on_the_way"] == 3
+    assert tail["causes"] == {"subscriber reset": 1}
