@@ -24,8 +24,8 @@ Figures:
   ...; ``publisher no fault`` when that link saw none, e.g. a subscriber waiting in order
   behind a replay), and ``reconnects_on_the_way`` counts the new connections that side's
   client opened within that part (median over the tail): a tail of several reconnects is
-  a replay cut short by the next fault, again and again. Publishers publish one message
-  at a time, so publisher ``p``'s ``k``-th confirmation is that of its ``k``-th message.
+  a replay cut short by the next fault, again and again. A publisher's trace maps each
+  message index to its confirmation time (``confirmed``).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class ClientTrace:
     published_at: list[float] = attrs.field(factory=list)  # subscribers: per delivery
     publisher: list[int] = attrs.field(factory=list)  # subscribers: per delivery
     number: list[int] = attrs.field(factory=list)  # subscribers: per delivery, the message's index
+    confirmed: dict[int, float] = attrs.field(factory=dict)  # publishers: message index -> confirmed at
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -130,7 +131,6 @@ def tail_causes(traces: Sequence[ClientTrace], publishers: Mapping[int, ClientTr
                 "reconnects_on_the_way": 0, "causes": {}}
     threshold = percentile(latencies, 99)
     times = {id(t): [e.at for e in t.events] for t in [*traces, *publishers.values()]}
-    count = len(publishers) or 1
     causes: collections.Counter[str] = collections.Counter()
     parts: tuple[list[float], list[float]] = ([], [])
     redials: list[int] = []
@@ -139,8 +139,8 @@ def tail_causes(traces: Sequence[ClientTrace], publishers: Mapping[int, ClientTr
             if done - sent < threshold:
                 continue
             publisher = publishers.get(trace.publisher[i]) if i < len(trace.publisher) else None
-            k = trace.number[i] // count if i < len(trace.number) else -1
-            confirmed = publisher.progress[k] if publisher and 0 <= k < len(publisher.progress) else sent
+            number = trace.number[i] if i < len(trace.number) else -1
+            confirmed = publisher.confirmed.get(number, sent) if publisher else sent
             confirmed = min(max(confirmed, sent), done)
             parts[0].append(confirmed - sent)
             parts[1].append(done - confirmed)

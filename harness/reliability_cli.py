@@ -23,8 +23,12 @@ from harness.report import table, write_json
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 DEFAULT_MESSAGES = 300
+# The no-fault run next to a faulted one: the same stream and settings, at most this long
+# (throughput is a rate; a long run need not be paid for twice).
+BASELINE_MAX_MESSAGES = 20_000
+BASELINE_MAX_SECONDS = 60.0
 _CASE_FLAGS = ("scenario", "failure_rate", "faults", "clients", "publishers", "channels", "messages",
-               "duration", "max_payload", "encoding", "seed", "url")
+               "duration", "max_payload", "encoding", "seed", "url", "publish_window")
 
 
 def _rate(text: str) -> float:
@@ -80,11 +84,15 @@ def add_arguments(rel: argparse.ArgumentParser) -> None:
     add("--max-payload", type=_positive(int), default=defaults.max_payload,
         help=f"largest value in the stream, CBOR bytes ({streams.MIN_PAYLOAD} to {streams.MAX_PAYLOAD_LIMIT}; "
         f"default {defaults.max_payload}); sizes are log-uniform up to it, see harness/streams.py")
+    add("--publish-window", type=_positive(int), default=None,
+        help=f"publishes each publisher keeps unconfirmed at once (default {reliability.PUBLISH_WINDOW} at failure "
+        f"rates up to {reliability.WINDOW_MAX_RATE}, else 1: at high rates a window only lengthens what is resent)")
     add("--encoding", choices=["json", "cbor"], default=defaults.encoding, help=f"wire encoding (default {defaults.encoding})")
     add("--seed", type=int, default=defaults.seed, help="seed of the stream and the fault schedules: the same seed replays the run")
     add("--url", help="target a running wsnursery server (ws://127.0.0.1:PORT/) instead of starting one")
     add("--baseline", action=argparse.BooleanOptionalAction, default=True,
-        help="also run the same stream without faults, for throughput side by side (default: on)")
+        help="also run the same stream without faults, for throughput side by side (default: on; "
+        f"at most the first {BASELINE_MAX_MESSAGES:,} messages, or {BASELINE_MAX_SECONDS:g} s of a soak)")
     add("--shrink", action=argparse.BooleanOptionalAction, default=True,
         help="when delivery fails, re-run smaller cases and write the smallest failing one (default: on)")
     add("--shrink-runs", type=_positive(int), default=16, help="re-runs the shrinking may spend (default 16)")
@@ -126,14 +134,25 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, Options]]:
         clients=args.clients, publishers=args.publishers, channels=args.channels,
         messages=DEFAULT_MESSAGES if args.messages is None else args.messages, duration=args.duration,
         soak=soak, max_payload=args.max_payload, encoding=args.encoding, seed=args.seed, url=args.url,
-        faults=args.faults, quiet=args.quiet,
+        faults=args.faults, quiet=args.quiet, publish_window=args.publish_window,
     )
     runs = [(name, attrs.evolve(base, failure_rate=rate)) for name, rate in rates]
     if args.baseline and all(options.failure_rate > 0 for _, options in runs):
-        runs.append(("no faults", attrs.evolve(base, failure_rate=0.0)))
+        runs.append(_baseline(runs[0][1]))
     for _, options in runs:
         options.check()
     return runs
+
+
+def _baseline(faulted: Options) -> tuple[str, Options]:
+    """The same run without faults (the same window too), shortened to the baseline bounds."""
+    clean = attrs.evolve(faulted, failure_rate=0.0, publish_window=faulted.window)
+    if faulted.soak and (faulted.duration or 0) > BASELINE_MAX_SECONDS:
+        return f"no faults (first {BASELINE_MAX_SECONDS:g} s)", attrs.evolve(clean, duration=BASELINE_MAX_SECONDS)
+    if not faulted.soak and faulted.messages > BASELINE_MAX_MESSAGES:
+        return (f"no faults (first {BASELINE_MAX_MESSAGES:,})",
+                attrs.evolve(clean, messages=BASELINE_MAX_MESSAGES, duration=None))
+    return "no faults", clean
 
 
 def _default(flag: str) -> Any:

@@ -37,7 +37,7 @@ MAX_REPLAY_BYTES = 1024 * 1024
 _CASE_TYPES: dict[str, Any] = {
     "failure_rate": (int, float), "clients": int, "publishers": int, "channels": int, "messages": int,
     "duration": (int, float, type(None)), "soak": bool, "max_payload": int, "encoding": str, "seed": int,
-    "faults": list,
+    "faults": list, "publish_window": (int, type(None)),
 }
 
 Runner = Callable[[Options], Awaitable[Result]]

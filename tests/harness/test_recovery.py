@@ -32,7 +32,7 @@ def test_recovery_reconnects_replays_and_tail():
     sub = subscriber(events, [0.0, 11.0, 22.0], deliveries)
     # The publisher's message 1, published at 19, is confirmed at 22 after a stall at 19.5.
     publisher = ClientTrace("pub0", False, events=[Event(18.5, 0, "drop"), Event(19.5, 0, "stall")],
-                            opened=[0.0], progress=[4.9, 22.0])
+                            opened=[0.0], progress=[4.9, 22.0], confirmed={0: 4.9, 1: 22.0})
     figures = summarise([sub, publisher], {0: publisher})
 
     recovery = figures["recovery_ms"]
@@ -65,7 +65,7 @@ def test_a_tail_delivery_counts_the_reconnects_it_waited_through():
     # Published at 1, confirmed at once, delivered at 9 after three redials of the subscriber.
     sub = subscriber([Event(2.0, 0, "reset"), Event(4.0, 1, "reset"), Event(6.0, 2, "stall")],
                      [0.0, 3.0, 5.0, 8.0], [(0.6, 0.5, 0, 0), (9.0, 1.0, 0, 1)])
-    publisher = ClientTrace("pub0", False, opened=[0.0], progress=[0.5, 1.0])
+    publisher = ClientTrace("pub0", False, opened=[0.0], progress=[0.5, 1.0], confirmed={0: 0.5, 1: 1.0})
     tail = summarise([sub, publisher], {0: publisher})["tail"]
     assert tail["deliveries"] == 1 and tail["reconnects_on_the_way"] == 3
     assert tail["causes"] == {"subscriber reset": 1}

@@ -23,6 +23,8 @@ BAD = [
     (["--publishers", "5", "--messages", "3"], "cannot share"),
     (["--messages", "20000000"], "messages must be between"),
     (["--clients", "300"], "at most"),
+    (["--publish-window", "0"], "must be greater than 0"),
+    (["--publish-window", "1000"], "publish window must be between"),
     (["--scenario", "high", "--failure-rate", "0.1"], "not both"),
     (["--url", "ws://example.com:80/"], "--url must point at"),
     (["--replay", "/nonexistent/case.json"], "cannot read replay file"),

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from harness import cli, reliability
+from harness import cli, reliability, reliability_cli
 
 SMALL = dict(clients=2, publishers=1, channels=2, messages=40, duration=40.0, quiet=True)
 
@@ -88,3 +88,19 @@ async def test_twenty_thousand_messages_at_two_percent_pass():
     assert result.passed, verdict.examples
     assert verdict.published == 20_000 and verdict.delivered == verdict.expected == 4 * 20_000
     assert result.faults_total > 0
+
+
+def test_the_no_fault_run_is_the_same_run_shortened_and_the_window_follows_the_rate():
+    long = reliability.Options(failure_rate=0.01, messages=100_000)
+    assert long.window == reliability.PUBLISH_WINDOW
+    name, clean = reliability_cli._baseline(long)
+    assert name == "no faults (first 20,000)" and clean.messages == 20_000 and clean.failure_rate == 0
+    assert clean.window == long.window and clean.seed == long.seed
+    high = reliability.Options(failure_rate=0.15)
+    assert high.window == 1
+    name, clean = reliability_cli._baseline(high)
+    assert name == "no faults" and clean.window == 1 and clean.messages == high.messages
+    soak = reliability.Options(failure_rate=0.05, soak=True, duration=3600.0)
+    name, clean = reliability_cli._baseline(soak)
+    assert clean.soak and clean.duration == reliability_cli.BASELINE_MAX_SECONDS and "60 s" in name
+    assert reliability.Options(failure_rate=0.15, publish_window=8).window == 8
