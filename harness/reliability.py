@@ -14,8 +14,8 @@ report can tell how long each fault took to heal on the link it hit (``recovery`
 
 Two shapes of run: ``messages`` publishes (``duration`` caps the run, default 120 s plus
 10 ms a message), or a soak (``soak=True``): publish continuously for ``duration``
-seconds, then stop and let delivery finish within ``DRAIN_LIMIT``. Every run is bounded
-and talks only to 127.0.0.1.
+seconds (or until ``streams.MAX_MESSAGES`` were published), then stop and let delivery
+finish within ``DRAIN_LIMIT``. Every run is bounded and talks only to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -497,6 +497,9 @@ async def _publish_all(state: _Run, name: str, index: int) -> None:
                 if state.stop_publishing.is_set():
                     break
                 if state.options.soak:
+                    if state.ledger.attempted >= streams.MAX_MESSAGES:  # the verdict's memory bound
+                        state.stop_publishing.set()
+                        break
                     state.ledger.attempted += 1
                 payload = {"p": index, "n": n, "t": time.monotonic_ns(), "v": message.value}
                 in_flight.start_soon(_publish_one, state, client, name, window, channel_of[message.channel], payload)

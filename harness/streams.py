@@ -24,7 +24,7 @@ Shapes (the stated distribution, per message):
 
 No value's CBOR encoding is larger than ``max_payload`` bytes (a tree or a deep value that
 would be is replaced by a blob that fits). With the default 64 KiB the mean value is about
-1.2 KiB (see the README). Pacing: 90 % of messages follow the previous one at once
+1.6 KB of CBOR and the median 47 bytes (100,000 messages, seed 1). Pacing: 90 % of messages follow the previous one at once
 (bursts), 7 % wait 1 ms and 3 % 5 ms.
 """
 
@@ -41,7 +41,9 @@ import cbor2
 MAX_PAYLOAD = 64 * 1024  # default bound on one value's CBOR size, bytes
 MIN_PAYLOAD = 64  # smaller bounds cannot carry the shapes a stream promises
 MAX_PAYLOAD_LIMIT = 1024 * 1024  # the harness server takes 4 MiB messages; JSON may triple text
-MAX_MESSAGES = 10_000_000  # a bound on any one stream (memory of the verdict, not of the plan)
+# A bound on any one run, soaks included: the verdict keeps ~150 bytes per delivery, so
+# 1,000,000 messages to 4 subscribers hold ~600 MB (a stream itself is never held).
+MAX_MESSAGES = 1_000_000
 _TRICKY = "\u200b\u200c\u200d\ufeff\U0001f600\U00010348\u0301\x00\u202e"
 _INT_EDGES = (0, 1, -1, 2**63 - 1, -(2**63), 2**64, 2**32, -(2**31), 255, 256, 65535)
 _FLOAT_EDGES = (0.0, -0.0, 5e-324, 1.7976931348623157e308, -1.7976931348623157e308, 0.1, 1.0, 1e16)
