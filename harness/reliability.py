@@ -42,7 +42,7 @@ from wsnursery.server import Server
 SCENARIOS = {"normal": 0.0, "low": 0.05, "high": 0.15, "extreme": 0.25}
 
 # Timers of the harness's own server and clients: short, so faults heal within a second or so.
-SERVER_SETTINGS = {
+SERVER_SETTINGS: dict[str, Any] = {
     "heartbeat_interval": 0.5,
     "heartbeat_timeout": 1.0,
     "ack_timeout": 0.25,  # above the client's 50 ms ack interval plus a round trip: 0.1 resent needlessly
@@ -59,7 +59,7 @@ SERVER_SETTINGS = {
 # (backoff: loopback, and max_reconnects bounds a dead server at ~5 s), unanswered requests
 # and publishes are re-sent after 0.25 s. The heartbeat timeout stays above the proxy's
 # 0.2 s delay spike, which holds pongs too.
-CLIENT_SETTINGS = {
+CLIENT_SETTINGS: dict[str, Any] = {
     "heartbeat_interval": 0.05,
     "heartbeat_timeout": 0.25,
     "request_timeout": 0.25,

@@ -79,9 +79,10 @@ async def shrink(options: Options, failed: Result, *, max_runs: int = 16, runner
 
     if target:
         await _fewer_messages(state, fails)
-        for field, smallest in (("clients", 1), ("channels", 1), ("publishers", 1)):
-            if getattr(state.options, field) > smallest:
-                await fails(attrs.evolve(state.options, **{field: smallest}))
+        for field in ("clients", "channels", "publishers"):
+            if getattr(state.options, field) > 1:
+                changes: dict[str, Any] = {field: 1}
+                await fails(attrs.evolve(state.options, **changes))
         for kind in list(state.options.faults):
             if len(state.options.faults) > 1:
                 await fails(attrs.evolve(state.options, faults=tuple(k for k in state.options.faults if k != kind)))
