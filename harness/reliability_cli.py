@@ -95,7 +95,8 @@ def add_arguments(rel: argparse.ArgumentParser) -> None:
         f"at most the first {BASELINE_MAX_MESSAGES:,} messages, or {BASELINE_MAX_SECONDS:g} s of a soak)")
     add("--shrink", action=argparse.BooleanOptionalAction, default=True,
         help="when delivery fails, re-run smaller cases and write the smallest failing one (default: on)")
-    add("--shrink-runs", type=_positive(int), default=16, help="re-runs the shrinking may spend (default 16)")
+    add("--shrink-runs", type=_positive(int), default=24,
+        help="re-runs the shrinking may spend; a smaller case is kept only if it fails twice (default 24)")
     add("--replay-file", metavar="FILE.json", help="where to write the smallest failing case "
         "(default reliability-failure-seed<SEED>.json)")
     add("--replay", metavar="FILE.json", help="run exactly the case of a replay file (no other run options)")

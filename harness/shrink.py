@@ -6,16 +6,20 @@ same schedule family: each client's proxy draws from ``seed:client``, so the fir
 of a smaller run meet the same faults), with
 
 1. fewer messages: the first ``n`` of the same stream (message ``i`` depends only on the
-   seed and ``i``), the smallest ``n`` found by bisection;
+   seed and ``i``), the smallest ``n`` found by doubling up from one message per
+   publisher, then bisecting;
 2. then one subscriber, one channel, one publisher, each kept only if the run still fails;
 3. then fewer fault kinds, one dropped at a time;
 4. then the message count again, for the smaller shape.
 
 A candidate counts as failing when it fails the same way (one of the original's failure
-kinds). Runs are bounded by ``max_runs``. Why not hypothesis's shrinker: each case is a
-whole networked run (seconds, and timing makes it flaky); hypothesis would spend hundreds
-of runs and its health checks assume a deterministic test. The dimensions above are the
-ones a person needs small, in a handful of runs.
+kinds) twice in a row: faults are seeded but timing is not, and a case that failed once by
+a fluke would make a replay file that passes. Runs are bounded by ``max_runs`` (24).
+
+Why not hypothesis's shrinker: each case is a whole networked run (seconds, and timing
+makes it flaky); hypothesis would spend hundreds of runs and its health checks assume a
+deterministic test. The dimensions above are the ones a person needs small, in a handful
+of runs.
 
 The smallest failing case is written as a replay file (JSON): ``python -m harness
 reliability --replay FILE`` runs exactly that case.
@@ -53,10 +57,10 @@ class Shrunk:
     result: Result  # its failing run
     runs: int  # re-runs spent
     steps: list[str]  # what each re-run tried, and whether it still failed
-    max_runs: int = 16
+    max_runs: int = 24
 
 
-async def shrink(options: Options, failed: Result, *, max_runs: int = 16, runner: Runner | None = None) -> Shrunk:
+async def shrink(options: Options, failed: Result, *, max_runs: int = 24, runner: Runner | None = None) -> Shrunk:
     """The smallest case found within ``max_runs`` re-runs that fails like ``failed``."""
     target = failed.failure_kinds
     run = runner or _quiet_run
@@ -67,15 +71,24 @@ async def shrink(options: Options, failed: Result, *, max_runs: int = 16, runner
     state = Shrunk(start, failed, 0, [], max_runs)
 
     async def fails(candidate: Options) -> bool:
+        """Whether ``candidate`` fails like the original twice in a row (a fluke is not kept)."""
         if state.runs >= state.max_runs or candidate == state.options:
             return False
-        state.runs += 1
-        result = await run(candidate)
-        failing = bool(result.failure_kinds & target)
-        state.steps.append(f"{describe(candidate)}: {'fails' if failing else 'passes'}")
-        if failing:
-            state.options, state.result = candidate, result
-        return failing
+        result = None
+        for attempt in (1, 2):
+            if state.runs >= state.max_runs:
+                state.steps.append(f"{describe(candidate)}: failed once, no runs left to confirm it")
+                return False
+            state.runs += 1
+            result = await run(candidate)
+            if not result.failure_kinds & target:
+                verdict = "passes" if attempt == 1 else "failed once, then passed: flaky, not kept"
+                state.steps.append(f"{describe(candidate)}: {verdict}")
+                return False
+        state.steps.append(f"{describe(candidate)}: fails (twice)")
+        assert result is not None
+        state.options, state.result = candidate, result
+        return True
 
     if target:
         await _fewer_messages(state, fails)
@@ -91,11 +104,19 @@ async def shrink(options: Options, failed: Result, *, max_runs: int = 16, runner
 
 
 async def _fewer_messages(state: Shrunk, fails: Callable[[Options], Awaitable[bool]]) -> None:
-    """Bisect the message count: ``low`` is known to pass (or is the floor), ``high`` to fail."""
+    """The smallest failing message count: double up from the floor, then bisect.
+
+    Failures of a broken client show within a few messages, so searching up from the
+    smallest run is cheaper than halving down from a long one (and small runs are quick).
+    """
     high = state.options.messages
-    low = state.options.publishers
-    if high <= low or await fails(attrs.evolve(state.options, messages=low)):
-        return
+    low = state.options.publishers - 1  # known to pass (a floor below any real run)
+    probe = state.options.publishers
+    while probe < high and state.runs < state.max_runs:
+        if await fails(attrs.evolve(state.options, messages=probe)):
+            high = probe
+            break
+        low, probe = probe, probe * 2
     while high - low > 1 and state.runs < state.max_runs:
         middle = (low + high) // 2
         if await fails(attrs.evolve(state.options, messages=middle)):
