@@ -130,8 +130,12 @@ async def _quiet_run(options: Options) -> Result:
 
 
 def describe(options: Options) -> str:
-    return (f"{options.messages} messages, {options.clients} subscribers, {options.publishers} publishers, "
-            f"{options.channels} channels, faults {','.join(options.faults)}")
+    def count(n: int, noun: str) -> str:
+        return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+    return (f"{count(options.messages, 'message')}, {count(options.clients, 'subscriber')}, "
+            f"{count(options.publishers, 'publisher')}, {count(options.channels, 'channel')}, "
+            f"faults {','.join(options.faults)}")
 
 
 def write_replay(path: str, shrunk: Shrunk, original: Options) -> None:
