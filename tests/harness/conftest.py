@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wsnursery.client import sdk
-from wsnursery.reliability import ChannelReceiver, Deliver, Message
+from wsnursery.client.receiver import ChannelReceiver, Deliver, Message
 
 
 class DeliversRepeats(ChannelReceiver):
