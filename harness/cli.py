@@ -63,6 +63,12 @@ def _positive(kind: type) -> Any:
     return convert
 
 
+def _html_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--html", metavar="FILE.html",
+                        help="also write a self-contained HTML report (charts as inline SVG, nothing loaded "
+                             "from the network); open it in any browser")
+
+
 def build_parser(options_of: Collection[str] = ALL_COMMANDS) -> argparse.ArgumentParser:
     """The parser of every command; only the commands in ``options_of`` get their options (and
     have their module imported), so ``main`` builds just the one it runs."""
@@ -73,6 +79,7 @@ def build_parser(options_of: Collection[str] = ALL_COMMANDS) -> argparse.Argumen
         sub = commands.add_parser(name, help=help_, description=description)
         if name in options_of:
             importlib.import_module(module).add_arguments(sub, _positive(int), _positive(float))
+            _html_option(sub)
     return parser
 
 
@@ -88,6 +95,7 @@ def _reliability_parser(commands: Any, with_options: bool) -> None:
     from harness import reliability_cli
 
     reliability_cli.add_arguments(rel)
+    _html_option(rel)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from harness.check import Ledger, SubscriberLog, Verdict
 from harness.faults import ALL_KINDS, FaultKind, FaultSchedule
 from harness.proxy import FaultProxy
 from harness.report import Progress
+from harness.timeline import Timeline, curve
 from wsnursery import client as sdk
 from wsnursery.config import Config
 from wsnursery.server import Server
@@ -179,6 +180,8 @@ class Result:
     recovery: dict[str, Any] = attrs.field(factory=dict)
     timed_out: bool = False
     options: Options | None = None
+    latency_curve: list[list[float]] = attrs.field(factory=list)  # [[percentile, ms], ...]
+    timeline: list[dict[str, Any]] = attrs.field(factory=list)  # samples for the HTML report
 
     @property
     def passed(self) -> bool:
@@ -229,6 +232,8 @@ class Result:
             "timed_out": self.timed_out,
             "examples": v.examples,
             "case": self.options.case() if self.options else None,
+            "latency_curve": self.latency_curve,
+            "timeline": self.timeline,
         }
 
 
@@ -338,9 +343,11 @@ async def _drive(
     state = _Run(options, recipe, run_id, proxies)
     started = time.monotonic()
     progress = None if options.quiet else Progress(f"{scenario} p={options.failure_rate:.2f}")
+    timeline = Timeline()
     with trio.move_on_after(options.cap) as deadline:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_when_broken, state, nursery.cancel_scope)
+            nursery.start_soon(_sample_timeline, state, timeline)
             for name in state.subscriber_names:
                 nursery.start_soon(_session, state, name, _subscribe_all, name, state.ledger.subscriber(name))
             with trio.move_on_after(min(READY_LIMIT, options.cap)):
@@ -360,6 +367,7 @@ async def _drive(
             await state.all_delivered.wait()
             nursery.cancel_scope.cancel()
     timed_out = deadline.cancelled_caught or (state.broken.is_set() and not state.all_delivered.is_set())
+    _sample(state, timeline)
     verdict = state.ledger.verdict()
     for failure in state.failures:
         verdict.note(failure)
@@ -399,6 +407,8 @@ async def _drive(
         recovery=recovery.summarise(traces, publisher_traces),
         timed_out=timed_out,
         options=options,
+        latency_curve=curve(latency),
+        timeline=timeline.points,
     )
 
 
@@ -521,6 +531,23 @@ async def _publish_one(
         state.confirmed += 1
     finally:
         window.release()
+
+
+async def _sample_timeline(state: _Run, timeline: Timeline) -> None:
+    while True:
+        _sample(state, timeline)
+        await trio.sleep(0.02)  # Timeline thins itself out on long runs
+
+
+def _sample(state: _Run, timeline: Timeline) -> None:
+    """Cumulative figures now: deliveries, confirmed publishes, reconnects, faults by kind."""
+    faults = {kind.value: sum(proxy.stats.count(kind) for proxy in state.proxies.values()) for kind in FaultKind}
+    timeline.add(
+        delivered=sum(len(log.seen) for log in state.ledger.subscribers),
+        published=state.confirmed,
+        reconnects=sum(client.stats.reconnects for client in state.clients),
+        faults=faults,
+    )
 
 
 async def _report_progress(state: _Run, progress: Progress) -> None:

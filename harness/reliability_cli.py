@@ -170,6 +170,10 @@ async def _command(args: argparse.Namespace) -> int:
     print(render(results))
     if args.output:
         write_json(args.output, {"runs": [result.as_dict() for result in results]})
+    if getattr(args, "html", None):
+        from harness.html_report import write_html
+
+        write_html(args.html, {"command": "reliability", "runs": [result.as_dict() for result in results]})
     failed = [result for result in results if not result.passed]
     for result in failed:
         await _explain(args, result)
