@@ -76,6 +76,12 @@ def test_no_value_is_larger_than_max_payload(seed, max_payload):
         assert message == recipe.message(index)  # and made again, it is the same
 
 
+def test_trees_stay_under_the_bound_that_skips_their_size_check():
+    values = [m.value for m in plan(11, messages=5000, publishers=1, channels=1).messages]
+    trees = [v for v in values if isinstance(v, (list, dict))]
+    assert max(len(cbor2.dumps(v)) for v in trees) < streams._TREE_BOUND // 2
+
+
 @pytest.mark.parametrize(
     "settings_, why",
     [
