@@ -543,7 +543,7 @@ def _sample(state: _Run, timeline: Timeline) -> None:
     """Cumulative figures now: deliveries, confirmed publishes, reconnects, faults by kind."""
     faults = {kind.value: sum(proxy.stats.count(kind) for proxy in state.proxies.values()) for kind in FaultKind}
     timeline.add(
-        delivered=sum(len(log.seen) for log in state.ledger.subscribers),
+        delivered=sum(log.count for log in state.ledger.subscribers),
         published=state.confirmed,
         reconnects=sum(client.stats.reconnects for client in state.clients),
         faults=faults,
@@ -558,7 +558,7 @@ async def _report_progress(state: _Run, progress: Progress) -> None:
 
 def _show(state: _Run, progress: Progress, force: bool = False) -> None:
     total = state.ledger.attempted * (1 + state.options.clients)
-    delivered = sum(len(log.seen) for log in state.ledger.subscribers)
+    delivered = sum(log.count for log in state.ledger.subscribers)
     done = state.confirmed + delivered
     faults = sum(proxy.stats.total for proxy in state.proxies.values())
     progress.update(
