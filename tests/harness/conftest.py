@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wsnursery.client import sdk
+from wsnursery.client import session
 from wsnursery.client.receiver import ChannelReceiver, Deliver, Message
 
 
@@ -19,5 +19,6 @@ class DeliversRepeats(ChannelReceiver):
 
 @pytest.fixture
 def broken_dedup(monkeypatch):
-    """Every client of the test delivers repeated messages to its application."""
-    monkeypatch.setattr(sdk, "ChannelReceiver", DeliversRepeats)
+    """Every client of the test delivers repeated messages to its application (the client
+    session makes each subscription's receiver)."""
+    monkeypatch.setattr(session, "ChannelReceiver", DeliversRepeats)
