@@ -20,6 +20,8 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+import time
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -33,6 +35,17 @@ STALL_CLOSE_CHECK_INTERVAL = 0.05  # seconds between peer-closed checks in a sta
 ACCEPT_RETRY_DELAY = 0.1  # seconds to back off when out of file descriptors
 _ACCEPT_CAPACITY_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _TCP_CLOSE, _TCP_CLOSE_WAIT = 7, 8  # Linux tcpi_state values: reset, peer FIN
+MAX_EVENTS = 100_000  # fault and connection events kept per proxy; past it only counted
+
+
+@attrs.frozen
+class FaultEvent:
+    """One fault the proxy injected: when (``clock`` seconds), where, which."""
+
+    at: float
+    connection: int
+    direction: Direction
+    kind: FaultKind
 
 
 def _abort(stream: trio.SocketStream) -> None:
@@ -111,8 +124,11 @@ class FaultProxy:
     ``listen_host:port``. Connections are numbered from 0 in accept order;
     that number is the schedule's connection index. ``stats`` counts the
     faults injected, ``connections_handled`` the connections accepted and
-    ``active_connections`` those still open. An unreachable upstream aborts
-    the client with RST.
+    ``active_connections`` those still open. ``events`` keeps each fault with
+    its time on ``clock`` and ``opened`` each connection's accept time (both
+    up to ``MAX_EVENTS``; ``events_dropped`` counts what did not fit), so a
+    harness can tell how long each fault took to heal. An unreachable
+    upstream aborts the client with RST.
     """
 
     upstream_host: str
@@ -123,7 +139,11 @@ class FaultProxy:
     read_size: int = READ_SIZE
     upstream_connect_timeout: float = UPSTREAM_CONNECT_TIMEOUT
     max_frame_bytes: int = MAX_FRAME_BYTES
+    clock: Callable[[], float] = time.monotonic
     stats: FaultStats = attrs.field(factory=FaultStats, init=False)
+    events: list[FaultEvent] = attrs.field(factory=list, init=False)
+    opened: list[float] = attrs.field(factory=list, init=False)
+    events_dropped: int = attrs.field(default=0, init=False)
     connections_handled: int = attrs.field(default=0, init=False)
     active_connections: int = attrs.field(default=0, init=False)
     port: int | None = attrs.field(default=None, init=False)
@@ -145,6 +165,8 @@ class FaultProxy:
                 client = await self._accept(listener)
                 index = self.connections_handled
                 self.connections_handled += 1
+                if len(self.opened) < MAX_EVENTS:
+                    self.opened.append(self.clock())
                 self.active_connections += 1
                 nursery.start_soon(self._serve_connection, client, index)
 
@@ -217,6 +239,7 @@ class FaultProxy:
                         clean += chunk.raw
                         continue
                     self.stats.record(fault.kind, direction)
+                    self._event(link.index, direction, fault.kind)
                     if clean:
                         await sink.send_all(clean)
                         clean = bytearray()
@@ -229,6 +252,12 @@ class FaultProxy:
         except (trio.BrokenResourceError, trio.ClosedResourceError, FrameSplitError):
             pass
         link.stop("closed")
+
+    def _event(self, connection: int, direction: Direction, kind: FaultKind) -> None:
+        if len(self.events) < MAX_EVENTS:
+            self.events.append(FaultEvent(self.clock(), connection, direction, kind))
+        else:
+            self.events_dropped += 1
 
     @staticmethod
     async def _write_faulted(sink: trio.SocketStream, raw: bytes, fault: Fault) -> None:

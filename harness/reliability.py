@@ -1,13 +1,21 @@
 """``python -m harness reliability``: prove nothing is lost when the network misbehaves.
 
-A run starts its own wsnursery server (or targets ``--url``), puts the frame-aware fault
-proxy in front of it, and drives publishers and subscribers written with the project's
-client SDK through the proxy. Publishers send a hypothesis-generated plan (``streams``);
-subscribers record what their application sees; the ``Ledger`` then counts what was lost,
-duplicated, reordered or corrupted. The run passes only when all of those are zero, every
-publish was confirmed, and (at a failure rate above 0) faults really fired.
+A run starts its own wsnursery server (or targets ``--url``), puts a frame-aware fault
+proxy in front of it for each client, and drives publishers and subscribers written with
+the project's client SDK through their proxies. Publishers send a seeded stream
+(``streams``: message ``i`` is a pure function of the seed and ``i``, made when it is
+sent); subscribers record what their application sees; the ``Ledger`` then counts what was
+lost, duplicated, reordered or corrupted. The run passes only when all of those are zero,
+every publish was confirmed, and (at a failure rate above 0) faults really fired.
 
-Every run is bounded: ``--duration`` caps it, and it talks only to 127.0.0.1.
+One proxy per client, each with its own schedule (seeded by ``seed:client``), so a fault's
+connection index is that client's own k-th connection, whatever the others do, and the
+report can tell how long each fault took to heal on the link it hit (``recovery``).
+
+Two shapes of run: ``messages`` publishes (``duration`` caps the run, default 120 s plus
+10 ms a message), or a soak (``soak=True``): publish continuously for ``duration``
+seconds (or until ``streams.MAX_MESSAGES`` were published), then stop and let delivery
+finish within ``DRAIN_LIMIT``. Every run is bounded and talks only to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -15,17 +23,18 @@ from __future__ import annotations
 import math
 import random
 import time
+from array import array
 from typing import Any
 
 import attrs
 import trio
 from hdrh.histogram import HdrHistogram
 
+from harness import recovery, streams
 from harness.check import Ledger, SubscriberLog, Verdict
 from harness.faults import ALL_KINDS, FaultKind, FaultSchedule
 from harness.proxy import FaultProxy
 from harness.report import Progress
-from harness.streams import Plan, plan
 from harness.timeline import Timeline, curve
 from wsnursery import client as sdk
 from wsnursery.config import Config
@@ -33,22 +42,56 @@ from wsnursery.server import Server
 
 SCENARIOS = {"normal": 0.0, "low": 0.05, "high": 0.15, "extreme": 0.25}
 
-# Timers of the harness's own server and clients: short, so faults heal within seconds.
-SERVER_SETTINGS = dict(
-    heartbeat_interval=0.5,
-    heartbeat_timeout=1.0,
-    ack_timeout=0.25,
-    ack_max_timeout=2.0,
-    history_size=65_536,
-    outbound_queue_size=8192,
-    max_unacked=8192,
-    max_message_size=4 * 2**20,
-    close_timeout=0.5,
-    shutdown_timeout=1.0,
-)
-CLIENT_SETTINGS = dict(
-    heartbeat_interval=0.25, heartbeat_timeout=0.6, request_timeout=0.5, backoff_max=0.5, max_reconnects=100
-)
+# Timers of the harness's own server and clients: short, so faults heal within a second or so.
+SERVER_SETTINGS: dict[str, Any] = {
+    "heartbeat_interval": 0.5,
+    "heartbeat_timeout": 1.0,
+    "ack_timeout": 0.25,  # above the client's 50 ms ack interval plus a round trip: 0.1 resent needlessly
+    "ack_max_timeout": 2.0,
+    "history_size": 65_536,
+    "outbound_queue_size": 8192,
+    "max_unacked": 8192,
+    "max_message_size": 4 * 2**20,
+    "close_timeout": 0.5,
+    "shutdown_timeout": 1.0,
+}
+# What each bought at --failure-rate 0.15 (seed 4242, 600 messages; README "Recovery figures"):
+# a stall is detected within ~0.3 s (heartbeat), a reset link is redialled within 5-50 ms
+# (backoff: loopback, and max_reconnects bounds a dead server at ~5 s), unanswered requests
+# and publishes are re-sent after 0.25 s. The heartbeat timeout stays above the proxy's
+# 0.2 s delay spike, which holds pongs too.
+CLIENT_SETTINGS: dict[str, Any] = {
+    "heartbeat_interval": 0.05,
+    "heartbeat_timeout": 0.25,
+    "request_timeout": 0.25,
+    "backoff_base": 0.005,
+    "backoff_max": 0.05,
+    "publish_backoff_max": 0.5,
+    "max_reconnects": 100,
+}
+
+
+DRAIN_LIMIT = 60.0  # seconds a soak may take to deliver what it published, after publishing
+READY_LIMIT = 30.0  # seconds every subscriber may take to subscribe before the run fails
+# Publishes one publisher keeps in flight (the SDK allows 256), unless --publish-window says.
+# With rare faults a window is what makes long runs fast (5,000 messages at 0.01: 40 s one at
+# a time, 16 s with 32); with frequent ones it only makes every resend and replay longer and
+# so more often cut short by the next fault (at 0.15, seed 4242: p99 3.6-3.9 s one at a time,
+# 6-12 s with 2, 8 s with 32).
+PUBLISH_WINDOW = 32
+WINDOW_MAX_RATE = 0.02  # above this failure rate, one publish at a time
+# Publishers wait while the slowest subscriber is this many messages behind on a channel:
+# with rare faults and 32 in flight, publishers otherwise outran the subscribers that were
+# replaying (100,000 messages at 0.01 on a quiet machine: p99 48 s, replays of ~150 messages
+# cut short again and again). The bound keeps replays and the latency tail bounded.
+MAX_LAG = 500
+MAX_PUBLISH_WINDOW = 256
+MAX_CLIENTS = 256  # subscribers plus publishers: each has its own proxy (a listener, two sockets a link)
+MAX_CHANNELS = 1000
+
+
+class OptionError(ValueError):
+    """Options no run can satisfy (the message says which)."""
 
 
 @attrs.define
@@ -58,13 +101,66 @@ class Options:
     publishers: int = 2
     channels: int = 3
     messages: int = 300
-    duration: float = 120.0
+    duration: float | None = None  # messages: cap (None: 120 s + 10 ms a message); soak: publishing time
+    soak: bool = False
+    max_payload: int = streams.MAX_PAYLOAD
     encoding: str = "cbor"
     seed: int = 1
     url: str | None = None
     faults: tuple[str, ...] = tuple(kind.value for kind in ALL_KINDS)
+    publish_window: int | None = None  # None: PUBLISH_WINDOW up to WINDOW_MAX_RATE, else 1
     quiet: bool = False
     client_factory: Any = None  # tests swap in a deliberately broken client here
+
+    @property
+    def window(self) -> int:
+        """Publishes each publisher keeps unconfirmed at once."""
+        if self.publish_window is not None:
+            return self.publish_window
+        return PUBLISH_WINDOW if self.failure_rate <= WINDOW_MAX_RATE else 1
+
+    @property
+    def cap(self) -> float:
+        """Seconds the whole run may take before it is stopped and judged (a failure)."""
+        if self.soak:
+            return (self.duration or 0.0) + DRAIN_LIMIT
+        return self.duration if self.duration is not None else 120.0 + self.messages / 100
+
+    def check(self) -> None:
+        """Raise `OptionError` (or `streams.PlanError`) for options no run can satisfy."""
+        if not is_finite_rate(self.failure_rate):
+            raise OptionError(f"failure rate must be between 0 and 1, not {self.failure_rate}")
+        for name in ("clients", "publishers", "channels"):
+            if getattr(self, name) < 1:
+                raise OptionError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.clients + self.publishers > MAX_CLIENTS:
+            raise OptionError(f"clients plus publishers must be at most {MAX_CLIENTS}, not {self.clients + self.publishers}")
+        if self.publish_window is not None and not 1 <= self.publish_window <= MAX_PUBLISH_WINDOW:
+            raise OptionError(f"publish window must be between 1 and {MAX_PUBLISH_WINDOW}, not {self.publish_window}")
+        if self.channels > MAX_CHANNELS:
+            raise OptionError(f"channels must be at most {MAX_CHANNELS}, not {self.channels}")
+        if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
+            raise OptionError(f"duration must be a number of seconds above 0, not {self.duration}")
+        if self.soak and self.duration is None:
+            raise OptionError("a soak needs a duration")
+        if self.encoding not in ("cbor", "json"):
+            raise OptionError(f"encoding must be cbor or json, not {self.encoding!r}")
+        known = {kind.value for kind in ALL_KINDS}
+        if not self.faults or set(self.faults) - known:
+            raise OptionError(f"faults must be some of {', '.join(sorted(known))}, not {self.faults}")
+        streams.check(
+            messages=None if self.soak else self.messages, publishers=self.publishers,
+            channels=self.channels, max_payload=self.max_payload,
+        )
+
+    def case(self) -> dict[str, Any]:
+        """The settings that make this run (what a replay file holds)."""
+        return {
+            "failure_rate": self.failure_rate, "clients": self.clients, "publishers": self.publishers,
+            "channels": self.channels, "messages": self.messages, "duration": self.duration,
+            "soak": self.soak, "max_payload": self.max_payload, "encoding": self.encoding,
+            "seed": self.seed, "faults": list(self.faults), "publish_window": self.publish_window,
+        }
 
 
 @attrs.define
@@ -80,11 +176,15 @@ class Result:
     replays: int = 0
     retransmits: int = 0
     publish_retries: int = 0
+    heartbeat_timeouts: int = 0
     server_retransmits: int | None = None
     sessions: int = 0
     sessions_ok: int = 0
     latency_ms: dict[str, float] = attrs.field(factory=dict)
+    throughput: float = 0.0  # deliveries per second, first publish to last delivery
+    recovery: dict[str, Any] = attrs.field(factory=dict)
     timed_out: bool = False
+    options: Options | None = None
     latency_curve: list[list[float]] = attrs.field(factory=list)  # [[percentile, ms], ...]
     timeline: list[dict[str, Any]] = attrs.field(factory=list)  # samples for the HTML report
 
@@ -96,6 +196,14 @@ class Result:
     @property
     def session_success_rate(self) -> float:
         return self.sessions_ok / self.sessions if self.sessions else 0.0
+
+    @property
+    def failure_kinds(self) -> frozenset[str]:
+        """What went wrong in delivery: lost, duplicated, reordered, corrupted, unconfirmed."""
+        v = self.verdict
+        counts = {"lost": v.lost, "duplicated": v.duplicated, "reordered": v.reordered,
+                  "corrupted": v.corrupted, "unconfirmed": v.unconfirmed}
+        return frozenset(kind for kind, count in counts.items() if count)
 
     def as_dict(self) -> dict[str, Any]:
         v = self.verdict
@@ -120,26 +228,27 @@ class Result:
             "retransmits_dropped_by_clients": self.retransmits,
             "server_retransmits": self.server_retransmits,
             "publish_retries": self.publish_retries,
+            "heartbeat_timeouts": self.heartbeat_timeouts,
             "faults_injected": self.faults,
             "faults_total": self.faults_total,
             "latency_ms": self.latency_ms,
+            "throughput_deliveries_per_s": round(self.throughput, 1),
+            "recovery": self.recovery,
             "timed_out": self.timed_out,
             "examples": v.examples,
+            "case": self.options.case() if self.options else None,
             "latency_curve": self.latency_curve,
             "timeline": self.timeline,
         }
 
 
 async def run(options: Options, scenario: str = "custom") -> Result:
-    """One reliability run at ``options.failure_rate``."""
-    schedule = FaultSchedule(
-        seed=options.seed,
-        failure_rate=options.failure_rate,
-        kinds=frozenset(FaultKind(kind) for kind in options.faults),
+    """One reliability run at ``options.failure_rate``; `OptionError`/`PlanError` for bad options."""
+    options.check()
+    recipe = streams.stream(
+        options.seed, publishers=options.publishers, channels=options.channels, max_payload=options.max_payload
     )
-    the_plan = plan(
-        options.seed, messages=options.messages, publishers=options.publishers, channels=options.channels
-    )
+    kinds = frozenset(FaultKind(kind) for kind in options.faults)
     run_id = f"{options.seed}-{random.Random().randrange(16**6):06x}"
     async with trio.open_nursery() as nursery:
         server = None
@@ -149,15 +258,21 @@ async def run(options: Options, scenario: str = "custom") -> Result:
             upstream = ("127.0.0.1", ports[0])
         else:
             upstream = _host_port(options.url)
-        proxy = FaultProxy(upstream[0], upstream[1], schedule)
-        proxy_port = await nursery.start(proxy.run)
-        url = f"ws://127.0.0.1:{proxy_port}/"
-        result = await _drive(options, the_plan, run_id, url, proxy, scenario)
+        proxies: dict[str, FaultProxy] = {}
+        for name in _names(options):
+            schedule = FaultSchedule(seed=f"{options.seed}:{name}", failure_rate=options.failure_rate, kinds=kinds)
+            proxies[name] = FaultProxy(upstream[0], upstream[1], schedule)
+            await nursery.start(proxies[name].run)
+        result = await _drive(options, recipe, run_id, proxies, scenario)
         if server is not None:
             value = server.metrics.registry.get_sample_value("wsnursery_retransmits_total")
             result.server_retransmits = int(value or 0)
         nursery.cancel_scope.cancel()
     return result
+
+
+def _names(options: Options) -> list[str]:
+    return [f"sub{i}" for i in range(options.clients)] + [f"pub{i}" for i in range(options.publishers)]
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -169,23 +284,35 @@ def _host_port(url: str) -> tuple[str, int]:
 class _Run:
     """The state one run shares between its tasks."""
 
-    def __init__(self, options: Options, the_plan: Plan, run_id: str) -> None:
+    def __init__(self, options: Options, recipe: streams.Stream, run_id: str, proxies: dict[str, FaultProxy]) -> None:
         self.options = options
-        self.plan = the_plan
-        self.channels = [f"rel.{run_id}.{name.rsplit('.', 1)[-1]}" for name in the_plan.channels]
+        self.stream = recipe
+        self.proxies = proxies
+        self.channels = [f"rel.{run_id}.{name.rsplit('.', 1)[-1]}" for name in recipe.channels]
         self.ledger = Ledger()
-        self.ledger.attempted = len(the_plan.messages)
-        self.latency = HdrHistogram(1, 120_000_000, 3)  # microseconds
+        self.ledger.attempted = 0 if options.soak else options.messages
+        self.latency = HdrHistogram(1, 600_000_000, 3)  # microseconds
         self.heads: dict[str, int] = {}
         self.reached: dict[tuple[str, str], int] = {}
         self.publishing_done = trio.Event()
+        self.stop_publishing = trio.Event()
         self.all_delivered = trio.Event()
+        self.broken = trio.Event()  # a client ended in error: the run cannot finish
+        self.caught_up = trio.lowlevel.ParkingLot()  # publishers waiting for subscribers
         self.subscribed = 0
         self.all_subscribed = trio.Event()
         self.clients: list[Any] = []
         self.sessions_ok = 0
         self.confirmed = 0
         self.failures: list[str] = []
+        self.first_publish: float | None = None
+        self.last_delivery = 0.0
+        # Per client: progress times (and, for subscribers, each delivery's publish time and publisher).
+        self.progress: dict[str, array[float]] = {name: array("d") for name in proxies}
+        self.sent_at: dict[str, array[float]] = {name: array("d") for name in proxies}
+        self.sent_by: dict[str, array[int]] = {name: array("i") for name in proxies}
+        self.numbers: dict[str, array[int]] = {name: array("q") for name in proxies}
+        self.confirmed_at: dict[str, dict[int, float]] = {name: {} for name in proxies}
 
     def check_done(self) -> None:
         if not self.publishing_done.is_set():
@@ -196,58 +323,93 @@ class _Run:
                     return
         self.all_delivered.set()
 
+    def lag(self) -> int:
+        """Messages the slowest subscriber is behind on its most lagging channel."""
+        names = self.subscriber_names
+        return max(
+            (self.heads.get(channel, 0) - min(self.reached.get((name, channel), 0) for name in names)
+             for channel in self.channels),
+            default=0,
+        )
+
     @property
     def subscriber_names(self) -> list[str]:
         return [f"sub{index}" for index in range(self.options.clients)]
 
+    def traces(self) -> tuple[list[recovery.ClientTrace], dict[int, recovery.ClientTrace]]:
+        traces, publishers = [], {}
+        for name, proxy in self.proxies.items():
+            trace = recovery.ClientTrace(
+                name, name.startswith("sub"),
+                events=[recovery.Event(e.at, e.connection, str(e.kind)) for e in proxy.events],
+                opened=list(proxy.opened), progress=list(self.progress[name]),
+                published_at=list(self.sent_at[name]), publisher=list(self.sent_by[name]),
+                number=list(self.numbers[name]), confirmed=self.confirmed_at[name],
+            )
+            traces.append(trace)
+            if not trace.subscriber:
+                publishers[int(name[3:])] = trace
+        return traces, publishers
+
 
 async def _drive(
-    options: Options, the_plan: Plan, run_id: str, url: str, proxy: FaultProxy, scenario: str
+    options: Options, recipe: streams.Stream, run_id: str, proxies: dict[str, FaultProxy], scenario: str
 ) -> Result:
-    state = _Run(options, the_plan, run_id)
+    state = _Run(options, recipe, run_id, proxies)
     started = time.monotonic()
     progress = None if options.quiet else Progress(f"{scenario} p={options.failure_rate:.2f}")
-    timed_out = False
     timeline = Timeline()
-    with trio.move_on_after(options.duration) as deadline:
+    with trio.move_on_after(options.cap) as deadline:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_sample_timeline, state, proxy, timeline)
+            nursery.start_soon(_stop_when_broken, state, nursery.cancel_scope)
+            nursery.start_soon(_sample_timeline, state, timeline)
             for name in state.subscriber_names:
-                nursery.start_soon(_session, state, name, _subscribe_all, url, state.ledger.subscriber(name))
-            with trio.fail_after(max(5.0, options.duration / 2)):
+                nursery.start_soon(_session, state, name, _subscribe_all, name, state.ledger.subscriber(name))
+            with trio.move_on_after(min(READY_LIMIT, options.cap)):
                 await state.all_subscribed.wait()
+            if not state.all_subscribed.is_set():
+                state.failures.append(f"not every subscriber was subscribed within {min(READY_LIMIT, options.cap)} s")
+                state.broken.set()
             if progress:
-                nursery.start_soon(_report_progress, state, proxy, progress)
+                nursery.start_soon(_report_progress, state, progress)
+            if options.soak:
+                nursery.start_soon(_stop_publishing_after, state, options.duration)
             async with trio.open_nursery() as publishers:
                 for index in range(options.publishers):
-                    publishers.start_soon(_session, state, f"pub{index}", _publish_all, url, index)
+                    publishers.start_soon(_session, state, f"pub{index}", _publish_all, f"pub{index}", index)
             state.publishing_done.set()
             state.check_done()
             await state.all_delivered.wait()
             nursery.cancel_scope.cancel()
-    timed_out = deadline.cancelled_caught
-    _sample(state, proxy, timeline)
+    timed_out = deadline.cancelled_caught or (state.broken.is_set() and not state.all_delivered.is_set())
+    _sample(state, timeline)
     verdict = state.ledger.verdict()
     for failure in state.failures:
         verdict.note(failure)
+    if deadline.cancelled_caught:
+        verdict.note(f"stopped after {options.cap:g} s, before every message was delivered")
     if progress:
-        _show(state, proxy, progress, force=True)
+        _show(state, progress, force=True)
         progress.done()
     elapsed = time.monotonic() - started
     stats = [client.stats for client in state.clients]
     latency = state.latency
+    span = state.last_delivery - (state.first_publish or state.last_delivery)
+    traces, publisher_traces = state.traces()
+    faults = _merge_fault_counts(proxies.values())
     return Result(
         scenario=scenario,
         failure_rate=options.failure_rate,
         seed=options.seed,
         verdict=verdict,
         elapsed=elapsed,
-        faults=proxy.stats.as_dict(),
-        faults_total=proxy.stats.total,
+        faults=faults,
+        faults_total=sum(proxy.stats.total for proxy in proxies.values()),
         reconnects=sum(s.reconnects for s in stats),
         replays=sum(s.replays_requested for s in stats),
         retransmits=sum(s.retransmits_seen for s in stats),
         publish_retries=sum(s.publish_retries for s in stats),
+        heartbeat_timeouts=sum(s.heartbeat_timeouts for s in stats),
         sessions=options.clients + options.publishers,
         sessions_ok=state.sessions_ok,
         latency_ms={
@@ -256,14 +418,38 @@ async def _drive(
             "p99": latency.get_value_at_percentile(99) / 1000,
             "max": latency.get_max_value() / 1000,
         },
+        throughput=verdict.delivered / span if span > 0 else 0.0,
+        recovery=recovery.summarise(traces, publisher_traces),
         timed_out=timed_out,
+        options=options,
         latency_curve=curve(latency),
         timeline=timeline.points,
     )
 
 
-def _connect(state: _Run, url: str) -> Any:
+def _merge_fault_counts(proxies: Any) -> dict[str, dict[str, int]]:
+    merged: dict[str, dict[str, int]] = {}
+    for proxy in proxies:
+        for direction, counts in proxy.stats.as_dict().items():
+            into = merged.setdefault(direction, {})
+            for kind, count in counts.items():
+                into[kind] = into.get(kind, 0) + count
+    return merged
+
+
+async def _stop_when_broken(state: _Run, scope: trio.CancelScope) -> None:
+    await state.broken.wait()
+    scope.cancel()
+
+
+async def _stop_publishing_after(state: _Run, seconds: float | None) -> None:
+    await trio.sleep(seconds or 0.0)
+    state.stop_publishing.set()
+
+
+def _connect(state: _Run, name: str) -> Any:
     factory = state.options.client_factory or sdk.connect
+    url = f"ws://127.0.0.1:{state.proxies[name].port}/"
     return factory(url, encoding=state.options.encoding, seed=state.options.seed, **CLIENT_SETTINGS)
 
 
@@ -274,10 +460,11 @@ async def _session(state: _Run, name: str, session: Any, *args: Any) -> None:
     except* sdk.ClientError as group:
         for exc in group.exceptions:
             state.failures.append(f"{name}: {type(exc).__name__}: {exc}")
+        state.broken.set()
 
 
-async def _subscribe_all(state: _Run, url: str, log: SubscriberLog) -> None:
-    async with _connect(state, url) as client:
+async def _subscribe_all(state: _Run, name: str, log: SubscriberLog) -> None:
+    async with _connect(state, name) as client:
         state.clients.append(client)
         async with trio.open_nursery() as nursery:
             for channel in state.channels:
@@ -295,6 +482,8 @@ async def _follow(
     state: _Run, client: Any, channel: str, log: SubscriberLog, task_status: Any = trio.TASK_STATUS_IGNORED
 ) -> None:
     key = (log.name, channel)
+    progress, sent_at, sent_by = state.progress[log.name], state.sent_at[log.name], state.sent_by[log.name]
+    numbers = state.numbers[log.name]
     async with client.subscribe(channel, ack=True) as messages:
         # Channels are new for each run and publishing starts only once every subscriber
         # is confirmed, so each subscriber must see the whole stream from seq 1.
@@ -303,62 +492,98 @@ async def _follow(
             if isinstance(item, sdk.Gap):
                 log.gap(channel, item.expected_seq, item.resumed_at_seq)
                 continue
+            now_ns = time.monotonic_ns()
             log.message(channel, item.seq, item.data)
             stamp = item.data.get("t") if isinstance(item.data, dict) else None
             if isinstance(stamp, int):
-                state.latency.record_value(max(1, (time.monotonic_ns() - stamp) // 1000))
+                state.latency.record_value(min(600_000_000, max(1, (now_ns - stamp) // 1000)))
+                progress.append(now_ns / 1e9)
+                sent_at.append(stamp / 1e9)
+                publisher, number = item.data.get("p"), item.data.get("n")
+                sent_by.append(publisher if isinstance(publisher, int) else -1)
+                numbers.append(number if isinstance(number, int) else -1)
+            state.last_delivery = now_ns / 1e9
             state.reached[key] = item.seq
             state.check_done()
+            if state.caught_up.statistics().tasks_waiting and state.lag() <= MAX_LAG // 2:
+                state.caught_up.unpark_all()
 
 
-async def _publish_all(state: _Run, url: str, index: int) -> None:
-    mine = [(n, m) for n, m in enumerate(state.plan.messages) if m.publisher == index]
-    channel_of = dict(zip(state.plan.channels, state.channels))
-    async with _connect(state, url) as client:
+async def _publish_all(state: _Run, name: str, index: int) -> None:
+    """Publish this publisher's messages in order, up to ``options.window`` unconfirmed at once."""
+    channel_of = dict(zip(state.stream.channels, state.channels))
+    count = None if state.options.soak else state.options.messages
+    async with _connect(state, name) as client:
         state.clients.append(client)
-        for n, message in mine:
-            if message.pause:
-                await trio.sleep(message.pause)
-            channel = channel_of[message.channel]
-            payload = {"p": index, "n": n, "t": time.monotonic_ns(), "v": message.value}
-            position = await client.publish(channel, payload)
-            state.ledger.published(channel, position.seq, payload)
-            state.heads[channel] = max(state.heads.get(channel, 0), position.seq)
-            state.confirmed += 1
+        window = trio.Semaphore(state.options.window)
+        async with trio.open_nursery() as in_flight:
+            for n, message in state.stream.of_publisher(index, count):
+                if message.pause:
+                    await trio.sleep(message.pause)
+                while state.lag() > MAX_LAG:
+                    await state.caught_up.park()
+                await window.acquire()
+                if state.stop_publishing.is_set():
+                    break
+                if state.options.soak:
+                    if state.ledger.attempted >= streams.MAX_MESSAGES:  # the verdict's memory bound
+                        state.stop_publishing.set()
+                        break
+                    state.ledger.attempted += 1
+                payload = {"p": index, "n": n, "t": time.monotonic_ns(), "v": message.value}
+                in_flight.start_soon(_publish_one, state, client, name, window, channel_of[message.channel], payload)
         state.sessions_ok += 1
 
 
-async def _sample_timeline(state: _Run, proxy: FaultProxy, timeline: Timeline) -> None:
+async def _publish_one(
+    state: _Run, client: Any, name: str, window: trio.Semaphore, channel: str, payload: dict[str, Any]
+) -> None:
+    try:
+        if state.first_publish is None:
+            state.first_publish = payload["t"] / 1e9
+        position = await client.publish(channel, payload)
+        now = time.monotonic()
+        state.progress[name].append(now)
+        state.confirmed_at[name][payload["n"]] = now
+        state.ledger.published(channel, position.seq, payload)
+        state.heads[channel] = max(state.heads.get(channel, 0), position.seq)
+        state.confirmed += 1
+    finally:
+        window.release()
+
+
+async def _sample_timeline(state: _Run, timeline: Timeline) -> None:
     while True:
-        _sample(state, proxy, timeline)
+        _sample(state, timeline)
         await trio.sleep(0.02)  # Timeline thins itself out on long runs
 
 
-def _sample(state: _Run, proxy: FaultProxy, timeline: Timeline) -> None:
+def _sample(state: _Run, timeline: Timeline) -> None:
     """Cumulative figures now: deliveries, confirmed publishes, reconnects, faults by kind."""
-    faults = {kind.value: proxy.stats.count(kind) for kind in FaultKind}
+    faults = {kind.value: sum(proxy.stats.count(kind) for proxy in state.proxies.values()) for kind in FaultKind}
     timeline.add(
-        delivered=sum(len(log.seen) for log in state.ledger.subscribers),
+        delivered=sum(log.count for log in state.ledger.subscribers),
         published=state.confirmed,
         reconnects=sum(client.stats.reconnects for client in state.clients),
         faults=faults,
     )
 
 
-async def _report_progress(state: _Run, proxy: FaultProxy, progress: Progress) -> None:
+async def _report_progress(state: _Run, progress: Progress) -> None:
     while True:
-        _show(state, proxy, progress)
+        _show(state, progress)
         await trio.sleep(0.2)
 
 
-def _show(state: _Run, proxy: FaultProxy, progress: Progress, force: bool = False) -> None:
+def _show(state: _Run, progress: Progress, force: bool = False) -> None:
     total = state.ledger.attempted * (1 + state.options.clients)
-    delivered = sum(len(log.seen) for log in state.ledger.subscribers)
+    delivered = sum(log.count for log in state.ledger.subscribers)
     done = state.confirmed + delivered
+    faults = sum(proxy.stats.total for proxy in state.proxies.values())
     progress.update(
         done,
         total,
-        f"published {state.confirmed}/{state.ledger.attempted} delivered {delivered} faults {proxy.stats.total}",
+        f"published {state.confirmed}/{state.ledger.attempted} delivered {delivered} faults {faults}",
         force=force,
     )
 
