@@ -6,7 +6,7 @@
 // - ChannelReceiver <-> receiver.py ChannelReceiver: order, repeats, gaps, batched acks.
 // - PublishTracker  <-> publisher.py PublishTracker: keys, retries with full jitter.
 // - ChannelRecord   <-> channel.py ChannelRecord: per-connection request bookkeeping and the ack
-//                       clamp (ceiling, owed, sent).
+//                       clamp (ceiling, owed, sent, and a lost ack sent again on a repeat).
 // - Session         <-> session.py ClientSession: resubscribe with `since`, request re-sends,
 //                       what a publish or a subscribe refusal ends.
 //                       (Reconnect backoff, the heartbeat and token refresh, which session.py
@@ -227,7 +227,8 @@ export class PublishTracker {
  * 1008 after `max_errors` of them). After a reposition its count restarts at the `since` it was
  * given, while frames it sent before may still be on their way to us; so an ack stays at or below
  * the `since` of every repositioning request not yet answered, and at or below the highest seq
- * received since the last answered one (`ackCeiling`).
+ * received since the last answered one (`ackCeiling`). A repeat of an acked message means that
+ * ack went missing (the server retransmits until it comes): the ack is sent again.
  */
 export class ChannelRecord {
   constructor(channel, { ack = false, since = null, paused = () => false, receiver }) {
@@ -243,6 +244,7 @@ export class ChannelRecord {
     this.ackCeiling = 0;
     this.ackOwed = 0;
     this.ackSent = 0;
+    this.ackAgain = false; // a repeat arrived: the last ack was probably lost, send it again
     this.starved = false; // frames were left on the server while the application was full
   }
 
@@ -271,8 +273,11 @@ export class ChannelRecord {
     this.ackSent = Math.min(this.ackSent, this.ackCeiling);
   }
 
-  /** The receiver asks for an ack of `seq`. */
-  oweAck(seq) { this.ackOwed = Math.max(this.ackOwed, seq); }
+  /** The receiver asks for an ack of `seq`; at or below what was sent, that ack went missing. */
+  oweAck(seq) {
+    if (seq <= this.ackSent) this.ackAgain = true;
+    this.ackOwed = Math.max(this.ackOwed, seq);
+  }
 
   /** The cumulative ack to send now (counted as sent), clamped as the class says; or null. */
   ackDue() {
@@ -281,7 +286,10 @@ export class ChannelRecord {
       allowed = Math.min(allowed, since !== null && since[0] === this.serverEpoch ? since[1] : 0);
     }
     const target = Math.min(this.ackOwed, allowed);
+    const again = this.ackAgain;
+    this.ackAgain = false;
     if (target > this.ackSent) { this.ackSent = target; return target; }
+    if (again && this.ackSent > 0 && this.ackSent <= allowed) return this.ackSent;
     return null;
   }
 }
