@@ -22,6 +22,9 @@
 /**
  * Client-side state of one subscribed channel; every on*()/tick() returns effects:
  * {kind: "deliver", message}, {kind: "gap", ...}, {kind: "ack", seq}, {kind: "replay", since}.
+ * With `ack`: a cumulative ack after `ackEvery` deliveries or `ackInterval` seconds after the
+ * first unacked one; a repeat of a delivered message also schedules one (its ack was probably
+ * lost). ChannelRecord decides which of them go out.
  */
 export class ChannelReceiver {
   constructor(channel, { ack = false, maxPending = 1024, ackEvery = 32, ackInterval = 0.05,
@@ -218,7 +221,7 @@ export class PublishTracker {
   }
 }
 
-// ------------------------------------------------------------------- sans-I/O: the ack clamp
+// ------------------------------------------------------------------- sans-I/O: one subscription
 
 /**
  * One subscription as the session sees it; `reset()` starts a new connection's part.
