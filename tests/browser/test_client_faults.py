@@ -28,9 +28,11 @@ START_CLIENT = """async ([url, channel, options]) => {
   const { connect } = await import('/client.js');
   window.seen = [];
   window.opens = 0;
+  window.closeCodes = [];
   const client = connect(url, options);
   window.client = client;
   client.addEventListener('open', () => { window.opens += 1; });
+  client.addEventListener('close', (e) => { window.closeCodes.push(e.detail.code); });
   const sub = client.subscribe(channel, { ack: options.ack, since: options.since });
   window.sub = sub;
   (async () => {
@@ -61,8 +63,14 @@ async def collect(url: str, channel: str, count: int, task_status=trio.TASK_STAT
                 await trio.sleep_forever()
 
 
-def test_browser_client_behind_the_fault_proxy_sees_everything_once_in_order(page, start_server, trio_thread):
-    server = start_server(history_size=65_536, outbound_queue_size=8192, max_unacked=8192)
+# Acks on, with an unacked window that never fills, and with one where lost acks matter (the
+# server goes back and resends; a client that never re-sent a lost ack filled it and was
+# closed 4008, then resumed: nothing lost, but churn).
+@pytest.mark.parametrize("max_unacked", [8192, 64])
+def test_browser_client_behind_the_fault_proxy_sees_everything_once_in_order(
+    page, start_server, trio_thread, max_unacked
+):
+    server = start_server(history_size=65_536, outbound_queue_size=8192, max_unacked=max_unacked)
     schedule = FaultSchedule(seed=SEED, failure_rate=0.15)
     proxy = FaultProxy("127.0.0.1", server.port, schedule)
     proxy_port = trio_thread.start(proxy.run)
@@ -106,7 +114,7 @@ def test_browser_client_behind_the_fault_proxy_sees_everything_once_in_order(pag
     fired = {kind for direction in faults.values() for kind, n in direction.items() if n}
     stats = page.evaluate("() => ({...window.client.stats, ...window.client.session.counters,"
                           " retries: window.client.session.publishes.retries})")
-    print("faults", faults, "client", stats)
+    print("faults", faults, "client", stats, "closes", page.evaluate("() => window.closeCodes"))
     assert proxy.stats.total > 0 and {"drop", "duplicate"} <= fired, faults
     assert {"reset", "stall"} & fired, faults
     assert stats["reconnects"] >= 1 and page.evaluate("() => window.opens") == stats["connects"]
@@ -170,4 +178,39 @@ def test_a_full_subscription_buffer_leaves_messages_on_the_server_and_loses_none
     }""")
     assert got["out"] == [["message", n, n] for n in range(1, 41)]
     assert got["most"] <= 4 and got["replays"] >= 1
+    assert page.errors == []
+
+
+# Drops the first ack frame the page sends (a lost ack, exactly where we want it) and records
+# every ack frame it sends; installed before the client connects.
+LOSE_FIRST_ACK = """() => {
+  window.acks = [];
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) {
+    const frame = typeof data === 'string' ? JSON.parse(data) : null;
+    if (frame && frame.type === 'ack') {
+      window.acks.push(frame.seq);
+      if (window.acks.length === 1) return; // lost on the way
+    }
+    return send.call(this, data);
+  };
+}"""
+
+
+def test_a_lost_ack_is_sent_again_when_the_server_resends(page, start_server, trio_thread):
+    """The server resends what stays unacked (go-back-N after ack_timeout); the repeat tells the
+    client its ack went missing, so it sends the same ack again, on the same connection."""
+    server = start_server()
+    page.goto(server.http + "/")
+    page.evaluate(LOSE_FIRST_ACK)
+    assert page.evaluate(START_CLIENT, [server.ws, "lossy", {"ack": True}]) is True
+    trio_thread.call(publish_all, server.ws, "lossy", [{"n": n} for n in range(1, 4)])
+    page.wait_for_function("() => window.acks.length >= 2", timeout=10_000)
+    assert page.evaluate("() => window.acks.slice(0, 2)") == [3, 3]
+    assert page.evaluate("() => window.client.session.subs.get('lossy').receiver.duplicatesDropped") >= 1
+    # Then the stream goes on, on the same connection: each message once, in order.
+    trio_thread.call(publish_all, server.ws, "lossy", [{"n": n} for n in range(4, 7)])
+    page.wait_for_function("() => window.acks.includes(6)", timeout=10_000)
+    assert [x["seq"] for x in page.evaluate("() => window.seen")] == list(range(1, 7))
+    assert page.evaluate("() => [window.opens, window.closeCodes]") == [1, []]
     assert page.errors == []

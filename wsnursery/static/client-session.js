@@ -5,11 +5,14 @@
 // Read it side by side with the Python SDK's sans-I/O session (wsnursery/client/):
 // - ChannelReceiver <-> receiver.py ChannelReceiver: order, repeats, gaps, batched acks.
 // - PublishTracker  <-> publisher.py PublishTracker: keys, retries with full jitter.
+// - ChannelRecord   <-> channel.py ChannelRecord: per-connection request bookkeeping and the ack
+//                       clamp (ceiling, owed, sent, and a lost ack sent again on a repeat).
 // - Session         <-> session.py ClientSession: resubscribe with `since`, request re-sends,
-//                       the ack ceiling, what a publish or a subscribe refusal ends.
+//                       what a publish or a subscribe refusal ends.
 //                       (Reconnect backoff, the heartbeat and token refresh, which session.py
 //                       also decides, live in the shell here: they are timers, not frames.)
-// tests/browser/test_client_mirror.py checks that the two ChannelReceivers decide alike.
+// tests/browser/test_client_mirror.py checks that the two ChannelReceivers, and the acks the two
+// ChannelRecords let out of them, decide alike.
 //
 // Bounds: at most `maxPending` held out-of-order frames per channel (the farthest ahead is
 // dropped and replayed); at most `maxPendingPublishes` unconfirmed publishes (one more throws).
@@ -19,6 +22,9 @@
 /**
  * Client-side state of one subscribed channel; every on*()/tick() returns effects:
  * {kind: "deliver", message}, {kind: "gap", ...}, {kind: "ack", seq}, {kind: "replay", since}.
+ * With `ack`: a cumulative ack after `ackEvery` deliveries or `ackInterval` seconds after the
+ * first unacked one; a repeat of a delivered message also schedules one (its ack was probably
+ * lost). ChannelRecord decides which of them go out.
  */
 export class ChannelReceiver {
   constructor(channel, { ack = false, maxPending = 1024, ackEvery = 32, ackInterval = 0.05,
@@ -215,6 +221,82 @@ export class PublishTracker {
   }
 }
 
+// ------------------------------------------------------------------- sans-I/O: one subscription
+
+/**
+ * One subscription as the session sees it; `reset()` starts a new connection's part.
+ *
+ * Acks: the server answers an ack past its last sent seq with an error frame (and closes with
+ * 1008 after `max_errors` of them). After a reposition its count restarts at the `since` it was
+ * given, while frames it sent before may still be on their way to us; so an ack stays at or below
+ * the `since` of every repositioning request not yet answered, and at or below the highest seq
+ * received since the last answered one (`ackCeiling`). A repeat of an acked message means that
+ * ack went missing (the server retransmits until it comes): the ack is sent again.
+ */
+export class ChannelRecord {
+  constructor(channel, { ack = false, since = null, paused = () => false, receiver }) {
+    Object.assign(this, { channel, ack, since, paused, receiver });
+    this.reset();
+  }
+
+  /** A new connection: nothing is subscribed on it yet, nothing was sent or acked. */
+  reset() {
+    this.confirmed = false; // this connection's subscribe was answered
+    this.outstanding = new Map(); // request id -> {since, sentAt}: subscribe/replay unanswered
+    this.serverEpoch = null;
+    this.ackCeiling = 0;
+    this.ackOwed = 0;
+    this.ackSent = 0;
+    this.ackAgain = false; // a repeat arrived: the last ack was probably lost, send it again
+    this.starved = false; // frames were left on the server while the application was full
+  }
+
+  lastSent() {
+    let last = null;
+    for (const { sentAt } of this.outstanding.values()) if (last === null || sentAt > last) last = sentAt;
+    return last;
+  }
+
+  requested(id, since, now) { this.outstanding.set(id, { since, sentAt: now }); }
+
+  messageSeen(epoch, seq) { if (epoch === this.serverEpoch && seq > this.ackCeiling) this.ackCeiling = seq; }
+
+  /** The reply to `id` came; returns the `since` it carried. Older requests' replies are lost. */
+  answered(id) {
+    const since = this.outstanding.get(id).since;
+    for (const older of [...this.outstanding.keys()]) if (older <= id) this.outstanding.delete(older);
+    return since;
+  }
+
+  /** The server restarted this channel's count at `since` (or the `head`). */
+  repositioned(since, epoch, head) {
+    if (epoch !== this.serverEpoch) { this.serverEpoch = epoch; this.ackOwed = this.ackSent = 0; }
+    if (since === null) this.ackCeiling = head;
+    else this.ackCeiling = since[0] === epoch ? since[1] : 0;
+    this.ackSent = Math.min(this.ackSent, this.ackCeiling);
+  }
+
+  /** The receiver asks for an ack of `seq`; at or below what was sent, that ack went missing. */
+  oweAck(seq) {
+    if (seq <= this.ackSent) this.ackAgain = true;
+    this.ackOwed = Math.max(this.ackOwed, seq);
+  }
+
+  /** The cumulative ack to send now (counted as sent), clamped as the class says; or null. */
+  ackDue() {
+    let allowed = this.ackCeiling;
+    for (const { since } of this.outstanding.values()) {
+      allowed = Math.min(allowed, since !== null && since[0] === this.serverEpoch ? since[1] : 0);
+    }
+    const target = Math.min(this.ackOwed, allowed);
+    const again = this.ackAgain;
+    this.ackAgain = false;
+    if (target > this.ackSent) { this.ackSent = target; return target; }
+    if (again && this.ackSent > 0 && this.ackSent <= allowed) return this.ackSent;
+    return null;
+  }
+}
+
 // ------------------------------------------------------------------- sans-I/O: the session
 
 /**
@@ -243,8 +325,8 @@ export class Session {
 
   subscribe(channel, { ack = false, since = null, paused = () => false } = {}, now) {
     if (this.subs.has(channel)) throw new Error(`already subscribed to ${channel}`);
-    const sub = { channel, ack, since, paused, ...linkState(),
-                  receiver: new ChannelReceiver(channel, { ack, replayTimeout: this.requestTimeout }) };
+    const receiver = new ChannelReceiver(channel, { ack, replayTimeout: this.requestTimeout });
+    const sub = new ChannelRecord(channel, { ack, since, paused, receiver });
     this.subs.set(channel, sub);
     this.unsubscribes.delete(channel);
     if (this.connected) this.sendSubscribe(sub, now);
@@ -279,7 +361,7 @@ export class Session {
     this.unsubscribes.clear();
     for (const sub of this.subs.values()) {
       sub.receiver.onReconnect();
-      Object.assign(sub, linkState());
+      sub.reset();
       this.sendSubscribe(sub, now);
     }
     this.publishes.onReconnect(now);
@@ -318,20 +400,16 @@ export class Session {
     const { epoch, seq } = frame;
     if (!sub || typeof epoch !== "string" || !Number.isInteger(seq)) return;
     if (sub.paused()) { sub.starved = true; return; } // left on the server; resume() replays it
-    if (epoch === sub.serverEpoch && seq > sub.ackCeiling) sub.ackCeiling = seq;
+    sub.messageSeen(epoch, seq);
     const data = bytesFromJson(frame.data);
     this.apply(sub, sub.receiver.onMessage(epoch, seq, data, frame.ts, now), now);
   }
 
   repositioned(sub, id, frame, now, subscribed) {
-    const since = sub.outstanding.get(id).since;
-    for (const older of [...sub.outstanding.keys()]) if (older <= id) sub.outstanding.delete(older);
+    const since = sub.answered(id);
     const { epoch, seq } = frame;
     if (typeof epoch !== "string" || !Number.isInteger(seq)) return;
-    if (epoch !== sub.serverEpoch) { sub.serverEpoch = epoch; sub.ackOwed = sub.ackSent = 0; }
-    if (since === null) sub.ackCeiling = seq;
-    else sub.ackCeiling = since[0] === epoch ? since[1] : 0;
-    sub.ackSent = Math.min(sub.ackSent, sub.ackCeiling);
+    sub.repositioned(since, epoch, seq);
     const effects = sub.receiver.onSubscribed(epoch, seq, Boolean(frame.recovered), since);
     if (subscribed && !sub.confirmed) {
       sub.confirmed = true;
@@ -372,7 +450,7 @@ export class Session {
         this.counters.gaps += 1;
         this.emit("item", effect);
       } else if (effect.kind === "ack") {
-        sub.ackOwed = Math.max(sub.ackOwed, effect.seq);
+        sub.oweAck(effect.seq);
       } else if (effect.kind === "replay") {
         this.sendReplay(sub, effect.since, now);
       }
@@ -380,17 +458,11 @@ export class Session {
     if (sub.ack) this.flushAck(sub);
   }
 
-  /** The owed cumulative ack, never past what the server is sure to have sent (see the SDK). */
+  /** The owed cumulative ack, if the clamp allows one (see ChannelRecord). */
   flushAck(sub) {
-    let allowed = sub.ackCeiling;
-    for (const { since } of sub.outstanding.values()) {
-      allowed = Math.min(allowed, since !== null && since[0] === sub.serverEpoch ? since[1] : 0);
-    }
-    const target = Math.min(sub.ackOwed, allowed);
-    if (target > sub.ackSent) {
-      sub.ackSent = target;
-      this.send({ type: "ack", channel: sub.channel, seq: target });
-    }
+    if (!this.connected) return;
+    const seq = sub.ackDue();
+    if (seq !== null) this.send({ type: "ack", channel: sub.channel, seq });
   }
 
   /** Fire timers: request re-sends, replays, acks, publishes due. */
@@ -398,7 +470,7 @@ export class Session {
     if (!this.connected) return;
     const timeout = this.requestTimeout;
     for (const sub of [...this.subs.values()]) {
-      const lastSent = lastSentAt(sub);
+      const lastSent = sub.lastSent();
       if (!sub.confirmed) {
         if (lastSent === null || now >= lastSent + timeout) {
           if (lastSent !== null) this.counters.requestsResent += 1;
@@ -429,7 +501,7 @@ export class Session {
   nextDeadline() {
     const all = [];
     for (const sub of this.subs.values()) {
-      const lastSent = lastSentAt(sub);
+      const lastSent = sub.lastSent();
       if (lastSent !== null) all.push(lastSent + this.requestTimeout);
       else if (!sub.confirmed) all.push(-Infinity);
       const d = sub.receiver.nextDeadline();
@@ -464,13 +536,13 @@ export class Session {
     const since = sub.receiver.position || sub.since;
     const frame = { type: "subscribe", id, channel: sub.channel, ack: sub.ack };
     if (since) frame.since = { epoch: since[0], seq: since[1] };
-    sub.outstanding.set(id, { since, sentAt: now });
+    sub.requested(id, since, now);
     this.send(frame);
   }
 
   sendReplay(sub, since, now) {
     const id = this.newId();
-    sub.outstanding.set(id, { since, sentAt: now });
+    sub.requested(id, since, now);
     this.counters.replaysRequested += 1;
     this.send({ type: "replay", id, channel: sub.channel, since: { epoch: since[0], seq: since[1] } });
   }
@@ -478,18 +550,6 @@ export class Session {
   send(frame) { if (this.connected) this.out.push({ send: frame }); }
 
   emit(event, detail) { this.out.push({ event, detail }); }
-}
-
-/** A subscription's per-connection state, as a new connection starts it (the SDK's ChannelRecord). */
-function linkState() {
-  return { confirmed: false, outstanding: new Map(), serverEpoch: null, ackCeiling: 0, ackOwed: 0,
-           ackSent: 0, starved: false };
-}
-
-function lastSentAt(sub) {
-  let last = null;
-  for (const { sentAt } of sub.outstanding.values()) if (last === null || sentAt > last) last = sentAt;
-  return last;
 }
 
 // ------------------------------------------------------------------- data model helpers

@@ -7,7 +7,7 @@
 //   await client.publish("chat.room1", { text: "hi" });
 //
 // Two files, like the Python SDK's sans-I/O core and its I/O shell:
-// - /client-session.js: ChannelReceiver, PublishTracker and Session, the protocol's decisions
+// - /client-session.js: ChannelReceiver, ChannelRecord, PublishTracker and Session, the decisions
 //   (order, repeats, gaps, acks, replays, publish keys and retries), no I/O at all;
 // - this file: Client (connect) and Subscription, the thin shell: one WebSocket at a time,
 //   setTimeout, reconnect with jittered backoff, heartbeat, token refresh, the buffers.
@@ -21,7 +21,7 @@
 import { Session, seededRandom, tokenExpiry } from "./client-session.js";
 
 export {
-  ChannelReceiver, PublishTracker, Session, bytesFromJson, bytesToJson, seededRandom, tokenExpiry,
+  ChannelReceiver, ChannelRecord, PublishTracker, Session, bytesFromJson, bytesToJson, seededRandom, tokenExpiry,
 } from "./client-session.js";
 
 /** Close codes after which reconnecting would only repeat the refusal (as in the SDK). */
