@@ -163,6 +163,12 @@ def compress(payload: bytes, window_bits: int = MAX_WINDOW_BITS, level: int = 6)
     return data[:-4] if data.endswith(_TAIL) else data
 
 
+def wire_bound(max_size: int) -> int:
+    """The most compressed bytes a message of ``max_size`` inflated bytes can take (zlib's
+    deflateBound for stored blocks, plus room for empty blocks): more is refused with 1009."""
+    return max_size + (max_size >> 12) + (max_size >> 14) + 64
+
+
 class Inflater:
     """Inflates the compressed messages of one connection, bounded by the message size limit.
 
@@ -190,10 +196,14 @@ class Inflater:
         return self._inflate(data)
 
     def finish(self) -> bytes:
-        """End the message: feed the stripped tail and reset for the next message."""
+        """End the message: feed the stripped tail and reset for the next message.
+
+        A client may end a message with a final block (BFINAL=1) instead of a sync flush
+        (RFC 7692 §7.2.3.5): its stream is then over, and the next message starts a new one.
+        """
         tail = self.feed(_TAIL)
         self._produced = 0
-        if self._no_context_takeover:
+        if self._no_context_takeover or (self._inflater is not None and self._inflater.eof):
             self._inflater = None
         return tail
 
