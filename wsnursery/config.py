@@ -204,6 +204,9 @@ class Config:
     compression_threshold: int = _setting(
         256, _whole_number(0, 2**31), "messages under this many bytes (encoded) go out uncompressed"
     )
+    compression_level: int = _setting(
+        6, _whole_number(1, 9), "zlib level for what the server compresses: 1 is fastest, 9 smallest"
+    )
     compression_client_window_bits: int = _setting(
         15, _whole_number(8, 15),
         "largest deflate window (bits) a client that allows it may compress with; its inflater holds 2**bits bytes",

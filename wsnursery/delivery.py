@@ -58,11 +58,16 @@ class FrameCache:
     """
 
     def __init__(
-        self, max_frames: int = FRAME_CACHE_FRAMES, max_bytes: int = FRAME_CACHE_BYTES, threshold: int = 0
+        self,
+        max_frames: int = FRAME_CACHE_FRAMES,
+        max_bytes: int = FRAME_CACHE_BYTES,
+        threshold: int = 0,
+        level: int = 6,
     ) -> None:
         self.max_frames = max_frames
         self.max_bytes = max_bytes
-        self.threshold = threshold
+        self.threshold = threshold  # compression: payloads under it go plain
+        self.level = level  # compression: the zlib level
         self._tables: dict[tuple[Encoding, int | None], collections.OrderedDict[Message, bytes]] = {}
         self._bytes: dict[tuple[Encoding, int | None], int] = {}
 
@@ -87,7 +92,7 @@ class FrameCache:
             message_frame(message.channel, message.epoch, message.seq, message.data, message.ts), encoding
         )
         frame = wsframe.message_frame(
-            payload, binary=encoding.is_binary, window_bits=window_bits, threshold=self.threshold
+            payload, binary=encoding.is_binary, window_bits=window_bits, threshold=self.threshold, level=self.level
         )
         key = (encoding, window_bits)
         table = self.table(encoding, window_bits)

@@ -66,6 +66,7 @@ class Outbox:
     __slots__ = (
         "_deliverer",
         "_frame_cache",
+        "_level",
         "_max_control",
         "_max_control_bytes",
         "_max_events",
@@ -100,6 +101,7 @@ class Outbox:
         self.encoding = encoding
         self.window_bits = window_bits  # permessage-deflate's window for our frames; None: plain
         self._threshold = context.config.compression_threshold
+        self._level = context.config.compression_level
         self._deliverer = context.deliverer
         self._frame_cache = context.frames
         self._metrics = context.metrics
@@ -137,7 +139,9 @@ class Outbox:
 
     def data_frame(self, payload: bytes, binary: bool) -> bytes:
         """The frame for one payload of this connection's own (a reply, an echo)."""
-        return message_frame(payload, binary=binary, window_bits=self.window_bits, threshold=self._threshold)
+        return message_frame(
+            payload, binary=binary, window_bits=self.window_bits, threshold=self._threshold, level=self._level
+        )
 
     def queue(self, frame: bytes) -> None:
         """Queue an encoded frame (reply, ping, pong, echo) for the deliverer's next pass."""

@@ -81,7 +81,7 @@ class Server(ServerApiMixin):
             config=config,
             hub=self.hub,
             deliverer=self.deliverer,
-            frames=FrameCache(threshold=config.compression_threshold),
+            frames=FrameCache(threshold=config.compression_threshold, level=config.compression_level),
             timer=self.timer,
             heartbeats=self.heartbeats,
             metrics=self.metrics,

@@ -42,8 +42,10 @@ def data_frame(payload: bytes, *, binary: bool, compressed: bool = False) -> byt
     return header + payload
 
 
-def message_frame(payload: bytes, *, binary: bool, window_bits: int | None, threshold: int) -> bytes:
+def message_frame(
+    payload: bytes, *, binary: bool, window_bits: int | None, threshold: int, level: int = 6
+) -> bytes:
     """The frame for ``payload`` on a connection that compresses with ``window_bits`` (None: not)."""
     if window_bits is None or len(payload) < threshold:
         return data_frame(payload, binary=binary)
-    return data_frame(compress(payload, window_bits), binary=binary, compressed=True)
+    return data_frame(compress(payload, window_bits, level), binary=binary, compressed=True)
