@@ -233,3 +233,30 @@ def test_compression_settings_from_flags_and_environment():
     config = load(flags={"compression_threshold": "1024"}, environ={"WSNURSERY_COMPRESSION": "off"})
     assert (config.compression, config.compression_threshold) == ("off", 1024)
     assert load(flags={}, environ={}).compression == "on"
+
+
+# -- the project's own SDK (wsproto's PerMessageDeflate underneath) ------------------------
+
+
+@pytest.mark.parametrize("encoding", ["json", "cbor"])
+async def test_the_sdk_negotiates_compression_and_round_trips(start_server, encoding):
+    import wsnursery.client as wc
+
+    running = await start_server(compression_threshold=64)
+    big = {"rows": [{"id": i, "name": f"row {i}", "ok": True} for i in range(60)]}
+    with trio.fail_after(TIMEOUT):
+        async with wc.connect(running.url, encoding=encoding) as client:
+            async with client.subscribe("sdk.zip") as messages:
+                first = await client.publish("sdk.zip", big)
+                await client.publish("sdk.zip", "small")
+                received = []
+                async for message in messages:
+                    received.append(message)
+                    if len(received) == 2:
+                        break
+            assert client._conn is not None and client._conn.transport.compressed
+            assert [c.outbox.window_bits for c in running.server.connections] == [15]
+    assert [m.data for m in received] == [big, "small"]
+    assert received[0].seq == first.seq
+    # The big message went out compressed (once), from the compressed table of its encoding.
+    assert len(running.server.context.frames.table(Encoding(f"wsnursery.v1.{encoding}"), 15)) == 2
