@@ -64,10 +64,11 @@ async def test_every_autobahn_case_passes(start_server) -> None:
     """The whole case set. Compression threshold 0 compresses every echo (an empty message
     too). zlib level 1: kosoku gives a case 60 seconds, and sections 12 and 13 send 1000
     messages of up to 128 KiB each way; at level 6, a book's text deflates at ~10 MB/s on a
-    loaded 2-core machine, which does not fit. The level changes no framing."""
+    loaded 2-core machine, which does not fit. The level changes no framing. Clients may keep
+    their deflate context (not the default), so the inflater kept between messages is tested."""
     running = await start_server(
         max_message_size=MAX_MESSAGE_SIZE, max_fragments=MAX_FRAGMENTS, heartbeat_interval=60.0,
-        compression_threshold=0, compression_level=1,
+        compression_threshold=0, compression_level=1, compression_client_context="on",
     )
     cases = await _run_kosoku(running.port, _report_dir())
     assert len(cases) == 517, f"expected the whole case set, ran {len(cases)}"
@@ -76,7 +77,7 @@ async def test_every_autobahn_case_passes(start_server) -> None:
 @pytest.mark.autobahn
 @pytest.mark.slow
 async def test_compression_cases_pass_with_the_default_compression_settings(start_server) -> None:
-    """Threshold 256 and level 6 (the defaults). The JSON sections (12.1, and 13.x's offers of
+    """Threshold 256, level 6, clients asked for client_no_context_takeover (the defaults). The JSON sections (12.1, and 13.x's offers of
     window sizes and context takeover), from 256-byte messages (the threshold) to sizes that
     fit the time kosoku gives a case. Not the 16- and 64-byte cases: with the default threshold
     they are echoed plain (RSV1 is per message), and kosoku's case 12/13 code then hashes the

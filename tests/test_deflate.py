@@ -60,6 +60,15 @@ def test_response_header_always_carries_server_no_context_takeover() -> None:
     )
 
 
+def test_the_server_may_ask_every_client_not_to_keep_context() -> None:
+    """RFC 7692 §7.1.1.2: a server may add client_no_context_takeover to any offer."""
+    agreed = deflate.negotiate("permessage-deflate; client_max_window_bits", 12, client_context=False)
+    assert agreed == Agreement(True, 12, 15)
+    assert agreed.header == (
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover; client_max_window_bits=12"
+    )
+
+
 def test_client_window_is_limited_only_when_the_client_says_it_may_be() -> None:
     assert deflate.negotiate("permessage-deflate", client_window_limit=10) == Agreement(False, 15, 15)
     limited = deflate.negotiate("permessage-deflate; client_max_window_bits", client_window_limit=10)

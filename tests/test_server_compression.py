@@ -150,7 +150,7 @@ def client_compress(data: bytes) -> bytes:
 
 
 async def test_every_compressing_subscriber_gets_the_same_compressed_frame(start_server):
-    running = await start_server(compression_client_window_bits=10)
+    running = await start_server(compression_client_window_bits=10, compression_client_context="on")
     limited = await Raw.connect(running.port, "permessage-deflate; client_max_window_bits")
     assert limited.header("Sec-WebSocket-Extensions") == (
         "permessage-deflate; server_no_context_takeover; client_max_window_bits=10"
@@ -213,12 +213,37 @@ async def test_echo_compresses_over_the_threshold_and_not_under(start_server):
     assert first == 0xC1 and inflate(payload) == b"b" * 100
 
 
+async def test_clients_are_asked_not_to_keep_context_unless_allowed(start_server):
+    """By default the 101 adds client_no_context_takeover: no connection holds an inflater
+    between messages. With compression_client_context=on, a client may refer back to its
+    earlier messages, and the server reads them with the inflater it keeps."""
+    default = await start_server()
+    raw = await Raw.connect(default.port, "permessage-deflate", path="/echo")
+    assert raw.header("Sec-WebSocket-Extensions") == (
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    )
+    allowed = await start_server(compression_client_context="on", compression_threshold=10_000)
+    raw = await Raw.connect(allowed.port, "permessage-deflate", path="/echo")
+    assert raw.header("Sec-WebSocket-Extensions") == "permessage-deflate; server_no_context_takeover"
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    text = b"the same sentence, twice over " * 4
+    first = (compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    second = (compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    assert len(second) < len(first) // 4  # it refers back to the first message
+    await raw.send(first, rsv=0x40)
+    await raw.send(second, rsv=0x40)
+    assert await raw.frame() == (0x81, text)
+    assert await raw.frame() == (0x81, text)
+
+
 @pytest.mark.parametrize(
     ("flags", "words"),
     [
         ({"compression": "maybe"}, ["compression", "on, off"]),
         ({"compression_threshold": "-1"}, ["compression_threshold", "0 to"]),
         ({"compression_client_window_bits": "16"}, ["compression_client_window_bits", "8 to 15"]),
+        ({"compression_level": "0"}, ["compression_level", "1 to 9"]),
+        ({"compression_client_context": "yes"}, ["compression_client_context", "on, off"]),
     ],
 )
 def test_bad_compression_settings_are_one_line(flags, words):

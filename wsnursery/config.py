@@ -207,6 +207,11 @@ class Config:
     compression_level: int = _setting(
         6, _whole_number(1, 9), "zlib level for what the server compresses: 1 is fastest, 9 smallest"
     )
+    compression_client_context: str = _setting(
+        "off", _choice("on", "off"),
+        "on: a client may keep its deflate context between messages (an inflater per connection, 2**bits "
+        "bytes + ~7 KiB); off: the 101 asks every client for client_no_context_takeover",
+    )
     compression_client_window_bits: int = _setting(
         15, _whole_number(8, 15),
         "largest deflate window (bits) a client that allows it may compress with; its inflater holds 2**bits bytes",

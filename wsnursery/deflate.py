@@ -15,7 +15,9 @@ What a client may still ask of us, and what we do:
   deflate with an 8-bit window, so for N = 8 we deflate with ``Z_HUFFMAN_ONLY``: literals only,
   no back-references, which any window size can inflate.
 - ``client_no_context_takeover``: echoed; the connection then drops its inflater after every
-  message. Without it the client may reference earlier messages, and the connection keeps one
+  message. The server may also add it to any offer (RFC 7692 §7.1.1.2), and does unless
+  told to let clients keep their context (``client_context=True``): then no connection holds
+  an inflater between messages. Without it the client may reference earlier messages, and the connection keeps one
   zlib inflater between messages: 2**bits bytes of window plus about 7 KiB of state, allocated
   at the first compressed message (not at the handshake). ``client_max_window_bits`` (when the
   client says it may be limited) is answered with the server's configured limit, which bounds
@@ -95,10 +97,10 @@ def _window_bits(value: str | None) -> int | None:
     return bits if MIN_WINDOW_BITS <= bits <= MAX_WINDOW_BITS else None
 
 
-def _accept(params: list[str], client_window_limit: int) -> Agreement | None:
+def _accept(params: list[str], client_window_limit: int, client_context: bool) -> Agreement | None:
     """The agreement for one offer's parameters, or None to decline it (RFC 7692 §7.1)."""
     seen: set[str] = set()
-    client_no_context_takeover = False
+    client_no_context_takeover = not client_context
     client_bits = MAX_WINDOW_BITS
     server_bits = MAX_WINDOW_BITS
     for param in params:
@@ -130,19 +132,22 @@ def _accept(params: list[str], client_window_limit: int) -> Agreement | None:
     return Agreement(client_no_context_takeover, client_bits, server_bits)
 
 
-def negotiate(header: str, client_window_limit: int = MAX_WINDOW_BITS) -> Agreement | None:
+def negotiate(
+    header: str, client_window_limit: int = MAX_WINDOW_BITS, client_context: bool = True
+) -> Agreement | None:
     """Accept the first acceptable permessage-deflate offer in a Sec-WebSocket-Extensions value.
 
     ``header`` is every ``Sec-WebSocket-Extensions`` line of the request joined with ", ".
     ``client_window_limit`` is the largest window we let a client compress with; it only binds
     a client whose offer says it can be limited (``client_max_window_bits``), as §7.1.2.2 says.
+    ``client_context=False`` answers every accepted offer with ``client_no_context_takeover``.
     None when nothing was offered that we accept: the connection then runs uncompressed.
     """
     for offer in _split(header, ",")[:_MAX_OFFERS]:
         params = _split(offer, ";")
         if params[0].lower() != EXTENSION:
             continue
-        agreement = _accept([param for param in params[1:] if param], client_window_limit)
+        agreement = _accept([param for param in params[1:] if param], client_window_limit, client_context)
         if agreement is not None:
             return agreement
     return None
