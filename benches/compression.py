@@ -14,8 +14,9 @@ both runs; with ``off`` the server declines it):
   ``--duration`` seconds: round trips/s and server CPU per round trip.
 - idle memory: ``--idle`` connections on / (each got its welcome) and the server's RSS
   growth per connection; with compression, also after every connection sent one compressed
-  message while keeping its deflate context (the server then holds an inflater per
-  connection: a 32 KiB window plus zlib's state).
+  message while keeping its deflate context (this server runs with
+  ``--compression-client-context on``, so it then holds an inflater per connection: a
+  32 KiB window plus zlib's state; by default clients are told not to keep context).
 
     PYTHONPATH=$PWD python benches/compression.py [--subs 1000 --messages 400 --idle 1000]
 
@@ -63,8 +64,8 @@ def frame_masked(first: int, payload: bytes) -> bytes:
 
 
 class Server:
-    def __init__(self, compression: str) -> None:
-        argv = wsnursery_argv("--compression", compression,
+    def __init__(self, compression: str, *extra: str) -> None:
+        argv = wsnursery_argv("--compression", compression, *extra,
                               "--max-connections", "20000", "--heartbeat-interval", "300")
         self.process = ServerProcess("wsnursery", argv).start()
         self.port = self.process.port
@@ -209,10 +210,10 @@ async def idle(server: Server, count: int, offer: bool) -> dict:
 
 async def measure(args: argparse.Namespace, compression: str) -> dict:
     results = {}
-    for name, run in (("fanout", lambda s: fanout(s, args.subs, args.messages)),
-                      ("echo", lambda s: echo(s, args.echo_conns, args.duration)),
-                      ("idle", lambda s: idle(s, args.idle, True))):
-        server = Server(compression)
+    for name, run, extra in (("fanout", lambda s: fanout(s, args.subs, args.messages), ()),
+                             ("echo", lambda s: echo(s, args.echo_conns, args.duration), ()),
+                             ("idle", lambda s: idle(s, args.idle, True), ("--compression-client-context", "on"))):
+        server = Server(compression, *extra)
         try:
             results[name] = await asyncio.wait_for(run(server), 300)
         finally:
