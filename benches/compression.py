@@ -29,12 +29,9 @@ import argparse
 import asyncio
 import json
 import random
-import sys
 import time
 import zlib
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run by path from any folder
 
 import psutil
 
