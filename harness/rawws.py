@@ -9,7 +9,10 @@ asyncio client and wsproto on the same frame stream.
 
 What it does: the opening handshake (checks `101` and `Sec-WebSocket-Accept`, optional
 subprotocol), masked client frames, fragmented messages, answers pings with pongs, and the
-closing handshake. What it does not: extensions (never offers permessage-deflate), TLS,
+closing handshake; with ``compression=True`` it offers permessage-deflate (RFC 7692) and
+inflates the compressed messages it receives (what it sends stays uncompressed, which the RFC
+allows; ``inflate=False`` hands compressed payloads over as they came, for a client that only
+counts). ``bytes_in`` counts every byte received. What it does not: other extensions, TLS,
 proxies, redirects, message size limits. Loopback benchmarking only.
 """
 
@@ -21,6 +24,7 @@ import hashlib
 import os
 import random
 import struct
+import zlib
 
 try:  # C implementation shipped with `websockets`; same result as the fallback below.
     from websockets.speedups import apply_mask as _apply_mask
@@ -74,7 +78,8 @@ class RawWS(asyncio.BufferedProtocol):
     """One client connection. `on_message(payload: bytes, opcode: int)` gets each message;
     without it, each message resolves `self.waiter` (request/response use)."""
 
-    def __init__(self, host: str, port: int, path: str = "/", on_message=None, subprotocol: str | None = None):
+    def __init__(self, host: str, port: int, path: str = "/", on_message=None, subprotocol: str | None = None,
+                 compression: bool = False, inflate: bool = True):
         loop = asyncio.get_running_loop()
         self.host, self.port, self.path = host, port, path
         self.on_message = on_message or self._resolve_waiter
@@ -91,6 +96,12 @@ class RawWS(asyncio.BufferedProtocol):
         self._frag_op = 0
         self._frags: list[bytes] = []
         self.pings = 0
+        self.offer_compression, self.inflate = compression, inflate
+        self.compressed = False  # permessage-deflate was agreed
+        self._inflater = None  # kept between messages unless the server said server_no_context_takeover
+        self._fresh_context = True
+        self._frag_rsv1 = False
+        self.bytes_in = 0
         #: Request/response mode (no `on_message` given): each message resolves this future.
         self.waiter: asyncio.Future | None = None
 
@@ -103,6 +114,8 @@ class RawWS(asyncio.BufferedProtocol):
         ).encode() + b"Sec-WebSocket-Key: " + self._key + b"\r\n"
         if self.subprotocol:
             req += f"Sec-WebSocket-Protocol: {self.subprotocol}\r\n".encode()
+        if self.offer_compression:
+            req += b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
         transport.write(req + b"\r\n")
 
     def connection_lost(self, exc):
@@ -121,6 +134,7 @@ class RawWS(asyncio.BufferedProtocol):
         return _RBUF
 
     def buffer_updated(self, nbytes: int):
+        self.bytes_in += nbytes
         self.data_received(_RBUF[:nbytes].tobytes())
 
     def data_received(self, data: bytes):
@@ -163,14 +177,14 @@ class RawWS(asyncio.BufferedProtocol):
             op = b0 & 0x0F
             if op == OP_TEXT or op == OP_BINARY:
                 if b0 & 0x80:
-                    on_message(payload, op)
+                    on_message(self._inflate(payload) if b0 & 0x40 and self.inflate else payload, op)
                 else:
-                    self._frag_op, self._frags = op, [payload]
+                    self._frag_op, self._frags, self._frag_rsv1 = op, [payload], bool(b0 & 0x40)
             elif op == OP_CONT:
                 self._frags.append(payload)
                 if b0 & 0x80:
                     msg, self._frags = b"".join(self._frags), []
-                    on_message(msg, self._frag_op)
+                    on_message(self._inflate(msg) if self._frag_rsv1 and self.inflate else msg, self._frag_op)
             elif op == OP_PING:
                 self.pings += 1
                 self._write(OP_PONG, payload)
@@ -187,6 +201,12 @@ class RawWS(asyncio.BufferedProtocol):
         self._buf = data[pos:] if pos < n else b""
 
     # -- helpers ------------------------------------------------------------------------
+    def _inflate(self, payload: bytes) -> bytes:
+        inflater = self._inflater
+        if inflater is None or self._fresh_context:
+            inflater = self._inflater = zlib.decompressobj(-15)
+        return inflater.decompress(payload + b"\x00\x00\xff\xff")
+
     def _resolve_waiter(self, payload: bytes, opcode: int) -> None:
         w = self.waiter
         if w is not None and not w.done():
@@ -207,6 +227,10 @@ class RawWS(asyncio.BufferedProtocol):
             self._abort_open(HandshakeError("bad Sec-WebSocket-Accept"))
             return
         self.accepted_subprotocol = headers.get(b"sec-websocket-protocol", b"").decode() or None
+        extensions = headers.get(b"sec-websocket-extensions", b"")
+        if self.offer_compression and extensions.startswith(b"permessage-deflate"):
+            self.compressed = True
+            self._fresh_context = b"server_no_context_takeover" in extensions
         self.is_open = True
         self.opened.set_result(self)
 
@@ -259,11 +283,11 @@ class RawWS(asyncio.BufferedProtocol):
 
 
 async def connect(host: str, port: int, path: str = "/", on_message=None, subprotocol: str | None = None,
-                  timeout: float = 10.0) -> RawWS:
+                  timeout: float = 10.0, compression: bool = False, inflate: bool = True) -> RawWS:
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
         _, proto = await loop.create_connection(
-            lambda: RawWS(host, port, path, on_message, subprotocol), host, port
+            lambda: RawWS(host, port, path, on_message, subprotocol, compression, inflate), host, port
         )
         try:
             await proto.opened

@@ -110,6 +110,7 @@ class Options:
     faults: tuple[str, ...] = tuple(kind.value for kind in ALL_KINDS)
     publish_window: int | None = None  # None: PUBLISH_WINDOW up to WINDOW_MAX_RATE, else 1
     quiet: bool = False
+    compression: str = "on"  # permessage-deflate: the server accepts it and the clients offer it (or neither)
     client_factory: Any = None  # tests swap in a deliberately broken client here
 
     @property
@@ -253,7 +254,9 @@ async def run(options: Options, scenario: str = "custom") -> Result:
     async with trio.open_nursery() as nursery:
         server = None
         if options.url is None:
-            server = Server(Config(host="127.0.0.1", port=0, log_level="warning", **SERVER_SETTINGS))
+            server = Server(
+                Config(host="127.0.0.1", port=0, log_level="warning", compression=options.compression, **SERVER_SETTINGS)
+            )
             ports = await nursery.start(server.run)
             upstream = ("127.0.0.1", ports[0])
         else:
@@ -449,8 +452,13 @@ async def _stop_publishing_after(state: _Run, seconds: float | None) -> None:
 
 def _connect(state: _Run, name: str) -> Any:
     factory = state.options.client_factory or sdk.connect
+    options = state.options
     url = f"ws://127.0.0.1:{state.proxies[name].port}/"
-    return factory(url, encoding=state.options.encoding, seed=state.options.seed, **CLIENT_SETTINGS)
+    if options.client_factory is None:
+        return sdk.connect(
+            url, encoding=options.encoding, seed=options.seed, compression=options.compression == "on", **CLIENT_SETTINGS
+        )
+    return factory(url, encoding=options.encoding, seed=options.seed, **CLIENT_SETTINGS)
 
 
 async def _session(state: _Run, name: str, session: Any, *args: Any) -> None:

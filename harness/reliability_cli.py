@@ -102,6 +102,8 @@ def add_arguments(rel: argparse.ArgumentParser) -> None:
     add("--replay", metavar="FILE.json", help="run exactly the case of a replay file (no other run options)")
     add("--output", metavar="FILE.json", help="write the report as JSON")
     add("--quiet", action="store_true", help="no progress line")
+    add("--compression", choices=["on", "off"], default=defaults.compression,
+        help="permessage-deflate between the clients and the server (default on; a replay runs with on)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -135,7 +137,7 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, Options]]:
         clients=args.clients, publishers=args.publishers, channels=args.channels,
         messages=DEFAULT_MESSAGES if args.messages is None else args.messages, duration=args.duration,
         soak=soak, max_payload=args.max_payload, encoding=args.encoding, seed=args.seed, url=args.url,
-        faults=args.faults, quiet=args.quiet, publish_window=args.publish_window,
+        faults=args.faults, quiet=args.quiet, publish_window=args.publish_window, compression=args.compression,
     )
     runs = [(name, attrs.evolve(base, failure_rate=rate)) for name, rate in rates]
     if args.baseline and all(options.failure_rate > 0 for _, options in runs):

@@ -244,12 +244,14 @@ def test_a_token_must_be_one_line():
 # ----------------------------------------------------------------------------- compression
 
 
-async def test_compression_is_offered_and_declined_by_todays_server(start_server):
-    running = await start_server()
+@pytest.mark.parametrize("server_compression", ["off", "on"])
+async def test_compression_is_offered_and_declined_or_accepted_by_the_server(start_server, server_compression):
+    """A server with --compression off declines the offer; ours by default accepts it."""
+    running = await start_server(compression=server_compression)
     with anyio.fail_after(TIMEOUT):
         transport = await open_transport(running.echo_url, [], compression=True)
         try:
-            assert transport.compressed is False
+            assert transport.compressed is (server_compression == "on")
             transport.queue_message("plain " * 100)
             await transport.flush()
             assert await transport.receive() == "plain " * 100

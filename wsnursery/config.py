@@ -32,6 +32,14 @@ def _positive_int(limit: int = 2**31) -> Any:
     return check
 
 
+def _whole_number(low: int, high: int) -> Any:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if type(value) is not int or not (low <= value <= high):
+            raise ValueError(f"must be a whole number from {low} to {high}")
+
+    return check
+
+
 def _positive_seconds(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
         raise ValueError("must be a number of seconds greater than 0")
@@ -189,6 +197,24 @@ class Config:
     )
     shutdown_timeout: float = _setting(
         5.0, _positive_seconds, "seconds to drain clients on shutdown before exiting"
+    )
+    compression: str = _setting(
+        "on", _choice("on", "off"), "on: accept a client's permessage-deflate offer (RFC 7692); off: never compress"
+    )
+    compression_threshold: int = _setting(
+        256, _whole_number(0, 2**31), "messages under this many bytes (encoded) go out uncompressed"
+    )
+    compression_level: int = _setting(
+        6, _whole_number(1, 9), "zlib level for what the server compresses: 1 is fastest, 9 smallest"
+    )
+    compression_client_context: str = _setting(
+        "off", _choice("on", "off"),
+        "on: a client may keep its deflate context between messages (an inflater per connection, 2**bits "
+        "bytes + ~7 KiB); off: the 101 asks every client for client_no_context_takeover",
+    )
+    compression_client_window_bits: int = _setting(
+        15, _whole_number(8, 15),
+        "largest deflate window (bits) a client that allows it may compress with; its inflater holds 2**bits bytes",
     )
 
     # -- identity, permissions, server API, exposure (issue 13; all off by default) --------

@@ -27,6 +27,7 @@ import trio
 from . import access, protocol
 from .codec import Encoding
 from .context import ConnectionContext, ConnectionState
+from .deflate import Agreement, Inflater
 from .frame_reader import Control, FrameError, FrameReader
 from .handlers import RequestHandlers
 from .heartbeat import PongDeadline
@@ -35,7 +36,7 @@ from .retransmit import Retransmits
 from .stream import ServerStream
 from .tokens import Identity
 from .wire import CloseCode, Opcode
-from .wsframe import control_frame, data_frame
+from .wsframe import control_frame
 
 READ_SIZE = 65536
 
@@ -79,6 +80,7 @@ class Connection:
         *,
         echo: bool = False,
         identity: Identity | None = None,
+        compression: Agreement | None = None,
     ) -> None:
         self.context = context
         self.echo = echo
@@ -91,13 +93,19 @@ class Connection:
         self.peer_closed = False  # the client's close frame arrived (we answer it, then close)
         config = context.config
         self._close_timeout = config.close_timeout
-        self._frames = FrameReader(config.max_message_size, config.max_fragments)
+        inflater = None
+        if compression is not None:  # its zlib state only exists from the first compressed message
+            inflater = Inflater(
+                compression.client_max_window_bits, compression.client_no_context_takeover, config.max_message_size
+            )
+        self._frames = FrameReader(config.max_message_size, config.max_fragments, inflater)
         self._frames.feed(already_read)  # what the client sent right behind its request head
         self._reader_scope = trio.CancelScope()  # its deadline is the pong deadline
         self._pong = PongDeadline(self._reader_scope, config.heartbeat_timeout)
         self._closing = trio.CancelScope(shield=True)  # the close handshake; ``abort`` gives up on it
         self._pings_sent = 0
-        self.outbox = Outbox(self, stream, encoding, context)
+        bits = None if compression is None else compression.server_max_window_bits
+        self.outbox = Outbox(self, stream, encoding, context, bits)
         self.retransmits = Retransmits(self, self.outbox, context.timer, context.metrics)
         self.outbox.sent_unacked = self.retransmits.arm
         # Identity (issue 13): the token's grants and rate buckets, and when it runs out.
@@ -306,14 +314,16 @@ class Connection:
                 await outbox.wait_for_space()
 
     async def _echo_loop(self) -> None:
-        """``/echo``: every message back as it came (text stays text, binary stays binary)."""
+        """``/echo``: every message back as it came (text stays text, binary stays binary;
+        compressed when the connection negotiated compression and it is over the threshold)."""
         received = self.context.metrics.messages_in
         outbox = self.outbox
+        frame = outbox.data_frame
         while (payload := await self._receive_message()) is not None:
             received.inc()
             if isinstance(payload, str):
-                outbox.queue(data_frame(payload.encode("utf-8"), binary=False))
+                outbox.queue(frame(payload.encode("utf-8"), False))
             else:
-                outbox.queue(data_frame(payload, binary=True))
+                outbox.queue(frame(payload, True))
             if outbox.crowded:
                 await outbox.wait_for_space()

@@ -10,15 +10,19 @@ more queued than one write carries) hands the rest to its own writer task, which
 the socket.
 
 The frames those writes carry come from the ``FrameCache``: the hub stores messages as
-data, and a message is encoded here, once per encoding, the first time a subscriber's write
-needs it; every other subscriber of that encoding writes the same bytes.
+data, and a message is encoded here, once per encoding (and, with permessage-deflate, once
+per compression window size), the first time a subscriber's write needs it; every other
+subscriber of that encoding and window writes the same bytes.
 
 Bounds: ``MAX_PASSES`` scheduler passes of waiting for a burst to end (so a steady stream
 of publishes delays delivery by at most that many passes), and one write per connection per
 pass (``outbox.WRITE_BUDGET``); the rest waits in the connection's own queues. The frame
-cache holds at most ``max_frames`` frames and ``max_bytes`` bytes per encoding, dropping the
+cache holds at most ``max_frames`` frames and ``max_bytes`` bytes per table, dropping the
 oldest first (a message needed again after that is encoded again); the newest frame is
-always kept, even when it alone is over ``max_bytes``.
+always kept, even when it alone is over ``max_bytes``. There is one table per encoding
+(plain frames) and one per encoding and window size that some connection compresses with,
+created at its first use: at most 2 x (1 + 8) tables, almost always 2 to 4 (clients that
+limit the server's window are rare).
 """
 
 from __future__ import annotations
@@ -43,49 +47,70 @@ FRAME_CACHE_BYTES = 64 * 2**20
 class FrameCache:
     """Each message's WebSocket frame, encoded once per encoding and shared by every write.
 
-    The hot path reads ``table(encoding)`` once per write and then does one dict lookup per
-    message (``table.get(message) or cache.encode(message, encoding)``): no allocation per
-    delivery, no encode per subscriber.
+    A table is keyed by encoding and compression window (None for plain frames): a message's
+    frame for subscribers that compress with a 15-bit window is compressed once (RSV1 set),
+    and all of them write those bytes; a message under ``threshold`` bytes is sent plain
+    even to them (RSV1 is per message).
+
+    The hot path reads ``table(encoding, bits)`` once per write and then does one dict lookup
+    per message (``table.get(message) or cache.encode(message, encoding, bits)``): no
+    allocation per delivery, no encode (or compression) per subscriber.
     """
 
-    def __init__(self, max_frames: int = FRAME_CACHE_FRAMES, max_bytes: int = FRAME_CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        max_frames: int = FRAME_CACHE_FRAMES,
+        max_bytes: int = FRAME_CACHE_BYTES,
+        threshold: int = 0,
+        level: int = 6,
+    ) -> None:
         self.max_frames = max_frames
         self.max_bytes = max_bytes
-        self._tables: dict[Encoding, collections.OrderedDict[Message, bytes]] = {
-            encoding: collections.OrderedDict() for encoding in Encoding
-        }
-        self._bytes = dict.fromkeys(Encoding, 0)
+        self.threshold = threshold  # compression: payloads under it go plain
+        self.level = level  # compression: the zlib level
+        self._tables: dict[tuple[Encoding, int | None], collections.OrderedDict[Message, bytes]] = {}
+        self._bytes: dict[tuple[Encoding, int | None], int] = {}
 
-    def table(self, encoding: Encoding) -> collections.OrderedDict[Message, bytes]:
-        """The frames cached for ``encoding`` (read only: add with ``encode``)."""
-        return self._tables[encoding]
+    def table(self, encoding: Encoding, window_bits: int | None = None) -> collections.OrderedDict[Message, bytes]:
+        """The frames cached for ``encoding`` compressed with ``window_bits`` (read only: add
+        with ``encode``)."""
+        key = (encoding, window_bits)
+        table = self._tables.get(key)
+        if table is None:
+            table = self._tables[key] = collections.OrderedDict()
+            self._bytes[key] = 0
+        return table
 
-    def frame(self, message: Message, encoding: Encoding) -> bytes:
-        frame = self._tables[encoding].get(message)
-        return frame if frame is not None else self.encode(message, encoding)
+    def frame(self, message: Message, encoding: Encoding, window_bits: int | None = None) -> bytes:
+        frame = self.table(encoding, window_bits).get(message)
+        return frame if frame is not None else self.encode(message, encoding, window_bits)
 
-    def encode(self, message: Message, encoding: Encoding) -> bytes:
-        """Encode ``message`` for ``encoding``, cache the frame, and drop the oldest past the bounds."""
+    def encode(self, message: Message, encoding: Encoding, window_bits: int | None = None) -> bytes:
+        """Encode ``message`` for ``encoding`` (compressed with ``window_bits`` when not None and
+        over the threshold), cache the frame, and drop the oldest past the bounds."""
         payload = codec.encode(
             message_frame(message.channel, message.epoch, message.seq, message.data, message.ts), encoding
         )
-        frame = wsframe.data_frame(payload, binary=encoding.is_binary)
-        table = self._tables[encoding]
-        size = self._bytes[encoding] + len(frame)
+        frame = wsframe.message_frame(
+            payload, binary=encoding.is_binary, window_bits=window_bits, threshold=self.threshold, level=self.level
+        )
+        key = (encoding, window_bits)
+        table = self.table(encoding, window_bits)
+        size = self._bytes[key] + len(frame)
         old = table.pop(message, None)
         if old is not None:
             size -= len(old)
         table[message] = frame
         while len(table) > 1 and (len(table) > self.max_frames or size > self.max_bytes):
             size -= len(table.popitem(last=False)[1])
-        self._bytes[encoding] = size
+        self._bytes[key] = size
         return frame
 
     def __len__(self) -> int:
         return sum(len(table) for table in self._tables.values())
 
-    def bytes(self, encoding: Encoding) -> int:
-        return self._bytes[encoding]
+    def bytes(self, encoding: Encoding, window_bits: int | None = None) -> int:
+        return self._bytes.get((encoding, window_bits), 0)
 
 
 class Writable(Protocol):

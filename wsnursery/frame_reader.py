@@ -8,16 +8,24 @@ under way) can pull again later and lose nothing.
 
 A violation raises ``FrameError`` with the close code to send, and every later pull
 raises it again:
-- 1002: an unmasked frame, an RSV bit (no extension is negotiated), an unknown opcode, a
+- 1002: an unmasked frame, an RSV bit (RSV1 is allowed only when permessage-deflate was
+  negotiated, and only on the first frame of a data message), an unknown opcode, a
   fragmented or oversized control frame, a continuation with nothing to continue, a new
   message inside a fragmented one, a close payload of one byte or a close code that may
   not be sent;
-- 1007: a text message or a close reason that is not UTF-8. A fragmented text message is
-  checked fragment by fragment with an incremental decoder, so the first fragment that
-  makes it invalid fails it, before the rest arrives (a single frame is checked whole);
+- 1007: a text message or a close reason that is not UTF-8, or compressed data zlib
+  refuses. A fragmented text message is checked fragment by fragment with an incremental
+  decoder, so the first fragment that makes it invalid fails it, before the rest arrives
+  (a single frame is checked whole);
 - 1009: a message longer than ``max_message_size`` bytes, or sent in more than
   ``max_fragments`` frames (empty continuation frames count). Both are checked from the
-  frame header, before the payload is buffered.
+  frame header, before the payload is buffered. A compressed message (RSV1, with an
+  ``inflater``) is inflated fragment by fragment as it arrives: its inflated size counts
+  toward ``max_message_size`` while inflating (``deflate.Inflater``), so a decompression
+  bomb is refused after ``max_message_size + 1`` bytes of output, and its compressed bytes
+  may not exceed ``deflate.wire_bound(max_message_size)``.
+
+Without an inflater, compression costs nothing per frame: RSV bits are one test, as before.
 
 Memory: a fragmented message under way is one ``bytearray`` that the fragments' payloads
 are appended to, so holding it costs its bytes (plus the bytearray's over-allocation),
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import codecs
 
+from .deflate import InflateError, Inflater, wire_bound
 from .wire import CloseCode, Opcode, may_be_sent
 
 DEFAULT_MAX_FRAGMENTS = 1024  # frames per message: 1 MiB in 1 KiB pieces
@@ -75,9 +84,14 @@ def unmask(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
 class FrameReader:
     """Parses what a client sends; see the module docstring for the rules it enforces."""
 
-    def __init__(self, max_message_size: int, max_fragments: int = DEFAULT_MAX_FRAGMENTS) -> None:
+    def __init__(
+        self, max_message_size: int, max_fragments: int = DEFAULT_MAX_FRAGMENTS, inflater: Inflater | None = None
+    ) -> None:
         self.max_message_size = max_message_size
         self.max_fragments = max_fragments
+        self._inflater = inflater  # set when permessage-deflate was negotiated
+        self._compressed = False  # the message under way is compressed (its first frame had RSV1)
+        self._wire = 0  # compressed bytes of it so far
         self._buffer = bytearray()
         self._message = bytearray()  # the payload so far of a fragmented message under way
         self._fragment_opcode = 0  # its opcode (text or binary); 0 while none is under way
@@ -116,8 +130,9 @@ class FrameReader:
                 return None
             first, second = buffer[0], buffer[1]
             fin, opcode = first & 0x80, first & 0x0F
+            compressed = False
             if first & 0x70:
-                raise FrameError(CloseCode.PROTOCOL_ERROR, "RSV bits set without a negotiated extension")
+                compressed = self._rsv(first, opcode)
             if not second & 0x80:
                 raise FrameError(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
             length = second & 0x7F
@@ -148,7 +163,10 @@ class FrameReader:
                     raise FrameError(CloseCode.PROTOCOL_ERROR, "64-bit payload length with its top bit set")
                 header = 14
             if opcode not in _CONTROL_OPCODES:
-                if len(self._message) + length > self.max_message_size:
+                if compressed or self._compressed:
+                    if self._wire + length > wire_bound(self.max_message_size):
+                        raise FrameError(CloseCode.TOO_BIG, f"compressed message over {self.max_message_size} bytes")
+                elif len(self._message) + length > self.max_message_size:
                     raise FrameError(CloseCode.TOO_BIG, f"message over {self.max_message_size} bytes")
                 if self._fragment_count >= self.max_fragments:
                     raise FrameError(CloseCode.TOO_BIG, f"message in more than {self.max_fragments} fragments")
@@ -160,11 +178,18 @@ class FrameReader:
             if opcode in _CONTROL_OPCODES:
                 return _control(opcode, payload)
             if opcode != Opcode.CONTINUATION:
-                if fin:
+                if compressed:
+                    if fin:
+                        return _message(opcode, self._inflate(payload, True))
+                    self._compressed = True
+                elif fin:
                     return _message(opcode, payload)
                 self._fragment_opcode = opcode
                 if opcode == Opcode.TEXT:
                     self._text = _utf8_decoder()
+            if self._compressed:
+                self._wire += length
+                payload = self._inflate(payload, bool(fin))
             self._fragment_count += 1
             self._message += payload
             if self._text is not None:
@@ -175,9 +200,31 @@ class FrameReader:
             if fin:
                 return self._finish_fragmented()
 
+    def _rsv(self, first: int, opcode: int) -> bool:
+        """RSV bits are set: True for a compressed message's first frame, else a FrameError."""
+        if self._inflater is None:
+            raise FrameError(CloseCode.PROTOCOL_ERROR, "RSV bits set without a negotiated extension")
+        if first & 0x30:
+            raise FrameError(CloseCode.PROTOCOL_ERROR, "RSV2 or RSV3 set (no extension defines them)")
+        if opcode not in _DATA_OPCODES:
+            raise FrameError(CloseCode.PROTOCOL_ERROR, "RSV1 set on a control or continuation frame")
+        return True
+
+    def _inflate(self, payload: bytes, fin: bool) -> bytes:
+        """A compressed message's next payload, inflated within the message size limit."""
+        inflater = self._inflater
+        assert inflater is not None
+        try:
+            data = inflater.feed(payload)
+            return data + inflater.finish() if fin else data
+        except InflateError as exc:
+            raise FrameError(exc.code, exc.reason) from None
+
     def _finish_fragmented(self) -> str | bytes:
         message, text = self._message, self._text is not None
         self._message = bytearray()
+        self._compressed = False
+        self._wire = 0
         self._fragment_opcode = self._fragment_count = 0
         self._text = None
         return message.decode("utf-8") if text else bytes(message)

@@ -4,8 +4,9 @@ Sans-I/O. The server parses every request head once (``http``); for a WebSocket 
 this module checks it and builds the ``101 Switching Protocols`` answer. No handshake
 state outlives it: from then on the connection reads frames with ``frame_reader``. A
 request that is not a valid upgrade gets 400, or 426 with the version we speak; an upgrade
-over HTTP/1.0 gets 505 (RFC 6455 §4.2.1: "HTTP/1.1 or higher"). No
-extension is offered back (permessage-deflate is not spoken), so RSV bits stay errors.
+over HTTP/1.0 gets 505 (RFC 6455 §4.2.1: "HTTP/1.1 or higher"). The one extension spoken is
+permessage-deflate (``deflate.negotiate`` reads the client's ``Sec-WebSocket-Extensions``; the
+101 carries the agreed parameters), so RSV1 is allowed only on connections that agreed to it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def offered_subprotocols(head: RequestHead) -> list[str]:
     return _tokens(head.headers.get("sec-websocket-protocol", ""))
 
 
+def offered_extensions(head: RequestHead) -> str:
+    """Every ``Sec-WebSocket-Extensions`` line of the request, joined with ", "."""
+    return head.headers.get("sec-websocket-extensions", "")
+
+
 def check_upgrade(head: RequestHead) -> str:
     """Validate a WebSocket upgrade request; return its ``Sec-WebSocket-Key``."""
     headers = head.headers
@@ -60,7 +66,7 @@ def accept_token(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + WEBSOCKET_GUID).digest()).decode()
 
 
-def switching_protocols(key: str, subprotocol: str | None) -> bytes:
+def switching_protocols(key: str, subprotocol: str | None, extensions: str | None = None) -> bytes:
     lines = [
         "HTTP/1.1 101 Switching Protocols",
         "Upgrade: websocket",
@@ -69,4 +75,6 @@ def switching_protocols(key: str, subprotocol: str | None) -> bytes:
     ]
     if subprotocol is not None:
         lines.append(f"Sec-WebSocket-Protocol: {subprotocol}")
+    if extensions is not None:
+        lines.append(f"Sec-WebSocket-Extensions: {extensions}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

@@ -6,7 +6,8 @@ queued at all, they are read from the broadcast when written). A publish only ma
 subscription dirty and registers the outbox with the server's deliverer, whose next pass
 calls ``write_now``: replies first, then messages, up to ``WRITE_BUDGET`` bytes in one
 non-blocking send. Frames come from the shared ``FrameCache``, so a message is encoded once
-per encoding however many subscribers write it. Only when the socket would block is a writer
+per encoding (and compressed once per window size, for connections that negotiated
+permessage-deflate) however many subscribers write it. Only when the socket would block is a writer
 task started (in the connection's nursery) to wait for it; most connections never need one.
 
 Bounds, and what happens at each:
@@ -36,7 +37,7 @@ from .context import ConnectionContext, ConnectionState
 from .stream import ServerStream
 from .subscription import Subscription
 from .wire import CloseCode
-from .wsframe import data_frame
+from .wsframe import message_frame
 
 WRITE_BUDGET = 256 * 1024
 BATCH_PER_SUBSCRIPTION = 512
@@ -65,6 +66,7 @@ class Outbox:
     __slots__ = (
         "_deliverer",
         "_frame_cache",
+        "_level",
         "_max_control",
         "_max_control_bytes",
         "_max_events",
@@ -72,6 +74,7 @@ class Outbox:
         "_nursery",
         "_owner",
         "_space",
+        "_threshold",
         "_wake",
         "_write_in_flight",
         "_writer_scope",
@@ -81,15 +84,24 @@ class Outbox:
         "encoding",
         "sent_unacked",
         "stream",
+        "window_bits",
         "writer_done",
     )
 
     def __init__(
-        self, owner: Owner, stream: ServerStream, encoding: Encoding, context: ConnectionContext
+        self,
+        owner: Owner,
+        stream: ServerStream,
+        encoding: Encoding,
+        context: ConnectionContext,
+        window_bits: int | None = None,
     ) -> None:
         self._owner = owner
         self.stream = stream
         self.encoding = encoding
+        self.window_bits = window_bits  # permessage-deflate's window for our frames; None: plain
+        self._threshold = context.config.compression_threshold
+        self._level = context.config.compression_level
         self._deliverer = context.deliverer
         self._frame_cache = context.frames
         self._metrics = context.metrics
@@ -121,9 +133,15 @@ class Outbox:
             self._writer_scope.cancel()
 
     def send_reply(self, frame: dict[str, Any]) -> None:
-        """Encode a reply frame map and queue it."""
-        payload = codec.encode(frame, self.encoding)
-        self.queue(data_frame(payload, binary=self.encoding.is_binary))
+        """Encode a reply frame map and queue it (compressed like a message when it is over the
+        compression threshold on a connection that negotiated compression)."""
+        self.queue(self.data_frame(codec.encode(frame, self.encoding), self.encoding.is_binary))
+
+    def data_frame(self, payload: bytes, binary: bool) -> bytes:
+        """The frame for one payload of this connection's own (a reply, an echo)."""
+        return message_frame(
+            payload, binary=binary, window_bits=self.window_bits, threshold=self._threshold, level=self._level
+        )
 
     def queue(self, frame: bytes) -> None:
         """Queue an encoded frame (reply, ping, pong, echo) for the deliverer's next pass."""
@@ -322,9 +340,9 @@ class Outbox:
         if self._space is not None and not self.crowded:
             self._space.set()
             self._space = None
-        encoding = self.encoding
+        encoding, bits = self.encoding, self.window_bits
         cache = self._frame_cache
-        frames = cache.table(encoding)
+        frames = cache.table(encoding, bits)
         now = trio.current_time()
         unacked_sends = False
         dirty = self.dirty
@@ -342,7 +360,7 @@ class Outbox:
             events = subscription.events
             if not events:
                 for message in messages:
-                    frame = frames.get(message) or cache.encode(message, encoding)
+                    frame = frames.get(message) or cache.encode(message, encoding, bits)
                     parts.append(frame)
                     size += len(frame)
                     taken += 1
@@ -355,7 +373,7 @@ class Outbox:
                         parts.append(frame)
                         size += len(frame)
                         replies += 1  # a notice, not a delivery
-                    frame = frames.get(message) or cache.encode(message, encoding)
+                    frame = frames.get(message) or cache.encode(message, encoding, bits)
                     parts.append(frame)
                     size += len(frame)
                     taken += 1

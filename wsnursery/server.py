@@ -26,6 +26,7 @@ from . import (
     access,
     api,
     api_http,
+    deflate,
     handshake,
     http,
     logs,
@@ -80,7 +81,7 @@ class Server(ServerApiMixin):
             config=config,
             hub=self.hub,
             deliverer=self.deliverer,
-            frames=FrameCache(),
+            frames=FrameCache(threshold=config.compression_threshold, level=config.compression_level),
             timer=self.timer,
             heartbeats=self.heartbeats,
             metrics=self.metrics,
@@ -308,19 +309,22 @@ class Server(ServerApiMixin):
         remote = _peer(raw)
         self.websockets += 1
         try:
-            encoding = await self._accept(stream, head, key)
+            encoding, compression = await self._accept(stream, head, key)
             server_stream = (
                 ServerStream(raw, len(after_head))
                 if stream is raw
                 else tls.TlsServerStream(stream, raw, len(after_head))  # type: ignore[arg-type]
             )
             session = Connection(
-                self.context, server_stream, after_head, encoding, remote, echo=endpoint == "echo", identity=identity
+                self.context, server_stream, after_head, encoding, remote, echo=endpoint == "echo", identity=identity,
+                compression=compression,
             )
             self.metrics.count(self.metrics.connections_opened, endpoint)
             fields = {"remote": remote, "endpoint": endpoint, "encoding": encoding.value}
             if session.user is not None:
                 fields["user"] = session.user
+            if compression is not None:
+                fields["compression"] = compression.header
             log.info("open", extra={"fields": fields})
             async with trio.open_nursery() as nursery:
                 code, reason = await self._serve(session, nursery)
@@ -338,8 +342,10 @@ class Server(ServerApiMixin):
             if self.draining and not self.websockets:
                 self._all_closed.set()
 
-    async def _accept(self, stream: trio.abc.Stream, head: http.RequestHead, key: str) -> Encoding:
-        """Answer 101 with the negotiated subprotocol (see ``handshake``).
+    async def _accept(
+        self, stream: trio.abc.Stream, head: http.RequestHead, key: str
+    ) -> tuple[Encoding, deflate.Agreement | None]:
+        """Answer 101 with the negotiated subprotocol and compression (see ``handshake``).
 
         No timeout: nothing was written to this socket before, so its send buffer (at least
         4 KiB on Linux) takes the few hundred bytes of the answer without blocking.
@@ -347,12 +353,21 @@ class Server(ServerApiMixin):
         encoding, subprotocol = Encoding.JSON, None
         if head.path == "/":
             encoding, subprotocol = Encoding.negotiate(handshake.offered_subprotocols(head))
-        answer = handshake.switching_protocols(key, subprotocol)
+        compression = None
+        config = self.config
+        if config.compression == "on":
+            compression = deflate.negotiate(
+                handshake.offered_extensions(head),
+                config.compression_client_window_bits,
+                client_context=config.compression_client_context == "on",
+            )
+        extensions = None if compression is None else compression.header
+        answer = handshake.switching_protocols(key, subprotocol, extensions)
         if isinstance(stream, trio.SocketStream):
             await send_at_once(stream, answer)
         else:  # TLS: through the SSL stream
             await stream.send_all(answer)
-        return encoding
+        return encoding, compression
 
     async def _serve(self, session: Connection, nursery: trio.Nursery) -> tuple[int | None, str]:
         self.connections.add(session)
