@@ -38,13 +38,9 @@ class ClaimError(ValueError):
     """The ``channels`` claim has the wrong shape; the message is one readable line."""
 
 
-def _segments(pattern: str) -> list[str]:
-    return pattern.split("*")
-
-
 def glob_regex(pattern: str) -> str:
     """The regular expression (for ``fullmatch``, DOTALL) of one glob pattern."""
-    parts = _segments(pattern)
+    parts = pattern.split("*")
     if len(parts) == 1:
         return re.escape(pattern)
     first, *middle, last = parts
