@@ -159,3 +159,12 @@ def test_regex_specials_in_patterns_are_literal() -> None:
         assert Matcher([f"a{special}*"])(f"a{special}b")
         assert not Matcher([f"a{special}*"])("axb")
     assert not Matcher(["a.b"])("axb") and not Matcher(["x*a.b"])("xaxb")
+
+
+def test_one_list_for_both_actions_is_compiled_once() -> None:
+    same = parse_channels_claim({"subscribe": ["chat.*", "a.*.b"], "publish": ["chat.*", "a.*.b"]})
+    assert same.subscribe is same.publish and same.may_publish("a.x.b") and not same.may_publish("b")
+    different = parse_channels_claim({"subscribe": ["chat.*", "a.*.b"], "publish": ["chat.*"]})
+    assert different.may_subscribe("a.x.b") and not different.may_publish("a.x.b")
+    only = parse_channels_claim({"subscribe": ["chat.*"]})
+    assert only.may_subscribe("chat.x") and not only.may_publish("chat.x")

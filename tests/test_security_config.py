@@ -91,6 +91,7 @@ def _cli_error(argv: list[str], capsys: pytest.CaptureFixture[str], environ: dic
         (["--jwt-issuer", "https://i"], ["jwt_issuer needs a token key"]),
         (["--keyfile", "k.pem"], ["keyfile needs certfile"]),
         (["--jwt-secret", "short"], ["at least 32 bytes"]),
+        (["--jwt-secret", '{{"kty": "oct", "k": "a-secret-that-is-really-a-json-web-key"}}'], ["jwt_secret looks like"]),
         (["--jwt-public-key", "{tmp}/missing.pem"], ["does not exist"]),
         (["--jwt-public-key", "{tmp}/private.pem"], ["give the public key"]),
         (["--jwt-public-key", "{tmp}/junk.pem"], ["no PEM block"]),
@@ -123,6 +124,9 @@ def test_secrets_are_never_echoed(capsys: pytest.CaptureFixture[str], monkeypatc
     assert "my secret key" not in err and "(hidden)" in err
     err = _cli_error([], capsys, {"WSNURSERY_JWT_SECRET": "too-short-secret"}, monkeypatch)
     assert "too-short-secret" not in err
+    key_shaped = '{"kty": "oct", "k": "a-secret-that-is-really-a-json-web-key"}'
+    err = _cli_error([], capsys, {"WSNURSERY_JWT_SECRET": key_shaped}, monkeypatch)
+    assert "looks like" in err and "really-a-json-web-key" not in err
 
 
 def test_bad_boolean_is_one_line() -> None:

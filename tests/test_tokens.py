@@ -255,3 +255,31 @@ def test_a_verified_token_is_remembered_until_it_expires(monkeypatch: pytest.Mon
     for value in many:
         keys.verify(value)
     assert len(keys._verified) == 3 and list(keys._verified) == many[2:]
+
+
+def test_a_secret_pyjwt_would_refuse_is_refused_at_startup(tmp_path: Path) -> None:
+    """A secret that looks like a key is one line at startup, not an error on every token."""
+    with pytest.raises(KeyFileError, match="jwt_secret looks like a PEM, SSH or JSON key"):
+        secret_key(json.dumps(oct_jwk("k", SECRET)))
+    with pytest.raises(KeyFileError, match="jwt_secret looks like"):
+        secret_key("-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----")
+    pem_like = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"
+    with pytest.raises(KeyFileError, match="key 'k' looks like"):
+        load_jwks(write(tmp_path, "k.json", jwks(oct_jwk("k", pem_like))))
+
+
+def test_hs256_secrets_are_prepared_once_not_per_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = KeySet([secret_key(SECRET)])
+    good, forged = mint(claims("alice")), mint(claims("alice"), key=OTHER_SECRET)
+    calls: list[bytes] = []
+    original = jwt.algorithms.HMACAlgorithm.prepare_key
+
+    def counted(self: jwt.algorithms.HMACAlgorithm, key: bytes) -> bytes:
+        calls.append(key)
+        return original(self, key)
+
+    monkeypatch.setattr(jwt.algorithms.HMACAlgorithm, "prepare_key", counted)
+    assert keys.verify(good).sub == "alice"
+    with pytest.raises(TokenError, match="bad signature"):  # the prepared key still checks
+        keys.verify(forged)
+    assert calls == []

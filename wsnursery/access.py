@@ -99,16 +99,12 @@ class Access:
 
     def may_subscribe(self, channel: str, request_id: int | None, now: float) -> None:
         self.may_read(channel, request_id)
-        bucket = self._subscribe_bucket
-        if bucket is not None and not bucket.take(now):
-            raise ProtocolError("rate_limited", f"more than {bucket.rate:g} subscribes a second", request_id)
+        _take(self._subscribe_bucket, "subscribes", request_id, now)
 
     def may_publish(self, channel: str, request_id: int | None, now: float) -> None:
         if not self.grants.publish(channel):
             raise ProtocolError("forbidden", f"no right to publish to {channel}", request_id)
-        bucket = self._publish_bucket
-        if bucket is not None and not bucket.take(now):
-            raise ProtocolError("rate_limited", f"more than {bucket.rate:g} publishes a second", request_id)
+        _take(self._publish_bucket, "publishes", request_id, now)
 
     def refresh(self, token: str, request_id: int | None) -> Identity:
         keys = self._security.keys
@@ -127,3 +123,9 @@ class Access:
         if self.identity is None:
             return None
         return self.identity.exp - (time.time() if now is None else now)
+
+
+def _take(bucket: TokenBucket | None, what: str, request_id: int | None, now: float) -> None:
+    """One request out of ``bucket`` (None: no limit), else ``rate_limited``."""
+    if bucket is not None and not bucket.take(now):
+        raise ProtocolError("rate_limited", f"more than {bucket.rate:g} {what} a second", request_id)

@@ -181,8 +181,7 @@ class ApiHandler:
         body = request.json()
         channel = self._channel(body.get("channel"))
         data, key = _data(body), _key(body)
-        position = await self.api.publish(channel, data, key)
-        return {"channel": channel, "epoch": position.epoch, "seq": position.seq}
+        return _published(channel, await self.api.publish(channel, data, key))
 
     async def _broadcast(self, request: ApiRequest) -> dict[str, Any]:
         body = request.json()
@@ -191,11 +190,7 @@ class ApiHandler:
             raise ApiError(400, "bad_request", f"channels must be a list of 1 to {MAX_BROADCAST_CHANNELS} names")
         names = list(dict.fromkeys(self._channel(c, "each channel") for c in channels))
         data, key = _data(body), _key(body)
-        results = []
-        for channel in names:
-            position = await self.api.publish(channel, data, key)
-            results.append({"channel": channel, "epoch": position.epoch, "seq": position.seq})
-        return {"results": results}
+        return {"results": [_published(channel, await self.api.publish(channel, data, key)) for channel in names]}
 
     def _history(self, request: ApiRequest) -> dict[str, Any]:
         channel = self._channel(request.query.get("channel"))
@@ -236,6 +231,10 @@ class ApiRequest:
             return codec.decode(self.body, Encoding.JSON)
         except codec.DecodeError as exc:
             raise ApiError(400, "bad_request", f"body: {exc}") from None
+
+
+def _published(channel: str, position: Position) -> dict[str, Any]:
+    return {"channel": channel, "epoch": position.epoch, "seq": position.seq}
 
 
 def _data(body: dict[str, Any]) -> Any:

@@ -1,7 +1,8 @@
 """Calling the server API from a backend: ``ApiClient`` (sync) and ``AsyncApiClient`` (trio or asyncio).
 
-Both speak the same calls with the same arguments and results; the request building and
-answer parsing are shared and do no I/O. The sync client uses ``http.client``; the async one
+Both speak the same calls with the same arguments and results: each call (its request, and
+how its answer is read) is written once, as a ``_Call``, and the request building and answer
+parsing are shared and do no I/O. The sync client uses ``http.client``; the async one
 uses anyio streams, so it runs under trio and under asyncio alike. Each call is one request
 on a fresh connection (the server closes after every answer). ``data`` may hold bytes: they
 travel as ``{"$bytes": "<base64>"}`` and come back from ``history`` as bytes.
@@ -21,18 +22,20 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import anyio
 import anyio.abc
+import attrs
 
 from . import codec
 from .codec import Encoding
 
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
+T = TypeVar("T")
 
 
 class ApiCallError(Exception):
@@ -99,22 +102,48 @@ def _history(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-class _Calls:
-    """The API calls, written once over ``_call`` (sync) or ``_acall`` (async) below."""
+def _payload(payload: dict[str, Any]) -> dict[str, Any]:
+    return payload
 
-    @staticmethod
-    def publish_args(channel: str, data: Any, key: str | None) -> dict[str, Any]:
-        body: dict[str, Any] = {"channel": channel, "data": data}
-        if key is not None:
-            body["key"] = key
-        return body
 
-    @staticmethod
-    def broadcast_args(channels: Sequence[str], data: Any, key: str | None) -> dict[str, Any]:
-        body: dict[str, Any] = {"channels": list(channels), "data": data}
-        if key is not None:
-            body["key"] = key
-        return body
+@attrs.frozen
+class _Call(Generic[T]):
+    """One API call, written once for both clients: the request, and what its answer gives."""
+
+    method: str
+    path: str
+    query: dict[str, Any] | None
+    body: Any
+    result: Callable[[dict[str, Any]], T]
+
+
+def _with_key(body: dict[str, Any], key: str | None) -> dict[str, Any]:
+    return body if key is None else {**body, "key": key}
+
+
+def _publish(channel: str, data: Any, key: str | None) -> _Call[dict[str, Any]]:
+    return _Call("POST", "publish", None, _with_key({"channel": channel, "data": data}, key), _payload)
+
+
+def _broadcast(channels: Sequence[str], data: Any, key: str | None) -> _Call[list[dict[str, Any]]]:
+    body = _with_key({"channels": list(channels), "data": data}, key)
+    return _Call("POST", "broadcast", None, body, lambda payload: list(payload["results"]))
+
+
+def _history_call(channel: str, since: int | None, limit: int | None) -> _Call[dict[str, Any]]:
+    return _Call("GET", "history", {"channel": channel, "since": since, "limit": limit}, None, _history)
+
+
+def _channels() -> _Call[list[dict[str, Any]]]:
+    return _Call("GET", "channels", None, None, lambda payload: list(payload["channels"]))
+
+
+def _presence(channel: str) -> _Call[list[dict[str, Any]]]:
+    return _Call("GET", "presence", {"channel": channel}, None, lambda payload: list(payload["members"]))
+
+
+def _disconnect(user: str) -> _Call[int]:
+    return _Call("POST", "disconnect", None, {"user": user}, lambda payload: int(payload["disconnected"]))
 
 
 class ApiClient:
@@ -130,9 +159,9 @@ class ApiClient:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def _call(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None) -> dict[str, Any]:
+    def _call(self, call: _Call[T]) -> T:
         endpoint = self._endpoint
-        method, target, headers, payload = endpoint.request(method, path, query, body)
+        method, target, headers, payload = endpoint.request(call.method, call.path, call.query, call.body)
         connection: http.client.HTTPConnection
         if endpoint.tls:
             connection = http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=self.timeout, context=endpoint.ssl_context)
@@ -144,29 +173,29 @@ class ApiClient:
             data = response.read(MAX_ANSWER_BYTES + 1)
             if len(data) > MAX_ANSWER_BYTES:
                 raise ApiCallError(response.status, "too_large", "the answer is larger than the client takes")
-            return _answer(response.status, data)
+            return call.result(_answer(response.status, data))
         finally:
             connection.close()
 
     def publish(self, channel: str, data: Any, key: str | None = None) -> dict[str, Any]:
         """``{"channel", "epoch", "seq"}``; a repeated ``key`` gets the original position."""
-        return self._call("POST", "publish", body=_Calls.publish_args(channel, data, key))
+        return self._call(_publish(channel, data, key))
 
     def broadcast(self, channels: Sequence[str], data: Any, key: str | None = None) -> list[dict[str, Any]]:
-        return list(self._call("POST", "broadcast", body=_Calls.broadcast_args(channels, data, key))["results"])
+        return self._call(_broadcast(channels, data, key))
 
     def history(self, channel: str, since: int | None = None, limit: int | None = None) -> dict[str, Any]:
-        return _history(self._call("GET", "history", {"channel": channel, "since": since, "limit": limit}))
+        return self._call(_history_call(channel, since, limit))
 
     def channels(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "channels")["channels"])
+        return self._call(_channels())
 
     def presence(self, channel: str) -> list[dict[str, Any]]:
-        return list(self._call("GET", "presence", {"channel": channel})["members"])
+        return self._call(_presence(channel))
 
     def disconnect(self, user: str) -> int:
         """Close every connection of ``user`` with 4003; how many there were."""
-        return int(self._call("POST", "disconnect", body={"user": user})["disconnected"])
+        return self._call(_disconnect(user))
 
 
 class AsyncApiClient:
@@ -182,9 +211,9 @@ class AsyncApiClient:
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         return None
 
-    async def _call(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None) -> dict[str, Any]:
+    async def _call(self, call: _Call[T]) -> T:
         endpoint = self._endpoint
-        method, target, headers, payload = endpoint.request(method, path, query, body)
+        method, target, headers, payload = endpoint.request(call.method, call.path, call.query, call.body)
         head = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
         with anyio.fail_after(self.timeout):
             stream: anyio.abc.ByteStream
@@ -207,25 +236,27 @@ class AsyncApiClient:
                     if len(data) > MAX_ANSWER_BYTES:
                         raise ApiCallError(0, "too_large", "the answer is larger than the client takes")
         status, body = _parse_response(bytes(data))
-        return _answer(status, body)
+        return call.result(_answer(status, body))
 
     async def publish(self, channel: str, data: Any, key: str | None = None) -> dict[str, Any]:
-        return await self._call("POST", "publish", body=_Calls.publish_args(channel, data, key))
+        """``{"channel", "epoch", "seq"}``; a repeated ``key`` gets the original position."""
+        return await self._call(_publish(channel, data, key))
 
     async def broadcast(self, channels: Sequence[str], data: Any, key: str | None = None) -> list[dict[str, Any]]:
-        return list((await self._call("POST", "broadcast", body=_Calls.broadcast_args(channels, data, key)))["results"])
+        return await self._call(_broadcast(channels, data, key))
 
     async def history(self, channel: str, since: int | None = None, limit: int | None = None) -> dict[str, Any]:
-        return _history(await self._call("GET", "history", {"channel": channel, "since": since, "limit": limit}))
+        return await self._call(_history_call(channel, since, limit))
 
     async def channels(self) -> list[dict[str, Any]]:
-        return list((await self._call("GET", "channels"))["channels"])
+        return await self._call(_channels())
 
     async def presence(self, channel: str) -> list[dict[str, Any]]:
-        return list((await self._call("GET", "presence", {"channel": channel}))["members"])
+        return await self._call(_presence(channel))
 
     async def disconnect(self, user: str) -> int:
-        return int((await self._call("POST", "disconnect", body={"user": user}))["disconnected"])
+        """Close every connection of ``user`` with 4003; how many there were."""
+        return await self._call(_disconnect(user))
 
 
 def _parse_response(data: bytes) -> tuple[int, bytes]:

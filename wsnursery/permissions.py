@@ -38,13 +38,9 @@ class ClaimError(ValueError):
     """The ``channels`` claim has the wrong shape; the message is one readable line."""
 
 
-def _segments(pattern: str) -> list[str]:
-    return pattern.split("*")
-
-
 def glob_regex(pattern: str) -> str:
     """The regular expression (for ``fullmatch``, DOTALL) of one glob pattern."""
-    parts = _segments(pattern)
+    parts = pattern.split("*")
     if len(parts) == 1:
         return re.escape(pattern)
     first, *middle, last = parts
@@ -144,5 +140,7 @@ def parse_channels_claim(claim: Any) -> Grants:
 @functools.lru_cache(maxsize=COMPILED_GRANTS)
 def _compiled(subscribe: tuple[str, ...], publish: tuple[str, ...]) -> Grants:
     """Grants are immutable, so connections whose tokens grant the same lists share them: a
-    token's patterns are compiled at most once, and the common grant shapes only once."""
-    return Grants(Matcher(subscribe) if subscribe else NOTHING, Matcher(publish) if publish else NOTHING)
+    token's patterns are compiled at most once, and the common grant shapes only once (and
+    once for both actions when they grant the same list)."""
+    subscriber = Matcher(subscribe) if subscribe else NOTHING
+    return Grants(subscriber, subscriber if publish == subscribe else Matcher(publish) if publish else NOTHING)

@@ -147,9 +147,6 @@ class PresenceRegistry:
         state = self._channels.get(channel)
         return state is None or state.untracked == 0
 
-    def users(self, channel: str) -> set[str | None]:
-        return {member.user for member in self.members(channel)}
-
     @property
     def channel_count(self) -> int:
         return len(self._channels)

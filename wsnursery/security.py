@@ -39,10 +39,6 @@ class Security:
     max_connections_per_ip: int  # 0: no limit
     ssl_context: ssl.SSLContext | None
 
-    @property
-    def tokens(self) -> bool:
-        return self.keys is not None
-
     @classmethod
     def off(cls) -> Security:
         """No tokens, no API, every origin, no rate limits, no TLS: version 1 behaviour."""

@@ -11,7 +11,9 @@ which key may verify which token and pins the algorithm per key, so a token neve
   ``kid`` is verified by that key alone. Several keys are live at once: publish the new key,
   mint with it, drop the old one once its tokens have expired.
 A token's ``alg`` must be the key's algorithm: ``none`` is never accepted, and an HS256 token
-is never checked against a public key (PyJWT gets the key object, and only the one algorithm).
+is never checked against a public key (PyJWT gets the key object, and only the one algorithm;
+its decoder here knows no algorithm but these three). An HS256 secret is prepared by PyJWT once,
+when it is loaded: one that looks like a PEM, SSH or JSON key is refused then.
 
 A token is at most ``MAX_TOKEN_BYTES`` (its header at most 1 KiB); it must carry ``sub`` (a string of 1 to
 ``MAX_SUB_LENGTH`` characters) and ``exp``; ``aud`` and ``iss`` are checked when configured
@@ -38,6 +40,7 @@ import attrs
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt.algorithms import HMACAlgorithm
 
 from .permissions import ClaimError, Grants, parse_channels_claim
 
@@ -55,6 +58,32 @@ MIN_RSA_BITS = 2048
 
 _COMPACT = re.compile(r"[A-Za-z0-9_-]{2,1024}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")  # JWS compact form
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----", re.DOTALL)
+
+
+class _Secret(bytes):
+    """An HS256 secret PyJWT has already checked and prepared (once, in ``secret_key``)."""
+
+
+class _PreparedHMAC(HMACAlgorithm):
+    """HS256 whose key preparation is done at startup: PyJWT's ``prepare_key`` otherwise
+    re-checks the secret on every decode (JSON, PEM, SSH and DER parsing, ~6 us a token).
+    Anything but a ``_Secret`` gets PyJWT's own preparation."""
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        return key if type(key) is _Secret else super().prepare_key(key)
+
+
+def _decoder() -> jwt.PyJWT:
+    """One PyJWT for every token: it knows only ``ALGORITHMS`` (never ``none``), HS256 with
+    prepared secrets, and requires ``exp`` and ``sub`` without an options dict per call."""
+    signatures = jwt.PyJWS(algorithms=[name for name in ALGORITHMS if name != "HS256"])
+    signatures.register_algorithm("HS256", _PreparedHMAC(HMACAlgorithm.SHA256))
+    decoder = jwt.PyJWT(options={"require": ["exp", "sub"]})
+    decoder._jws = signatures  # as PyJWT wires its own global decoder (jwt.api_jwt)
+    return decoder
+
+
+_DECODER = _decoder()
 
 
 class TokenError(Exception):
@@ -150,13 +179,8 @@ class KeySet:
             if key.algorithm != algorithm:
                 raise TokenError("token algorithm does not match its key")
             try:
-                claims = jwt.decode(
-                    token,
-                    key.key,
-                    algorithms=[key.algorithm],
-                    audience=self.audience,
-                    issuer=self.issuer,
-                    options={"require": ["exp", "sub"]},
+                claims = _DECODER.decode(
+                    token, key.key, algorithms=[key.algorithm], audience=self.audience, issuer=self.issuer
                 )
             except jwt.InvalidSignatureError:
                 continue  # another key without a kid may have signed it
@@ -245,7 +269,17 @@ def token_from_request(headers: Mapping[str, str], target: str) -> str | None:
 def secret_key(secret: str, kid: str | None = None) -> VerificationKey:
     if len(secret.encode()) < MIN_SECRET_BYTES:
         raise KeyFileError(f"jwt_secret must be at least {MIN_SECRET_BYTES} bytes (HS256, RFC 7518)")
-    return VerificationKey(kid, "HS256", secret.encode())
+    return _hs256_key(secret.encode(), "jwt_secret", kid)
+
+
+def _hs256_key(secret: bytes, where: str, kid: str | None) -> VerificationKey:
+    """An HS256 key, prepared by PyJWT once here rather than on every token; a secret PyJWT
+    refuses (one that looks like a PEM, SSH or JWK key) is refused at startup."""
+    try:
+        prepared = _PreparedHMAC(HMACAlgorithm.SHA256).prepare_key(secret)
+    except jwt.InvalidKeyError:
+        raise KeyFileError(f"{where} looks like a PEM, SSH or JSON key, not an HMAC secret") from None
+    return VerificationKey(kid, "HS256", _Secret(prepared))
 
 
 def _public_key(key: Any, where: str, kid: str | None = None) -> VerificationKey:
@@ -314,7 +348,7 @@ def load_jwks(path: str) -> list[VerificationKey]:
         if algorithm == "HS256":
             if not isinstance(material, bytes) or len(material) < MIN_SECRET_BYTES:
                 raise KeyFileError(f"{where}: key {kid!r} must be at least {MIN_SECRET_BYTES} bytes")
-            keys.append(VerificationKey(kid, "HS256", material))
+            keys.append(_hs256_key(material, f"{where}: key {kid!r}", kid))
             continue
         key = _public_key(material, f"{where}: key {kid!r}", kid)
         if key.algorithm != algorithm:
