@@ -55,7 +55,9 @@ def mint(patterns: list[str], ttl: int = 3600, sub: str = "bench") -> str:
 
 def patterns(count: int) -> list[str]:
     """``count`` patterns of every kind; the bench channels ``room.*.live`` match only the last."""
-    kinds = [f"team{i}.general" if i % 3 == 0 else f"team{i}.*" if i % 3 == 1 else f"t{i}.*.x" for i in range(count - 1)]
+    kinds = [
+        f"team{i}.general" if i % 3 == 0 else f"team{i}.*" if i % 3 == 1 else f"t{i}.*.x" for i in range(count - 1)
+    ]
     return [*kinds, "room.*.live"]
 
 
@@ -133,7 +135,9 @@ class ServerCpu:
 # -- scenarios -----------------------------------------------------------------------------
 
 
-async def connect_rate(port: int, targets: list[str], count: int, concurrency: int, cpu: ServerCpu, refused: bool) -> dict[str, float]:
+async def connect_rate(
+    port: int, targets: list[str], count: int, concurrency: int, cpu: ServerCpu, refused: bool
+) -> dict[str, float]:
     remaining = count
     failures = 0
 
@@ -204,11 +208,14 @@ async def fanout(port: int, target: str, subscribers: int, messages: int, cpu: S
             assert (await read_json(publisher[0]))["type"] == "published"
     await asyncio.gather(*readers)
     elapsed, used = time.perf_counter() - t0, cpu.seconds() - cpu0
-    for reader, writer in [*subs, publisher]:
+    for _reader, writer in [*subs, publisher]:
         writer.close()
     deliveries = subscribers * messages
-    return {"deliveries_per_second": deliveries / elapsed, "server_us_each": used / deliveries * 1e6,
-            "server_cores": used / elapsed}
+    return {
+        "deliveries_per_second": deliveries / elapsed,
+        "server_us_each": used / deliveries * 1e6,
+        "server_cores": used / elapsed,
+    }
 
 
 async def http_publish(port: int, body: dict[str, Any]) -> int:
@@ -216,7 +223,8 @@ async def http_publish(port: int, body: dict[str, Any]) -> int:
     data = json.dumps(body).encode()
     writer.write(
         f"POST /api/publish HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: apikey {API_KEY}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+        + data
     )
     answer = await reader.read()
     writer.close()
@@ -252,8 +260,11 @@ async def api_publishes(port: int, count: int, concurrency: int) -> dict[str, fl
     await receiving
     writer.close()
     latencies.sort()
-    return {"per_second": count / elapsed, "p50_ms": latencies[len(latencies) // 2] * 1e3,
-            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3}
+    return {
+        "per_second": count / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1e3,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3,
+    }
 
 
 def permission_checks(count: int) -> dict[str, float]:
@@ -288,10 +299,14 @@ async def one_server(name: str, args: argparse.Namespace, tokens: dict[str, Any]
         out[f"connect_{name}"] = await connect_rate(server.port, connect_targets, args.connections, 8, cpu, False)
         if name == "hs256":
             out["connect_hs256_cached"] = await connect_rate(
-                server.port, [f"/?token={tokens['small']}"], args.connections, 8, cpu, False)
-            out["connect_hs256_100"] = await connect_rate(server.port, tokens["fresh_100"], args.connections, 8, cpu, False)
+                server.port, [f"/?token={tokens['small']}"], args.connections, 8, cpu, False
+            )
+            out["connect_hs256_100"] = await connect_rate(
+                server.port, tokens["fresh_100"], args.connections, 8, cpu, False
+            )
             out["connect_invalid"] = await connect_rate(
-                server.port, [f"/?token={tokens['bad']}"], args.connections, 8, cpu, True)
+                server.port, [f"/?token={tokens['bad']}"], args.connections, 8, cpu, True
+            )
         out[f"subscribe_{name}"] = await subscribe_rate(server.port, target, args.pairs)
         out[f"fanout_{name}"] = await fanout(server.port, target, args.subscribers, args.messages, cpu)
     return out
@@ -303,7 +318,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "valid": mint(patterns(100)),
         "bad": mint(["chat.*"], ttl=-10),
         # Every connection its own token (each verified in full), as when every user connects once.
-        "fresh": [f"/?token={mint(['chat.*', f'user.u{i}.*', 'room.*.live'], sub=f'u{i}')}" for i in range(args.connections)],
+        "fresh": [
+            f"/?token={mint(['chat.*', f'user.u{i}.*', 'room.*.live'], sub=f'u{i}')}" for i in range(args.connections)
+        ],
         "fresh_100": [f"/?token={mint(patterns(100), sub=f'u{i}')}" for i in range(args.connections)],
     }
     rounds: dict[str, list[dict[str, float]]] = {}
@@ -328,42 +345,89 @@ def ratio(new: float, old: float) -> str:
 
 
 def report(results: dict[str, Any], info: dict[str, Any], args: argparse.Namespace) -> str:
-    c0, c1, cc, c100, ci = (results[k] for k in ("connect_no_auth", "connect_hs256", "connect_hs256_cached",
-                                                 "connect_hs256_100", "connect_invalid"))
+    c0, c1, cc, c100, ci = (
+        results[k]
+        for k in ("connect_no_auth", "connect_hs256", "connect_hs256_cached", "connect_hs256_100", "connect_invalid")
+    )
     s0, s1 = results["subscribe_no_auth"], results["subscribe_hs256"]
     f0, f1 = results["fanout_no_auth"], results["fanout_hs256"]
     api, checks = results["api"], results["permission_checks"]
     rows = [
-        ("connections opened / s, 8 at a time, a new token each (3 patterns)", f"{c0['per_second']:,.0f}",
-         f"{c1['per_second']:,.0f}", f"{ratio(c1['per_second'], c0['per_second'])} (target >= 0.85x)"),
-        ("server CPU per connection, a new token each", f"{c0['server_us_each']:,.0f} µs",
-         f"{c1['server_us_each']:,.0f} µs", ratio(c1["server_us_each"], c0["server_us_each"])),
-        ("connections opened / s, one token again and again (a reconnect storm)", f"{c0['per_second']:,.0f}",
-         f"{cc['per_second']:,.0f}", ratio(cc["per_second"], c0["per_second"])),
-        ("server CPU per connection, one token again and again", f"{c0['server_us_each']:,.0f} µs",
-         f"{cc['server_us_each']:,.0f} µs", ratio(cc["server_us_each"], c0["server_us_each"])),
-        ("connections opened / s, a new token of 100 patterns (3.5 KB) each", f"{c0['per_second']:,.0f}",
-         f"{c100['per_second']:,.0f}", ratio(c100["per_second"], c0["per_second"])),
+        (
+            "connections opened / s, 8 at a time, a new token each (3 patterns)",
+            f"{c0['per_second']:,.0f}",
+            f"{c1['per_second']:,.0f}",
+            f"{ratio(c1['per_second'], c0['per_second'])} (target >= 0.85x)",
+        ),
+        (
+            "server CPU per connection, a new token each",
+            f"{c0['server_us_each']:,.0f} µs",
+            f"{c1['server_us_each']:,.0f} µs",
+            ratio(c1["server_us_each"], c0["server_us_each"]),
+        ),
+        (
+            "connections opened / s, one token again and again (a reconnect storm)",
+            f"{c0['per_second']:,.0f}",
+            f"{cc['per_second']:,.0f}",
+            ratio(cc["per_second"], c0["per_second"]),
+        ),
+        (
+            "server CPU per connection, one token again and again",
+            f"{c0['server_us_each']:,.0f} µs",
+            f"{cc['server_us_each']:,.0f} µs",
+            ratio(cc["server_us_each"], c0["server_us_each"]),
+        ),
+        (
+            "connections opened / s, a new token of 100 patterns (3.5 KB) each",
+            f"{c0['per_second']:,.0f}",
+            f"{c100['per_second']:,.0f}",
+            ratio(c100["per_second"], c0["per_second"]),
+        ),
         ("invalid (expired) token: upgrades refused with 401 / s", "", f"{ci['per_second']:,.0f}", ""),
-        ("subscribe + unsubscribe pairs / s, one connection (100 patterns)", f"{s0['pairs_per_second']:,.0f}",
-         f"{s1['pairs_per_second']:,.0f}", ratio(s1["pairs_per_second"], s0["pairs_per_second"])),
-        (f"fan-out 1 → {args.subscribers}, deliveries / s (100 patterns)", f"{f0['deliveries_per_second']:,.0f}",
-         f"{f1['deliveries_per_second']:,.0f}",
-         f"{ratio(f1['deliveries_per_second'], f0['deliveries_per_second'])} (target >= 0.95x)"),
-        ("server CPU per delivery (server cores busy)", f"{f0['server_us_each']:.2f} µs ({f0['server_cores']:.2f})",
-         f"{f1['server_us_each']:.2f} µs ({f1['server_cores']:.2f})", ratio(f1["server_us_each"], f0["server_us_each"])),
+        (
+            "subscribe + unsubscribe pairs / s, one connection (100 patterns)",
+            f"{s0['pairs_per_second']:,.0f}",
+            f"{s1['pairs_per_second']:,.0f}",
+            ratio(s1["pairs_per_second"], s0["pairs_per_second"]),
+        ),
+        (
+            f"fan-out 1 → {args.subscribers}, deliveries / s (100 patterns)",
+            f"{f0['deliveries_per_second']:,.0f}",
+            f"{f1['deliveries_per_second']:,.0f}",
+            f"{ratio(f1['deliveries_per_second'], f0['deliveries_per_second'])} (target >= 0.95x)",
+        ),
+        (
+            "server CPU per delivery (server cores busy)",
+            f"{f0['server_us_each']:.2f} µs ({f0['server_cores']:.2f})",
+            f"{f1['server_us_each']:.2f} µs ({f1['server_cores']:.2f})",
+            ratio(f1["server_us_each"], f0["server_us_each"]),
+        ),
     ]
-    lines = ["# wsnursery: identity, permissions and server API benchmarks", "", *machine.header_lines(info), "",
-             f"Settings: {vars(args)}; medians of {args.rounds} rounds, a fresh server process per round and kind", "",
-             "| scenario | without tokens | with HS256 tokens | ratio |", "|---|---|---|---|"]
+    lines = [
+        "# wsnursery: identity, permissions and server API benchmarks",
+        "",
+        *machine.header_lines(info),
+        "",
+        f"Settings: {vars(args)}; medians of {args.rounds} rounds, a fresh server process per round and kind",
+        "",
+        "| scenario | without tokens | with HS256 tokens | ratio |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {' | '.join(row)} |" for row in rows]
-    lines += ["", "| server API and permission checks | figure |", "|---|---|",
-              f"| POST /api/publish, 8 at a time, a connection per call | {api['per_second']:,.0f} / s |",
-              f"| API call → WebSocket subscriber latency | p50 {api['p50_ms']:.2f} ms, p99 {api['p99_ms']:.2f} ms |",
-              f"| permission checks, 10 patterns per token | {checks['10_patterns_per_second']:,.0f} / s |",
-              f"| permission checks, 100 patterns per token | {checks['100_patterns_per_second']:,.0f} / s |", ""]
+    lines += [
+        "",
+        "| server API and permission checks | figure |",
+        "|---|---|",
+        f"| POST /api/publish, 8 at a time, a connection per call | {api['per_second']:,.0f} / s |",
+        f"| API call → WebSocket subscriber latency | p50 {api['p50_ms']:.2f} ms, p99 {api['p99_ms']:.2f} ms |",
+        f"| permission checks, 10 patterns per token | {checks['10_patterns_per_second']:,.0f} / s |",
+        f"| permission checks, 100 patterns per token | {checks['100_patterns_per_second']:,.0f} / s |",
+        "",
+    ]
     keys = ("connect_no_auth", "connect_hs256", "connect_hs256_cached", "connect_hs256_100", "connect_invalid")
-    lines.append(f"Unexpected answers (a refused valid token, an accepted invalid one): {sum(results[k]['unexpected'] for k in keys)}")
+    lines.append(
+        f"Unexpected answers (a refused valid token, an accepted invalid one): {sum(results[k]['unexpected'] for k in keys)}"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -380,7 +444,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help="markdown report path (default: benches/results/)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.connections, args.pairs, args.subscribers, args.messages, args.api_calls, args.checks = 100, 200, 10, 50, 100, 20_000
+        args.connections, args.pairs, args.subscribers, args.messages, args.api_calls, args.checks = (
+            100,
+            200,
+            10,
+            50,
+            100,
+            20_000,
+        )
         args.rounds = 1
     info = machine.describe()
     results = asyncio.run(run(args))
@@ -390,8 +461,13 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or RESULTS / f"auth-{stamp}{'-quick' if args.quick else ''}.md"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text_report)
-    output.with_suffix(".json").write_text(json.dumps({"machine": info, "settings": vars(args) | {"output": str(output)},
-                                                       "results": results}, indent=2, default=str))
+    output.with_suffix(".json").write_text(
+        json.dumps(
+            {"machine": info, "settings": vars(args) | {"output": str(output)}, "results": results},
+            indent=2,
+            default=str,
+        )
+    )
     print(f"written: {output}")
     return 0
 

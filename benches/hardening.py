@@ -28,10 +28,10 @@ from pathlib import Path
 import cbor2
 import psutil
 
-REPO = Path(__file__).resolve().parent.parent
-
 from harness.machine import describe
 from harness.servers import ServerProcess, wsnursery_argv
+
+REPO = Path(__file__).resolve().parent.parent
 
 MIB = 1 << 20
 MASK = b"\x01\x02\x03\x04"
@@ -57,8 +57,10 @@ class Raw:
     def __init__(self, port: int, path: str = "/", protocol: str | None = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
         key = base64.b64encode(os.urandom(16)).decode()
-        head = (f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n")
+        head = (
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        )
         if protocol:
             head += f"Sec-WebSocket-Protocol: {protocol}\r\n"
         self.sock.sendall((head + "\r\n").encode())
@@ -243,8 +245,14 @@ def echo_never_reads(port: int) -> tuple[int, str]:
 
 
 SCENARIOS = {
-    "storm": storm, "fragments": one_byte_fragments, "kib-fragments": kib_fragments, "shared": shared_refs,
-    "dag": dag, "keys": colliding_keys, "history": history, "echo": echo_never_reads,
+    "storm": storm,
+    "fragments": one_byte_fragments,
+    "kib-fragments": kib_fragments,
+    "shared": shared_refs,
+    "dag": dag,
+    "keys": colliding_keys,
+    "history": history,
+    "echo": echo_never_reads,
 }
 
 
@@ -264,8 +272,13 @@ def run(name: str) -> dict[str, object]:
         probe.join(10)
         growth = process.memory_info().rss - before
     return {
-        "scenario": name, "bytes_sent": sent, "rss_growth": growth, "per_byte": growth / sent if sent else 0.0,
-        "answer": outcome, "seconds": round(elapsed, 2), "worst_pong_wait_s": round(probe.worst, 3),
+        "scenario": name,
+        "bytes_sent": sent,
+        "rss_growth": growth,
+        "per_byte": growth / sent if sent else 0.0,
+        "answer": outcome,
+        "seconds": round(elapsed, 2),
+        "worst_pong_wait_s": round(probe.worst, 3),
     }
 
 
@@ -279,8 +292,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name in args.only.split(","):
         row = run(name)
-        print(f"| {name} | {row['bytes_sent']:,} | {row['rss_growth'] / MIB:+.1f} MiB | {row['per_byte']:.2f} "
-              f"| {row['answer']} | {row['worst_pong_wait_s']} s |", flush=True)
+        print(
+            f"| {name} | {row['bytes_sent']:,} | {row['rss_growth'] / MIB:+.1f} MiB | {row['per_byte']:.2f} "
+            f"| {row['answer']} | {row['worst_pong_wait_s']} s |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -48,12 +48,20 @@ OURS = "wsnursery"
 #: name -> argv. "wsnursery" is ours; the others are the peers in benches/peers/, run by path.
 COMMANDS: dict[str, list[str]] = {
     OURS: wsnursery_argv(),
-    **{name: [sys.executable, str(PEERS / f"{name}.py"), "--host", HOST, "--port", "0"]
-       for name in ("websockets_asyncio", "websockets_trio", "trio_websocket_plain")},
+    **{
+        name: [sys.executable, str(PEERS / f"{name}.py"), "--host", HOST, "--port", "0"]
+        for name in ("websockets_asyncio", "websockets_trio", "trio_websocket_plain")
+    },
 }
 ALL_SERVERS = tuple(COMMANDS)
 REFERENCE = "websockets_asyncio"
-UNITS = {"fanout": "deliveries/s", "fanout_acks": "deliveries/s", "echo": "msgs/s", "connect": "conns/s", "idle": "bytes/conn"}
+UNITS = {
+    "fanout": "deliveries/s",
+    "fanout_acks": "deliveries/s",
+    "echo": "msgs/s",
+    "connect": "conns/s",
+    "idle": "bytes/conn",
+}
 TITLES = {
     "fanout": "Fan-out: 1 publisher -> N subscribers, deliveries per second (higher is better)",
     "fanout_acks": "Fan-out with acks (the reliable path, wsnursery only): deliveries per second (higher is better)",
@@ -93,21 +101,37 @@ def acks_vs_plain(runs: list[dict]) -> dict | None:
     for rnd in sorted({r["round"] for r in runs}):
         pair = {}
         for r in runs:
-            if (r["round"] == rnd and r["server"] == OURS and r["scenario"] in ("fanout", "fanout_acks")
-                    and not r.get("error") and r.get("value") == r.get("value") and r.get("value")):
+            if (
+                r["round"] == rnd
+                and r["server"] == OURS
+                and r["scenario"] in ("fanout", "fanout_acks")
+                and not r.get("error")
+                and r.get("value") == r.get("value")
+                and r.get("value")
+            ):
                 pair[r["scenario"]] = r
         if len(pair) == 2:
             plain, acked = pair["fanout"], pair["fanout_acks"]
             us_p, us_a = plain.get("server_us_per_op"), acked.get("server_us_per_op")
-            per_round.append({"round": rnd, "fanout": plain["value"], "fanout_acks": acked["value"],
-                              "ratio": acked["value"] / plain["value"],
-                              "fanout_us_per_op": us_p, "fanout_acks_us_per_op": us_a,
-                              "cpu_ratio": (us_a / us_p) if (us_p and us_a) else None})
+            per_round.append(
+                {
+                    "round": rnd,
+                    "fanout": plain["value"],
+                    "fanout_acks": acked["value"],
+                    "ratio": acked["value"] / plain["value"],
+                    "fanout_us_per_op": us_p,
+                    "fanout_acks_us_per_op": us_a,
+                    "cpu_ratio": (us_a / us_p) if (us_p and us_a) else None,
+                }
+            )
     if not per_round:
         return None
     cpu = [x["cpu_ratio"] for x in per_round if x["cpu_ratio"] is not None]
-    return {"rounds": per_round, "median_ratio": statistics.median(x["ratio"] for x in per_round),
-            "median_cpu_ratio": statistics.median(cpu) if cpu else None}
+    return {
+        "rounds": per_round,
+        "median_ratio": statistics.median(x["ratio"] for x in per_round),
+        "median_cpu_ratio": statistics.median(cpu) if cpu else None,
+    }
 
 
 def run_one(name: str, scenario: str, params: client.Params) -> dict:
@@ -115,8 +139,15 @@ def run_one(name: str, scenario: str, params: client.Params) -> dict:
     try:
         srv.start()
     except ServerError as e:
-        return {"scenario": scenario, "server": name, "value": math.nan, "error": f"server did not start: {e}",
-                "cpu": {}, "latency": {"count": 0}, "details": {}}
+        return {
+            "scenario": scenario,
+            "server": name,
+            "value": math.nan,
+            "error": f"server did not start: {e}",
+            "cpu": {},
+            "latency": {"count": 0},
+            "details": {},
+        }
     try:
         res = run_scenario(scenario, HOST, srv.port, params, srv.pid)
     finally:
@@ -153,9 +184,13 @@ def summarize(runs: list[dict], servers: list[str], scenarios: list[str]) -> dic
                 return statistics.median(xs) if xs else None
 
             out[sc][name] = {
-                "runs": len(rs), "ok_runs": len(good),
-                "median": med(good), "min": min(good) if good else None, "max": max(good) if good else None,
-                "p50_us": med([x["p50_us"] for x in lat]), "p99_us": med([x["p99_us"] for x in lat]),
+                "runs": len(rs),
+                "ok_runs": len(good),
+                "median": med(good),
+                "min": min(good) if good else None,
+                "max": max(good) if good else None,
+                "p50_us": med([x["p50_us"] for x in lat]),
+                "p99_us": med([x["p99_us"] for x in lat]),
                 "server_cpu": med([c.get("server_cpu") for c in cpu]),
                 "server_us_per_op": med([r.get("server_us_per_op") for r in rs if not r.get("error")]),
                 "client_cpu": med([c.get("client_cpu_total") for c in cpu]),
@@ -167,22 +202,35 @@ def summarize(runs: list[dict], servers: list[str], scenarios: list[str]) -> dic
             }
         ref = out[sc].get(REFERENCE, {}).get("median")
         ref_us = out[sc].get(REFERENCE, {}).get("server_us_per_op")
-        for name, s in out[sc].items():
+        for s in out[sc].values():
             s["ratio_vs_ref"] = (s["median"] / ref) if (ref and s["median"] is not None) else None
             s["cpu_ratio_vs_ref"] = (s["server_us_per_op"] / ref_us) if (ref_us and s["server_us_per_op"]) else None
     return out
 
 
-def markdown(info: dict, settings: dict, summary: dict, runs: list[dict], skipped: dict, servers: list[str],
-             scenarios: list[str], params: client.Params) -> str:
+def markdown(
+    info: dict,
+    settings: dict,
+    summary: dict,
+    runs: list[dict],
+    skipped: dict,
+    servers: list[str],
+    scenarios: list[str],
+    params: client.Params,
+) -> str:
     ncpu = info["logical_cpus"] or 1
     L = [f"# wsnursery side-by-side benches — {settings['started']}", ""]
     L += [f"- {line}" for line in machine.header_lines(info)]
-    L += [(f"- Mode: {'--quick' if settings['quick'] else 'full'}; rounds: {settings['rounds']}; client worker "
-           f"processes: {params.workers}; servers rotated every round; fresh server process per run, "
-           f"its output written to a file at its default log level"),
-          f"- Reference for ratios: `{REFERENCE}` (ratio = server median / reference median)",
-          f"- Command: `{settings['command']}`", f"- Wall time: {settings['wall_s']:.0f} s"]
+    L += [
+        (
+            f"- Mode: {'--quick' if settings['quick'] else 'full'}; rounds: {settings['rounds']}; client worker "
+            f"processes: {params.workers}; servers rotated every round; fresh server process per run, "
+            f"its output written to a file at its default log level"
+        ),
+        f"- Reference for ratios: `{REFERENCE}` (ratio = server median / reference median)",
+        f"- Command: `{settings['command']}`",
+        f"- Wall time: {settings['wall_s']:.0f} s",
+    ]
     if settings.get("interrupted"):
         L.append("- **Interrupted**: only the runs finished before Ctrl-C are in this report")
     if skipped:
@@ -204,13 +252,21 @@ def markdown(info: dict, settings: dict, summary: dict, runs: list[dict], skippe
         for name in names:
             s = summary[sc][name]
             ratio = "n/a" if s["ratio_vs_ref"] is None else f"{s['ratio_vs_ref']:.2f}×"
-            row = [f"`{name}`", _fmt(s["median"], sc),
-                   f"{_fmt(s['min'], sc)} – {_fmt(s['max'], sc)}" if s["min"] is not None else "n/a", ratio]
+            row = [
+                f"`{name}`",
+                _fmt(s["median"], sc),
+                f"{_fmt(s['min'], sc)} – {_fmt(s['max'], sc)}" if s["min"] is not None else "n/a",
+                ratio,
+            ]
             if lat:
-                row += ["n/a" if s["server_us_per_op"] is None else f"{s['server_us_per_op']:,.1f}",
-                        "n/a" if s["cpu_ratio_vs_ref"] is None else f"{s['cpu_ratio_vs_ref']:.2f}×"]
-                row += [f"{s['p50_us'] / 1000:,.1f} ms" if s["p50_us"] else "n/a",
-                        f"{s['p99_us'] / 1000:,.1f} ms" if s["p99_us"] else "n/a"]
+                row += [
+                    "n/a" if s["server_us_per_op"] is None else f"{s['server_us_per_op']:,.1f}",
+                    "n/a" if s["cpu_ratio_vs_ref"] is None else f"{s['cpu_ratio_vs_ref']:.2f}×",
+                ]
+                row += [
+                    f"{s['p50_us'] / 1000:,.1f} ms" if s["p50_us"] else "n/a",
+                    f"{s['p99_us'] / 1000:,.1f} ms" if s["p99_us"] else "n/a",
+                ]
             notes = []
             if s["ok_runs"] < s["runs"]:
                 notes.append(f"{s['runs'] - s['ok_runs']}/{s['runs']} runs failed")
@@ -235,48 +291,75 @@ def markdown(info: dict, settings: dict, summary: dict, runs: list[dict], skippe
                 for r in rs:
                     d = r["details"]
                     if "rss_base_mib" in d:
-                        extra.append(f"- `{name}` round {r['round']}: {d['connections']} connections held "
-                                     f"({d['open_at_end']} open at the end), RSS {d['rss_base_mib']} -> "
-                                     f"{d['rss_held_mib']} MiB (peak {d['rss_peak_mib']}), opened in {d['open_s']} s, "
-                                     f"{d['pings_answered']} server pings answered")
+                        extra.append(
+                            f"- `{name}` round {r['round']}: {d['connections']} connections held "
+                            f"({d['open_at_end']} open at the end), RSS {d['rss_base_mib']} -> "
+                            f"{d['rss_held_mib']} MiB (peak {d['rss_peak_mib']}), opened in {d['open_s']} s, "
+                            f"{d['pings_answered']} server pings answered"
+                        )
             L += [""] + extra
         if sc == "fanout_acks":
             L += [""] + acks_lines(acks_vs_plain(runs))
         L.append("")
-    L += [("'server CPU µs/op' = server CPU seconds in the measured window / operations in it (lower is better; "
-           "its ratio is server / reference, so < 1 means cheaper than the reference). It is much less sensitive "
-           "than throughput to other load on the machine, which only delays the server."), "",
-          ("CPU columns are in cores (1.00 = one core busy) over the measured window, medians over rounds; "
-           "'client' sums the worker processes and the coordinator; 'other' is every other process on the "
-           "machine (max over rounds). 'client-bound' = a client process used >= 90% of a core while the server "
-           "used < 90%: the figure is a lower bound for that server."), ""]
+    L += [
+        (
+            "'server CPU µs/op' = server CPU seconds in the measured window / operations in it (lower is better; "
+            "its ratio is server / reference, so < 1 means cheaper than the reference). It is much less sensitive "
+            "than throughput to other load on the machine, which only delays the server."
+        ),
+        "",
+        (
+            "CPU columns are in cores (1.00 = one core busy) over the measured window, medians over rounds; "
+            "'client' sums the worker processes and the coordinator; 'other' is every other process on the "
+            "machine (max over rounds). 'client-bound' = a client process used >= 90% of a core while the server "
+            "used < 90%: the figure is a lower bound for that server."
+        ),
+        "",
+    ]
     return "\n".join(L)
 
 
 def acks_lines(cmp: dict | None) -> list[str]:
     if cmp is None:
-        return [(f"Reliable path vs plain fan-out: n/a (needs an OK `fanout` and `fanout_acks` run of `{OURS}` "
-                 f"in the same round).")]
+        return [
+            (
+                f"Reliable path vs plain fan-out: n/a (needs an OK `fanout` and `fanout_acks` run of `{OURS}` "
+                f"in the same round)."
+            )
+        ]
     cpu = cmp["median_cpu_ratio"]
-    L = [f"**Reliable path keeps {cmp['median_ratio']:.0%} of plain fan-out** (`{OURS}` fanout_acks / fanout "
-         f"deliveries/s, median of per-round ratios; issue 5 asks for >= 70%)"
-         + (f"; server CPU per delivery is {cpu:.2f}× that of plain fan-out." if cpu else "."), "",
-         ("| round | fanout deliveries/s | fanout_acks deliveries/s | ratio | server CPU µs/op fanout | "
-          "server CPU µs/op fanout_acks | CPU/op ratio |"), "|---|---|---|---|---|---|---|"]
+    L = [
+        f"**Reliable path keeps {cmp['median_ratio']:.0%} of plain fan-out** (`{OURS}` fanout_acks / fanout "
+        f"deliveries/s, median of per-round ratios; issue 5 asks for >= 70%)"
+        + (f"; server CPU per delivery is {cpu:.2f}× that of plain fan-out." if cpu else "."),
+        "",
+        (
+            "| round | fanout deliveries/s | fanout_acks deliveries/s | ratio | server CPU µs/op fanout | "
+            "server CPU µs/op fanout_acks | CPU/op ratio |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
     for x in cmp["rounds"]:
-        f = (lambda v: "n/a" if v is None else f"{v:,.1f}")
-        L.append(f"| {x['round']} | {x['fanout']:,.0f} | {x['fanout_acks']:,.0f} | {x['ratio']:.0%} | "
-                 f"{f(x['fanout_us_per_op'])} | {f(x['fanout_acks_us_per_op'])} | "
-                 f"{'n/a' if x['cpu_ratio'] is None else format(x['cpu_ratio'], '.2f') + '×'} |")
+        f = lambda v: "n/a" if v is None else f"{v:,.1f}"
+        L.append(
+            f"| {x['round']} | {x['fanout']:,.0f} | {x['fanout_acks']:,.0f} | {x['ratio']:.0%} | "
+            f"{f(x['fanout_us_per_op'])} | {f(x['fanout_acks_us_per_op'])} | "
+            f"{'n/a' if x['cpu_ratio'] is None else format(x['cpu_ratio'], '.2f') + '×'} |"
+        )
     return L
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     ap.add_argument("--servers", default=",".join(ALL_SERVERS), help=f"comma list of {', '.join(ALL_SERVERS)}")
-    ap.add_argument("--scenarios", default=",".join(client.SCENARIOS), help=f"comma list of {', '.join(client.SCENARIOS)}")
-    ap.add_argument("--rounds", type=int, default=None, help="repetitions of every (scenario, server); default 3, 1 with --quick")
+    ap.add_argument(
+        "--scenarios", default=",".join(client.SCENARIOS), help=f"comma list of {', '.join(client.SCENARIOS)}"
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=None, help="repetitions of every (scenario, server); default 3, 1 with --quick"
+    )
     ap.add_argument("--out", default=str(RESULTS), help="directory for the .md and .json results")
     ap.add_argument("--tag", default="", help="suffix for the result file names")
     client.add_param_args(ap)
@@ -308,7 +391,7 @@ def main(argv=None) -> int:
     interrupted = False
     try:
         for rnd in range(rounds):
-            order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
+            order = servers[rnd % len(servers) :] + servers[: rnd % len(servers)]
             for sc in scenarios:
                 for name in order:
                     if not applies(sc, name):
@@ -323,20 +406,42 @@ def main(argv=None) -> int:
         print("\ninterrupted: writing the runs finished so far", file=sys.stderr, flush=True)
         if not runs:
             return 130
-    settings = {"started": started.isoformat(timespec="seconds"), "quick": args.quick, "rounds": rounds,
-                "servers": servers, "scenarios": scenarios, "params": dataclasses.asdict(params),
-                "command": " ".join(["python"] + [Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-                "wall_s": time.monotonic() - t0, "reference": REFERENCE, "interrupted": interrupted}
+    settings = {
+        "started": started.isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "rounds": rounds,
+        "servers": servers,
+        "scenarios": scenarios,
+        "params": dataclasses.asdict(params),
+        "command": " ".join(["python"] + [Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+        "wall_s": time.monotonic() - t0,
+        "reference": REFERENCE,
+        "interrupted": interrupted,
+    }
     summary = summarize(runs, servers, scenarios)
     acks_cmp = acks_vs_plain(runs) if "fanout_acks" in scenarios else None
     md = markdown(info, settings, summary, runs, skipped, servers, scenarios, params)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = (f"side_by_side-{started:%Y%m%d-%H%M%S}{'-quick' if args.quick else ''}{'-' + args.tag if args.tag else ''}"
-            f"{'-interrupted' if interrupted else ''}")
+    stem = (
+        f"side_by_side-{started:%Y%m%d-%H%M%S}{'-quick' if args.quick else ''}{'-' + args.tag if args.tag else ''}"
+        f"{'-interrupted' if interrupted else ''}"
+    )
     (out / f"{stem}.md").write_text(md)
-    (out / f"{stem}.json").write_text(json.dumps({"machine": info, "settings": settings, "skipped": skipped,
-                                                  "summary": summary, "acks_vs_plain": acks_cmp, "runs": runs}, indent=2, default=str))
+    (out / f"{stem}.json").write_text(
+        json.dumps(
+            {
+                "machine": info,
+                "settings": settings,
+                "skipped": skipped,
+                "summary": summary,
+                "acks_vs_plain": acks_cmp,
+                "runs": runs,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     print("\n" + md)
     print(f"wrote {out / stem}.md and .json")
     if interrupted:

@@ -6,14 +6,20 @@ import os
 
 import attrs
 import pytest
-import trio
 from hypothesis import HealthCheck, settings
 
 from wsnursery.config import Config
 from wsnursery.server import Server
 
+# Every test may name this fixture: it fails the test if the server logged an error.
+from .helpers import server_errors  # noqa: F401
+
 settings.register_profile(
-    "ci", max_examples=300, deadline=None, derandomize=True, print_blob=True,
+    "ci",
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("dev", max_examples=60, deadline=None, print_blob=True)

@@ -5,7 +5,7 @@
 - ``metric``: one sample of a server's Prometheus registry;
 - ``count_tasks``: live Trio tasks, walked from the root task;
 - ``raw_request`` / ``text_frame``: a RawClient speaking just enough JSON to subscribe;
-- ``server_errors``: a fixture (import it) that fails the test if the server logged an error,
+- ``server_errors``: a fixture (conftest provides it to every test) that fails the test if the server logged an error,
   which is how an exception escaping a connection's tasks shows.
 """
 

@@ -18,7 +18,7 @@ from wsnursery.api_client import ApiCallError, ApiClient, AsyncApiClient
 from wsnursery.codec import Encoding
 
 from .auth_keys import SECRET, claims, mint, self_signed
-from .test_server_support import http_request, server_errors, wait_until  # noqa: F401 (a fixture)
+from .helpers import http_request, wait_until
 from .test_tokens import BAD_HS256
 from .wsclient import TIMEOUT, Client
 
@@ -33,16 +33,26 @@ def token(sub: str = "alice", ttl: float = 300, channels: Any = CHAT, **more: An
 
 
 @contextlib.asynccontextmanager
-async def ws(url: str, jwt: str | None = None, *, query: bool = False, ssl_context: ssl.SSLContext | None = None,
-             headers: list[tuple[str, str]] | None = None) -> AsyncIterator[Client]:
+async def ws(
+    url: str,
+    jwt: str | None = None,
+    *,
+    query: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
+    headers: list[tuple[str, str]] | None = None,
+) -> AsyncIterator[Client]:
     extra = list(headers or [])
     if jwt is not None and not query:
         extra.append(("Authorization", f"Bearer {jwt}"))
     if jwt is not None and query:
         url += f"?token={jwt}"
     async with trio_websocket.open_websocket_url(
-        url, subprotocols=[Encoding.JSON.subprotocol], extra_headers=extra, ssl_context=ssl_context,
-        connect_timeout=TIMEOUT, disconnect_timeout=TIMEOUT,
+        url,
+        subprotocols=[Encoding.JSON.subprotocol],
+        extra_headers=extra,
+        ssl_context=ssl_context,
+        connect_timeout=TIMEOUT,
+        disconnect_timeout=TIMEOUT,
     ) as connection:
         client = Client(connection, Encoding.JSON)
         client.welcome = await client.expect("welcome")
@@ -50,8 +60,14 @@ async def ws(url: str, jwt: str | None = None, *, query: bool = False, ssl_conte
 
 
 async def upgrade(port: int, path: str = "/", **headers: str) -> tuple[int, bytes]:
-    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
-             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"]
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+    ]
     lines += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
     with trio.fail_after(TIMEOUT):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -133,7 +149,9 @@ async def test_a_chat_grant_subscribes_to_chat_x_and_is_forbidden_on_jobs(start_
             assert (reply["type"], reply["code"], reply["id"]) == ("error", "forbidden", request["id"])
         published = await client.publish("chat.public", "ok")  # the connection stays open
         assert published["seq"] == 1
-        replay = await client.request({"type": "replay", "id": 9, "channel": "jobs.1", "since": {"epoch": "e", "seq": 0}})
+        replay = await client.request(
+            {"type": "replay", "id": 9, "channel": "jobs.1", "since": {"epoch": "e", "seq": 0}}
+        )
         assert replay["code"] == "forbidden"  # third error: max_errors closes with 1008
         assert await closed_with(client) == 1008
 
@@ -179,7 +197,10 @@ async def test_presence_lists_and_join_leave_in_channel_order(start_server: Any)
             await running.server.publish("chat.room1", "after bob")
             seen = [await next_of(alice, "message", "join") for _ in range(3)]
             assert [(f["type"], f.get("data"), f.get("user")) for f in seen] == [
-                ("message", "before bob", None), ("join", None, "bob"), ("message", "after bob", None)]
+                ("message", "before bob", None),
+                ("join", None, "bob"),
+                ("message", "after bob", None),
+            ]
             listed = await alice.request({"type": "presence", "id": 5, "channel": "chat.room1"})
             assert [m["user"] for m in listed["members"]] == ["alice", "bob"]
             assert listed["members"][1]["conn"] == seen[1]["conn"]
@@ -236,9 +257,13 @@ async def test_api_publish_reaches_a_subscriber_and_needs_the_key(start_server: 
 async def test_api_errors(start_server: Any) -> None:
     running = await start_server(api_key=API_KEY, api_max_body=100)
     auth = f"Authorization: apikey {API_KEY}"
-    big = await http_request(running.port, f"POST /api/publish HTTP/1.1\r\nHost: x\r\n{auth}\r\nContent-Length: 101", b"x" * 101)
+    big = await http_request(
+        running.port, f"POST /api/publish HTTP/1.1\r\nHost: x\r\n{auth}\r\nContent-Length: 101", b"x" * 101
+    )
     assert big.status == 413 and big.json()["error"]["code"] == "too_large"
-    bad = await http_request(running.port, f"POST /api/publish HTTP/1.1\r\nHost: x\r\n{auth}\r\nContent-Length: 5", b"{nope")
+    bad = await http_request(
+        running.port, f"POST /api/publish HTTP/1.1\r\nHost: x\r\n{auth}\r\nContent-Length: 5", b"{nope"
+    )
     assert bad.status == 400 and bad.json()["error"]["code"] == "bad_request"
     unknown = await http_request(running.port, f"GET /api/nothing HTTP/1.1\r\nHost: x\r\n{auth}")
     assert unknown.status == 404 and unknown.json()["error"]["code"] == "not_found"
@@ -259,8 +284,9 @@ async def test_api_disconnect_closes_4003(start_server: Any) -> None:
 
 
 async def test_origin_rate_and_address_limits(start_server: Any) -> None:
-    running = await start_server(allowed_origin=("https://*.example.com",), publish_rate=2,
-                                 max_connections_per_ip=2, max_errors=4)
+    running = await start_server(
+        allowed_origin=("https://*.example.com",), publish_rate=2, max_connections_per_ip=2, max_errors=4
+    )
     assert (await upgrade(running.port, origin="https://evil.test"))[0] == 403
     assert (await upgrade(running.port, origin="https://app.example.com"))[0] == 101
     async with ws(running.url) as one, ws(running.url, headers=[("Origin", "https://a.example.com")]):
@@ -287,11 +313,14 @@ async def test_wss_and_https_through_tls(start_server: Any, tmp_path: Path) -> N
     url = f"wss://127.0.0.1:{running.port}/"
     async with ws(url, token(), ssl_context=trust) as client:
         await client.subscribe("chat.tls")
-        result = await AsyncApiClient(f"https://127.0.0.1:{running.port}", API_KEY, ssl_context=trust).publish("chat.tls", "secure")
+        result = await AsyncApiClient(f"https://127.0.0.1:{running.port}", API_KEY, ssl_context=trust).publish(
+            "chat.tls", "secure"
+        )
         assert result["seq"] == 1
         assert (await client.messages(1))[0]["data"] == "secure"
     published = await trio.to_thread.run_sync(
-        lambda: ApiClient(f"https://127.0.0.1:{running.port}", API_KEY, ssl_context=trust).publish("chat.tls", 2))
+        lambda: ApiClient(f"https://127.0.0.1:{running.port}", API_KEY, ssl_context=trust).publish("chat.tls", 2)
+    )
     assert published["seq"] == 2
 
 
@@ -387,8 +416,12 @@ async def test_tls_port_survives_plain_clients_and_serves_https_health(start_ser
                 pass
     trust = ssl.create_default_context(cafile=certfile)
     with trio.fail_after(TIMEOUT):
-        tls_stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", running.port), trust,
-                                    server_hostname="127.0.0.1", https_compatible=True)
+        tls_stream = trio.SSLStream(
+            await trio.open_tcp_stream("127.0.0.1", running.port),
+            trust,
+            server_hostname="127.0.0.1",
+            https_compatible=True,
+        )
         async with tls_stream:
             await tls_stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             data = bytearray()
@@ -444,8 +477,19 @@ async def test_the_harness_load_clients_run_with_tokens_on(start_server: Any) ->
 
     running = await start_server(jwt_secret=SECRET)
     everything = token("loadtest", channels={"subscribe": ["*"], "publish": ["*"]})
-    argv = [sys.executable, "-m", "harness", "load", "--clients", "2", "--messages", "10", "--quiet",
-            "--url", f"ws://127.0.0.1:{running.port}/?token={everything}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "harness",
+        "load",
+        "--clients",
+        "2",
+        "--messages",
+        "10",
+        "--quiet",
+        "--url",
+        f"ws://127.0.0.1:{running.port}/?token={everything}",
+    ]
     with trio.fail_after(60):
         done = await trio.run_process(argv, cwd=REPO, capture_stdout=True, capture_stderr=True, check=False)
     assert done.returncode == 0, done.stderr.decode()[-2000:]

@@ -24,7 +24,7 @@ from wsproto.events import (
 import wsnursery.client as wc
 from wsnursery.client.transport import open_transport
 
-from .test_server_support import metric
+from .helpers import metric
 
 TIMEOUT = 20
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "request_timeout": 0.5}
@@ -40,8 +40,7 @@ async def test_a_subscriber_that_stops_reading_is_closed_4008_and_resumes(start_
     running = await start_server(max_unacked=8, outbound_queue_size=8)
     count = 200
     with anyio.fail_after(TIMEOUT):
-        async with wc.connect(running.url, **FAST) as subscriber, \
-                wc.connect(running.url, **FAST) as publisher:
+        async with wc.connect(running.url, **FAST) as subscriber, wc.connect(running.url, **FAST) as publisher:
             async with subscriber.subscribe("stuck", buffer_size=4) as messages:
                 for i in range(count):
                     await publisher.publish("stuck", i)
@@ -141,8 +140,7 @@ class FakeServer:
         auth = headers.get(b"authorization")
         self.headers.append(auth.decode() if auth is not None else None)
         await stream.send_all(ws.send(AcceptConnection(subprotocol="wsnursery.v1.json")))
-        welcome = {"type": "welcome", "protocol": 1, "server": "fake", "heartbeat": 60,
-                   "max_message_size": 2**20}
+        welcome = {"type": "welcome", "protocol": 1, "server": "fake", "heartbeat": 60, "max_message_size": 2**20}
         await stream.send_all(ws.send(TextMessage(json.dumps(welcome))))
         if self.close_with is not None and number == 0:
             await stream.send_all(ws.send(CloseConnection(self.close_with, "by the fake")))
@@ -189,8 +187,7 @@ async def test_a_token_callable_is_refreshed_in_band_before_exp(nursery):
         return issued[-1]
 
     with anyio.fail_after(TIMEOUT):
-        async with wc.connect(url, token=fresh_token, token_refresh_margin=1.5, encoding="json",
-                              **FAST) as client:
+        async with wc.connect(url, token=fresh_token, token_refresh_margin=1.5, encoding="json", **FAST) as client:
             await fake.refreshed.wait()  # due 0.5 s in: exp 2 s away, margin 1.5 s
             while client.stats.token_refreshes == 0:
                 await anyio.sleep(0.01)  # the refreshed reply is on its way back
@@ -229,8 +226,7 @@ async def test_close_4003_ends_the_client_with_disconnected(nursery):
     url = await fake.start(nursery)
     with anyio.fail_after(TIMEOUT):
         with pytest.raises(wc.Disconnected) as info:
-            async with wc.connect(url, token=lambda: jwt(time.time() + 60), encoding="json",
-                                  **FAST) as client:
+            async with wc.connect(url, token=lambda: jwt(time.time() + 60), encoding="json", **FAST) as client:
                 await client.publish("x", 1)  # waits: the close comes instead of a reply
     assert info.value.code == 4003 and "disconnected" in str(info.value)
     assert fake.connections == 1
@@ -257,8 +253,7 @@ async def test_compression_is_offered_and_declined_or_accepted_by_the_server(sta
             assert await transport.receive() == "plain " * 100
         finally:
             await transport.aclose()
-        async with wc.connect(running.url, compression=True) as client, \
-                client.subscribe("z") as messages:
+        async with wc.connect(running.url, compression=True) as client, client.subscribe("z") as messages:
             await client.publish("z", "x" * 1000)
             assert (await messages.receive()).data == "x" * 1000
 

@@ -17,7 +17,6 @@ from wsnursery import codec
 from wsnursery.codec import DecodeError, Encoding
 
 from .test_server_badinput import bystanders
-from .test_server_support import server_errors  # noqa: F401
 from .wsclient import connect
 
 
@@ -78,11 +77,23 @@ def test_string_references_are_refused():
     assert "string references" in str(error.value)
 
 
-@pytest.mark.parametrize("tag, content", [
-    (0, "2020-01-01T00:00:00Z"), (1, 0), (4, [-(2**62), 1]), (5, [2**62, 1]), (30, [2**4000 + 1, 3]),
-    (35, "(a+)+$"), (36, "Content-Type: text/plain\n\nx"), (37, b"\x00" * 16), (52, b"\x7f\x00\x00\x01"),
-    (258, [1, 2]), (55799, 1), (2**40, 1),
-])
+@pytest.mark.parametrize(
+    "tag, content",
+    [
+        (0, "2020-01-01T00:00:00Z"),
+        (1, 0),
+        (4, [-(2**62), 1]),
+        (5, [2**62, 1]),
+        (30, [2**4000 + 1, 3]),
+        (35, "(a+)+$"),
+        (36, "Content-Type: text/plain\n\nx"),
+        (37, b"\x00" * 16),
+        (52, b"\x7f\x00\x00\x01"),
+        (258, [1, 2]),
+        (55799, 1),
+        (2**40, 1),
+    ],
+)
 def test_every_tag_but_the_bignums_is_refused(tag, content):
     """Costly or amplifying ones among them: a bigfloat's ``2**exponent``, a regex compile."""
     payload = cbor2.dumps({"type": "publish", "id": 5, "channel": "a", "data": cbor2.CBORTag(tag, content)})
@@ -102,13 +113,16 @@ def test_map_keys_that_are_not_strings_are_refused_without_hashing_them_all():
     assert error.value.request_id == 5
 
 
-@pytest.mark.parametrize("text", [
-    '{"type": "subscribe", "id": 4, "channel": "\\ud800"}',
-    '{"type": "publish", "id": 4, "channel": "a", "data": 1, "key": "k\\udfff"}',
-    '{"type": "publish", "id": 4, "channel": "a", "data": {"\\uDBFF": 1}}',
-    '{"type": "\\ud800", "id": 4}',
-    '{"type": "subscribe", "id": 4, "channel": "a", "since": {"epoch": "\\ud83d", "seq": 1}}',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type": "subscribe", "id": 4, "channel": "\\ud800"}',
+        '{"type": "publish", "id": 4, "channel": "a", "data": 1, "key": "k\\udfff"}',
+        '{"type": "publish", "id": 4, "channel": "a", "data": {"\\uDBFF": 1}}',
+        '{"type": "\\ud800", "id": 4}',
+        '{"type": "subscribe", "id": 4, "channel": "a", "since": {"epoch": "\\ud83d", "seq": 1}}',
+    ],
+)
 def test_a_lone_surrogate_anywhere_in_a_json_frame_is_refused_at_decode(text):
     with pytest.raises(DecodeError) as error:
         codec.decode(text, Encoding.JSON)
@@ -116,10 +130,13 @@ def test_a_lone_surrogate_anywhere_in_a_json_frame_is_refused_at_decode(text):
     assert error.value.request_id == 4
 
 
-@pytest.mark.parametrize("text, value", [
-    ('{"c": "\\ud83d\\ude00"}', "\U0001f600"),  # a surrogate pair is one character
-    ('{"c": "\\\\ud800"}', "\\ud800"),  # an escaped backslash, then text
-])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ('{"c": "\\ud83d\\ude00"}', "\U0001f600"),  # a surrogate pair is one character
+        ('{"c": "\\\\ud800"}', "\\ud800"),  # an escaped backslash, then text
+    ],
+)
 def test_surrogate_pairs_and_escaped_backslashes_are_text(text, value):
     assert codec.decode(text, Encoding.JSON) == {"c": value}
 

@@ -9,11 +9,10 @@ import struct
 import pytest
 import trio
 
-from .test_server_support import (  # noqa: F401
+from .helpers import (
     metric,
     raw_request,
     raw_welcome,
-    server_errors,
     text_frame,
     wait_until,
 )
@@ -112,7 +111,11 @@ async def test_block_policy_closes_a_stuck_subscriber_4008_after_block_timeout(s
     """Item 7: a subscriber that never reads no longer holds its channel's publishers (and
     its other subscribers) forever: after ``block_timeout`` it is closed with 4008."""
     running = await start_server(
-        slow_consumer_policy="block", block_timeout=0.5, outbound_queue_size=8, history_size=64, max_unacked=8,
+        slow_consumer_policy="block",
+        block_timeout=0.5,
+        outbound_queue_size=8,
+        history_size=64,
+        max_unacked=8,
     )
     slow = await slow_subscriber(running.port)
     count = 60  # 16 KiB each: the stuck one fills its limit long before

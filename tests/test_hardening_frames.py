@@ -127,7 +127,12 @@ def test_rss_growth_per_byte_of_an_open_fragmented_message():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run(
         [sys.executable, "-c", RSS_PROBE, str(256 * 1024)],
-        cwd=root, env=os.environ | {"PYTHONPATH": root}, capture_output=True, text=True, timeout=120, check=False,
+        cwd=root,
+        env=os.environ | {"PYTHONPATH": root},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     growth, payload = map(int, result.stdout.split())

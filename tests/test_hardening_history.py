@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from .test_server_support import server_errors  # noqa: F401
 from .wsclient import connect
 
 pytestmark = pytest.mark.usefixtures("server_errors")

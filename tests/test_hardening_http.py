@@ -11,7 +11,7 @@ import trio
 
 from wsnursery import handshake, http
 
-from .test_server_support import TIMEOUT, http_request
+from .helpers import TIMEOUT, http_request
 
 
 def upgrade_head(version: str = "HTTP/1.1", ws_version: str = "13") -> str:
@@ -48,10 +48,16 @@ def test_request_line_versions(version, status):
     assert error.value.status == status
 
 
-@pytest.mark.parametrize("status, phrase", [
-    (426, "Upgrade Required"), (505, "HTTP Version Not Supported"), (431, "Request Header Fields Too Large"),
-    (408, "Request Timeout"), (503, "Service Unavailable"),
-])
+@pytest.mark.parametrize(
+    "status, phrase",
+    [
+        (426, "Upgrade Required"),
+        (505, "HTTP Version Not Supported"),
+        (431, "Request Header Fields Too Large"),
+        (408, "Request Timeout"),
+        (503, "Service Unavailable"),
+    ],
+)
 def test_status_lines_carry_the_standard_phrase(status, phrase):
     assert http.response(status).startswith(f"HTTP/1.1 {status} {phrase}\r\n".encode())
 

@@ -13,14 +13,16 @@ import pytest
 
 from wsnursery import logs
 
-from .test_server_support import raw_welcome, wait_until
+from .helpers import raw_welcome, wait_until
 from .wsclient import RawClient
 
 FORGED = "bye\n2026-01-01 00:00:00,000 ERROR wsnursery.server: forged\r\x1b[2Jx\u2028y\u202ez\ud800"
 LINE_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ wsnursery")
 
 
-def record(message: str, *args: object, fields: dict[str, object] | None = None, exc: bool = False) -> logging.LogRecord:
+def record(
+    message: str, *args: object, fields: dict[str, object] | None = None, exc: bool = False
+) -> logging.LogRecord:
     exc_info = None
     if exc:
         try:
@@ -47,7 +49,10 @@ def test_the_text_formatter_escapes_message_arguments_and_fields():
     assert "\n" not in text
     assert_one_event(text)
     assert "code=1000" in text
-    assert r'reason="bye\x0a2026-01-01 00:00:00,000 ERROR wsnursery.server: forged\x0d\x1b[2Jx\u2028y\u202ez\ud800"' in text
+    assert (
+        r'reason="bye\x0a2026-01-01 00:00:00,000 ERROR wsnursery.server: forged\x0d\x1b[2Jx\u2028y\u202ez\ud800"'
+        in text
+    )
 
 
 def test_a_field_value_cannot_pose_as_another_field():
@@ -70,12 +75,15 @@ def test_the_json_formatter_writes_one_line_that_decodes_back():
     assert line["reason"] == FORGED and line["msg"] == f"closed {FORGED}"
 
 
-@pytest.mark.parametrize("text, escaped", [
-    ("plain text", "plain text"),
-    ("a\\b", "a\\\\b"),
-    ("\x00\x7f\x85\xad", "\\x00\\x7f\\x85\\xad"),
-    ("\u200b\U000e0001é", "\\u200b\\U000e0001é"),
-])
+@pytest.mark.parametrize(
+    "text, escaped",
+    [
+        ("plain text", "plain text"),
+        ("a\\b", "a\\\\b"),
+        ("\x00\x7f\x85\xad", "\\x00\\x7f\\x85\\xad"),
+        ("\u200b\U000e0001é", "\\u200b\\U000e0001é"),
+    ],
+)
 def test_escape(text, escaped):
     assert logs.escape(text) == escaped
 

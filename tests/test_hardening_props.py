@@ -89,7 +89,11 @@ def storms(draw: st.DrawFn) -> bytes:
             wire += bytes([first, draw(st.integers(0, 255))]) + draw(st.binary(max_size=12))
         else:
             opcode = draw(st.sampled_from([0x1, 0x2]))
-            count = draw(st.integers(1, 8)) if kind == "message" else draw(st.integers(MAX_FRAGMENTS - 2, MAX_FRAGMENTS + 3))
+            count = (
+                draw(st.integers(1, 8))
+                if kind == "message"
+                else draw(st.integers(MAX_FRAGMENTS - 2, MAX_FRAGMENTS + 3))
+            )
             for index in range(count):
                 body = draw(payloads) if kind == "message" or draw(st.integers(0, 9)) == 0 else b""
                 wire += masked_frame(opcode if index == 0 else 0x0, body, fin=index == count - 1, mask=mask)
@@ -132,7 +136,9 @@ def test_invalid_utf8_at_any_position_fails_with_the_fragment_that_holds_it(text
     raw = text.encode("utf-8")
     position = data.draw(st.integers(0, len(raw)), label="position")
     bad = raw[:position] + b"\xff" + raw[position:]
-    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(bad) - 1), max_size=8), label="cuts")) if len(bad) > 1 else [])
+    cuts = sorted(
+        set(data.draw(st.lists(st.integers(1, len(bad) - 1), max_size=8), label="cuts")) if len(bad) > 1 else []
+    )
     pieces = [bad[a:b] for a, b in zip([0, *cuts], [*cuts, len(bad)])]
     reader = FrameReader(MAX_SIZE)
     offset = 0
@@ -252,7 +258,9 @@ json_values = st.recursive(
 
 
 @settings(max_examples=200, deadline=None)
-@given(value=json_values, depth=st.integers(0, 80), surrogate=st.sampled_from(["", "\\ud800", "\\udfff", "\\ud83d\\ude00"]))
+@given(
+    value=json_values, depth=st.integers(0, 80), surrogate=st.sampled_from(["", "\\ud800", "\\udfff", "\\ud83d\\ude00"])
+)
 def test_json_nesting_and_escapes_decode_linearly(value, depth, surrogate):
     data = "[" * depth + json.dumps(value) + "]" * depth
     text = f'{{"type": "publish", "id": 1, "channel": "a{surrogate}", "data": {data}}}'

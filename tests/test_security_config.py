@@ -44,7 +44,9 @@ def test_every_setting_from_the_environment_and_toml(tmp_path: Path) -> None:
         "WSNURSERY_MAX_CONNECTIONS_PER_IP": "8",
         "WSNURSERY_API_KEY": "a-key-of-sixteen-chars",
     }
-    toml = write(tmp_path, "s.toml", f'jwt_public_key = "{pem}"\nallowed_origin = ["https://toml.test"]\nsubscribe_rate = 2.5\n')
+    toml = write(
+        tmp_path, "s.toml", f'jwt_public_key = "{pem}"\nallowed_origin = ["https://toml.test"]\nsubscribe_rate = 2.5\n'
+    )
     config = load(flags={}, environ=environ, config_file=toml)
     assert config.jwt_secret == SECRET and config.jwt_audience == "app" and config.echo_open is True
     assert config.allowed_origin == ("https://*.example.com", "http://localhost:*")  # env beats the file
@@ -73,8 +75,12 @@ def test_tls_context_from_a_generated_certificate(tmp_path: Path) -> None:
     assert isinstance(context, ssl.SSLContext)
 
 
-def _cli_error(argv: list[str], capsys: pytest.CaptureFixture[str], environ: dict[str, str] | None = None,
-               monkeypatch: pytest.MonkeyPatch | None = None) -> str:
+def _cli_error(
+    argv: list[str],
+    capsys: pytest.CaptureFixture[str],
+    environ: dict[str, str] | None = None,
+    monkeypatch: pytest.MonkeyPatch | None = None,
+) -> str:
     if environ and monkeypatch:
         for name, value in environ.items():
             monkeypatch.setenv(name, value)
@@ -91,7 +97,10 @@ def _cli_error(argv: list[str], capsys: pytest.CaptureFixture[str], environ: dic
         (["--jwt-issuer", "https://i"], ["jwt_issuer needs a token key"]),
         (["--keyfile", "k.pem"], ["keyfile needs certfile"]),
         (["--jwt-secret", "short"], ["at least 32 bytes"]),
-        (["--jwt-secret", '{{"kty": "oct", "k": "a-secret-that-is-really-a-json-web-key"}}'], ["jwt_secret looks like"]),
+        (
+            ["--jwt-secret", '{{"kty": "oct", "k": "a-secret-that-is-really-a-json-web-key"}}'],
+            ["jwt_secret looks like"],
+        ),
         (["--jwt-public-key", "{tmp}/missing.pem"], ["does not exist"]),
         (["--jwt-public-key", "{tmp}/private.pem"], ["give the public key"]),
         (["--jwt-public-key", "{tmp}/junk.pem"], ["no PEM block"]),
@@ -130,5 +139,5 @@ def test_secrets_are_never_echoed(capsys: pytest.CaptureFixture[str], monkeypatc
 
 
 def test_bad_boolean_is_one_line() -> None:
-    with pytest.raises(ConfigError, match="echo_open='maybe'.*true or false"):
+    with pytest.raises(ConfigError, match=r"echo_open='maybe'.*true or false"):
         load(flags={}, environ={"WSNURSERY_ECHO_OPEN": "maybe"})

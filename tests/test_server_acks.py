@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio_websocket
 
-from .helpers import metric, server_errors  # noqa: F401 (a fixture)
+from .helpers import metric
 from .wsclient import connect
 
 ACKS = {"ack_timeout": 0.1, "ack_max_timeout": 0.4}

@@ -11,11 +11,10 @@ import json
 import pytest
 import trio
 
-from .helpers import (  # server_errors: a fixture
+from .helpers import (
     metric,
     raw_request,
     raw_welcome,
-    server_errors,  # noqa: F401
     text_frame,
     wait_until,
 )
@@ -247,8 +246,10 @@ async def test_client_close_while_the_writer_is_mid_frame_is_answered_after_that
     try:
         for _ in range(30):  # far more than the socket buffers hold: the writer is mid-send
             await raw.send_frame(0x2, big)
-        await wait_until(lambda: any(c.outbox.writer_done is not None for c in running.server.connections),
-                         what="the writer to take over")
+        await wait_until(
+            lambda: any(c.outbox.writer_done is not None for c in running.server.connections),
+            what="the writer to take over",
+        )
         await raw.send_frame(0x8, (1000).to_bytes(2, "big") + b"bye")
         frames = []
         with trio.fail_after(30):
@@ -289,9 +290,7 @@ async def test_a_subscriber_whose_next_message_left_history_is_closed_4008(start
     """Not its lag in messages (far under ``outbound_queue_size``) but the history's byte bound:
     while its socket is backed up, the messages after its cursor are dropped, so when it reads
     again it gets what was in flight, then 4008 (resume with ``since``), never a gap."""
-    running = await start_server(
-        outbound_queue_size=4096, history_size=4096, history_bytes=65_536, close_timeout=5.0
-    )
+    running = await start_server(outbound_queue_size=4096, history_size=4096, history_bytes=65_536, close_timeout=5.0)
     slow = await _slow_subscriber(running.port)
     broadcast = running.server.hub.broadcast(CHANNEL)
     assert broadcast is not None

@@ -15,7 +15,7 @@ import trio_websocket
 
 from wsnursery.codec import Encoding
 
-from .helpers import metric, raw_welcome, server_errors, text_frame, wait_until  # noqa: F401
+from .helpers import metric, raw_welcome, text_frame, wait_until
 from .wsclient import RawClient, connect
 
 
@@ -86,7 +86,9 @@ JSON_CASES = [
 ]
 
 
-@pytest.mark.parametrize("text, code, request_id", JSON_CASES, ids=[f"{i:02d}:{c[0][:36]}" for i, c in enumerate(JSON_CASES)])
+@pytest.mark.parametrize(
+    "text, code, request_id", JSON_CASES, ids=[f"{i:02d}:{c[0][:36]}" for i, c in enumerate(JSON_CASES)]
+)
 async def test_bad_json_frames_get_an_error_and_the_connection_stays(server, server_errors, text, code, request_id):
     async with bystanders(server.url) as check, connect(server.url) as client:
         await client.ws.send_message(text)
@@ -117,8 +119,13 @@ CBOR_CASES = [
     (cbor2.dumps({"type": "publish", "id": 5, "channel": "a", "data": math.nan}), "bad_request", 5),
     (cbor2.dumps({"type": "publish", "id": 5, "channel": "a", "data": [math.inf]}), "bad_request", 5),
     (cbor2.dumps({"type": "publish", "id": 5, "channel": "a", "data": frozenset({1})}), "bad_request", 5),
-    (cbor2.dumps({"type": "publish", "id": 5, "channel": "a",
-                  "data": datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)}), "bad_request", 5),
+    (
+        cbor2.dumps(
+            {"type": "publish", "id": 5, "channel": "a", "data": datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)}
+        ),
+        "bad_request",
+        5,
+    ),
     (cbor2.dumps({"type": "publish", "id": 5, "channel": "a", "data": cbor2.CBORTag(4000, 1)}), "bad_request", 5),
     (cbor2.dumps({"type": "publish", "id": 5, "channel": "a", "data": cbor2.undefined}), "bad_request", 5),
     (cbor2.dumps({"type": "publish", "id": 5, "channel": "a", "data": 2**20000}), "bad_request", 5),

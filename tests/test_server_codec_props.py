@@ -20,8 +20,20 @@ from wsnursery.delivery import FrameCache
 from wsnursery.hub import Message
 
 TRICKY_TEXT = [
-    "", "\u200b", "\u200c\u200d", "\ufeff", "\u2028\u2029", "a\x00b", "\U0001f600", "\U0001f469\u200d\U0001f4bb",
-    "\U0010ffff", "e\u0301", "\\u0000", '"quoted"', "{\"$bytes\": \"AA==\"}", "\x7f\x80\x9f",
+    "",
+    "\u200b",
+    "\u200c\u200d",
+    "\ufeff",
+    "\u2028\u2029",
+    "a\x00b",
+    "\U0001f600",
+    "\U0001f469\u200d\U0001f4bb",
+    "\U0010ffff",
+    "e\u0301",
+    "\\u0000",
+    '"quoted"',
+    '{"$bytes": "AA=="}',
+    "\x7f\x80\x9f",
 ]
 
 text = st.text(st.characters(codec="utf-8")) | st.sampled_from(TRICKY_TEXT)
@@ -111,18 +123,26 @@ def test_round_trip_through_both_encodings_and_the_server_frames(value):
         assert opcode == (0x2 if encoding is Encoding.CBOR else 0x1)
         decoded = codec.decode(payload if encoding is Encoding.CBOR else payload.decode("utf-8"), encoding)
         assert {k: decoded[k] for k in ("type", "channel", "epoch", "seq", "ts")} == {
-            "type": "message", "channel": "chan", "epoch": "ep", "seq": 7, "ts": 1_700_000_000_000
+            "type": "message",
+            "channel": "chan",
+            "epoch": "ep",
+            "seq": 7,
+            "ts": 1_700_000_000_000,
         }
         data = codec.bytes_from_json(decoded["data"]) if encoding is Encoding.JSON else decoded["data"]
         assert same(data, value)
 
 
-@given(st.recursive(
-    st.sampled_from([float("nan"), float("inf"), float("-inf"), {1: 2}, {b"k": 1}, (1,), {1, 2}, object()]),
-    lambda children: st.lists(children, min_size=1, max_size=3).map(list)
-    | st.dictionaries(keys, children, min_size=1, max_size=3),
-    max_leaves=5,
-))
+@given(
+    st.recursive(
+        st.sampled_from([float("nan"), float("inf"), float("-inf"), {1: 2}, {b"k": 1}, (1,), {1, 2}, object()]),
+        lambda children: (
+            st.lists(children, min_size=1, max_size=3).map(list)
+            | st.dictionaries(keys, children, min_size=1, max_size=3)
+        ),
+        max_leaves=5,
+    )
+)
 def test_values_outside_the_model_are_refused(value):
     try:
         codec.check_value(value)

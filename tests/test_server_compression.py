@@ -19,7 +19,6 @@ from wsnursery.codec import Encoding
 from wsnursery.config import ConfigError, load
 from wsnursery.wire import CloseCode, Opcode
 
-from .test_server_support import server_errors  # noqa: F401 (a fixture)
 from .wsclient import masked_frame
 
 TIMEOUT = 10

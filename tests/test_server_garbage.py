@@ -225,6 +225,7 @@ def test_frames_that_are_not_maps_are_bad_requests(live, encoding, value):
 
 def wrong(*excluded: type) -> st.SearchStrategy:
     """JSON values of none of the ``excluded`` types (bool is not int here, as on the wire)."""
+
     def ok(value: Any) -> bool:
         return not any(type(value) is kind for kind in excluded)
 
@@ -252,8 +253,15 @@ def wrongly_typed_requests(draw: st.DrawFn) -> tuple[dict[str, Any], str, int | 
     if request_id is not None:
         frame["id"] = request_id
     # Unknown extra fields are ignored by the server; they must not change the answer.
-    for name, value in draw(st.dictionaries(st.text(min_size=1).filter(lambda k: k not in {
-        "type", "id", "channel", "ack", "since", "key", "seq", "data"}), json_values, max_size=3)).items():
+    for name, value in draw(
+        st.dictionaries(
+            st.text(min_size=1).filter(
+                lambda k: k not in {"type", "id", "channel", "ack", "since", "key", "seq", "data"}
+            ),
+            json_values,
+            max_size=3,
+        )
+    ).items():
         frame[name] = value
     choices = ["id", "type"] + [f for f, (_, kinds) in FIELDS.items() if kind in kinds]
     if kind == "publish":
@@ -343,7 +351,7 @@ def test_published_values_reach_json_and_cbor_subscribers_intact(live, data_clie
 @given(st.dictionaries(keys, st.text(st.characters(codec="utf-8")), max_size=3))
 def test_json_text_with_escapes_reaches_subscribers_intact(live, data_clients, value):
     """JSON publishers may escape anything (ensure_ascii): the text arrives unchanged."""
-    pub, subs = data_clients
+    _pub, subs = data_clients
     ws = live.client(Encoding.JSON)
     ws.send(json.dumps({"type": "publish", "id": 6, "channel": "props", "data": value}, ensure_ascii=True))
     while (reply := decode(ws.recv(timeout=TIMEOUT), Encoding.JSON))["type"] == "message":
@@ -356,7 +364,7 @@ def test_json_text_with_escapes_reaches_subscribers_intact(live, data_clients, v
 @given(st.text(st.characters(categories=["Cs"]) | st.characters(codec="utf-8"), max_size=8))
 def test_json_surrogate_escapes_are_joined_or_refused(live, data_clients, text):
     """``\\ud83d\\ude00`` is one astral character; a lone ``\\ud800`` is no text and is refused."""
-    pub, subs = data_clients
+    _pub, subs = data_clients
     meant = json.loads(json.dumps(text))  # what the escapes mean: pairs joined, lone ones kept
     lone = any(0xD800 <= ord(c) <= 0xDFFF for c in meant)
     ws = live.client(Encoding.JSON)

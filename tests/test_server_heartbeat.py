@@ -7,10 +7,9 @@ import json
 import pytest
 import trio
 
-from .helpers import (  # noqa: F401 (a fixture)
+from .helpers import (
     metric,
     raw_welcome,
-    server_errors,
     text_frame,
     wait_until,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio_websocket
 
-from .helpers import http_get, http_request, server_errors  # noqa: F401 (a fixture)
+from .helpers import http_get, http_request
 from .wsclient import connect
 
 pytestmark = pytest.mark.usefixtures("server_errors")
@@ -42,11 +42,16 @@ async def test_metrics_is_prometheus_text_with_the_wsnursery_metrics(server):
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
     for family, kind in (
-        ("wsnursery_connections_total", "counter"), ("wsnursery_connections_active", "gauge"),
-        ("wsnursery_connections_rejected_total", "counter"), ("wsnursery_publishes_total", "counter"),
-        ("wsnursery_deliveries_total", "counter"), ("wsnursery_slow_consumer_closes_total", "counter"),
-        ("wsnursery_heartbeat_timeouts_total", "counter"), ("wsnursery_errors_total", "counter"),
-        ("wsnursery_retransmits_total", "counter"), ("wsnursery_queue_depth", "gauge"),
+        ("wsnursery_connections_total", "counter"),
+        ("wsnursery_connections_active", "gauge"),
+        ("wsnursery_connections_rejected_total", "counter"),
+        ("wsnursery_publishes_total", "counter"),
+        ("wsnursery_deliveries_total", "counter"),
+        ("wsnursery_slow_consumer_closes_total", "counter"),
+        ("wsnursery_heartbeat_timeouts_total", "counter"),
+        ("wsnursery_errors_total", "counter"),
+        ("wsnursery_retransmits_total", "counter"),
+        ("wsnursery_queue_depth", "gauge"),
     ):
         assert f"# TYPE {family} {kind}\n" in text, family
     assert samples["wsnursery_publishes_total"] == 1

@@ -14,8 +14,6 @@ import trio
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from .helpers import server_errors  # noqa: F401 (a fixture)
-
 TIMEOUT = 10
 
 pytestmark = pytest.mark.usefixtures("server_errors")

@@ -7,12 +7,11 @@ import random
 import pytest
 import trio
 
-from .helpers import (  # server_errors: a fixture
+from .helpers import (
     abort,
     count_tasks,
     raw_request,
     raw_welcome,
-    server_errors,  # noqa: F401
     text_frame,
     wait_until,
 )
@@ -63,9 +62,7 @@ async def test_no_tasks_leak_over_connect_abort_cycles(start_server):
         with trio.fail_after(60):
             for i in range(CYCLES):
                 await _one_cycle(running.port, rng, i)
-        await wait_until(
-            lambda: server.websockets == 1 and server.sockets == 1, what="every aborted connection to end"
-        )
+        await wait_until(lambda: server.websockets == 1 and server.sockets == 1, what="every aborted connection to end")
         await wait_until(lambda: count_tasks() == baseline, what=f"the task count to return to {baseline}")
         assert len(server.connections) == 1
         for n in range(7):  # every subscription of an aborted connection was detached from the hub

@@ -11,11 +11,10 @@ import trio_websocket
 from wsnursery import codec
 from wsnursery.codec import Encoding
 
-from .helpers import (  # server_errors: a fixture
+from .helpers import (
     http_get,
     http_request,
     metric,
-    server_errors,  # noqa: F401
     wait_until,
 )
 from .wsclient import connect

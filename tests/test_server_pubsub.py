@@ -8,7 +8,7 @@ import trio
 from wsnursery import codec
 from wsnursery.codec import Encoding
 
-from .helpers import metric, server_errors  # noqa: F401 (a fixture)
+from .helpers import metric
 from .wsclient import bytes_form, connect
 
 ENCODINGS = [
@@ -31,13 +31,22 @@ async def test_round_trip(server, encoding, offer):
 
         subscribed = await sub.subscribe("chat.room1")
         assert subscribed == {
-            "type": "subscribed", "id": 1, "channel": "chat.room1",
-            "epoch": subscribed["epoch"], "seq": 0, "recovered": True,
+            "type": "subscribed",
+            "id": 1,
+            "channel": "chat.room1",
+            "epoch": subscribed["epoch"],
+            "seq": 0,
+            "recovered": True,
         }
         data = {"text": "hé \U0001f600\u200b", "n": [1, 2.5, None, True], "nested": {"k": "v"}}
         published = await pub.publish("chat.room1", data)
-        assert published == {"type": "published", "id": 2, "channel": "chat.room1",
-                             "epoch": subscribed["epoch"], "seq": 1}
+        assert published == {
+            "type": "published",
+            "id": 2,
+            "channel": "chat.room1",
+            "epoch": subscribed["epoch"],
+            "seq": 1,
+        }
         [message] = await sub.messages(1)
         assert message["channel"] == "chat.room1"
         assert (message["epoch"], message["seq"], message["data"]) == (subscribed["epoch"], 1, data)
@@ -66,7 +75,9 @@ async def test_cbor_bytes_reach_json_subscriber_in_the_bytes_form(server):
         [as_json] = await json_sub.messages(1)
         [as_cbor] = await cbor_sub.messages(1)
         assert as_json["data"] == {
-            "name": "x.bin", "blob": bytes_form(blob), "parts": [bytes_form(b""), bytes_form(b"\x00")]
+            "name": "x.bin",
+            "blob": bytes_form(blob),
+            "parts": [bytes_form(b""), bytes_form(b"\x00")],
         }
         assert codec.bytes_from_json(as_json["data"]) == {"name": "x.bin", "blob": blob, "parts": [b"", b"\x00"]}
         assert as_cbor["data"] == {"name": "x.bin", "blob": blob, "parts": [b"", b"\x00"]}

@@ -19,7 +19,7 @@ from wsnursery.config import Config
 from wsnursery.server import Server
 
 from .conftest import TEST_DEFAULTS
-from .helpers import http_get, server_errors, wait_until  # noqa: F401 (a fixture)
+from .helpers import http_get, wait_until
 from .wsclient import RawClient, connect
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,8 +63,9 @@ async def serve(*flags: str) -> AsyncIterator[Served]:
                     stderr.extend(chunk)
 
             nursery.start_soon(pump)
-            await wait_until(lambda: LISTENING.search(stderr) or process.poll() is not None,
-                             timeout=20, what="the server to listen")
+            await wait_until(
+                lambda: LISTENING.search(stderr) or process.poll() is not None, timeout=20, what="the server to listen"
+            )
             match = LISTENING.search(stderr)
             assert match, f"server did not start: {stderr.decode(errors='replace')}"
             yield Served(process, int(match.group(1)), stderr)

@@ -6,7 +6,7 @@ import pytest
 
 from wsnursery import static
 
-from .helpers import http_get, http_request, server_errors  # noqa: F401 (a fixture)
+from .helpers import http_get, http_request
 from .wsclient import connect
 
 pytestmark = pytest.mark.usefixtures("server_errors")
@@ -22,12 +22,15 @@ async def test_plain_get_of_root_is_the_console_page(server):
     assert b"http://" not in answer.body and b"https://" not in answer.body  # nothing from the internet
 
 
-@pytest.mark.parametrize("path, kind, marker", [
-    ("/client.js", "text/javascript; charset=utf-8", b"export function connect(url, options = {})"),
-    ("/client-session.js", "text/javascript; charset=utf-8", b"export class ChannelReceiver"),
-    ("/console.js", "text/javascript; charset=utf-8", b'import { connect } from "/client.js";'),
-    ("/console.css", "text/css; charset=utf-8", b":root"),
-])
+@pytest.mark.parametrize(
+    "path, kind, marker",
+    [
+        ("/client.js", "text/javascript; charset=utf-8", b"export function connect(url, options = {})"),
+        ("/client-session.js", "text/javascript; charset=utf-8", b"export class ChannelReceiver"),
+        ("/console.js", "text/javascript; charset=utf-8", b'import { connect } from "/client.js";'),
+        ("/console.css", "text/css; charset=utf-8", b":root"),
+    ],
+)
 async def test_static_files_have_their_type_an_etag_and_no_cache(server, path, kind, marker):
     answer = await http_get(server.port, path + "?v=1")
     assert answer.status == 200
