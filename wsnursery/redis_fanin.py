@@ -133,6 +133,7 @@ class FanIn:
                 if recheck:
                     await self._check_all()
                     recheck = False
+                    self._up()
                 await self._read_once()
             except Unavailable as exc:
                 if self.available:
@@ -142,10 +143,13 @@ class FanIn:
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, self.backoff_max)
                 continue
-            if not self.available:
-                log.info("redis reader: redis answers again; reading from the last seqs")
-                self.available = True
+            self._up()
             backoff = self.backoff_min
+
+    def _up(self) -> None:
+        if not self.available:
+            log.info("redis reader: redis answers again; reading on from the last seqs")
+            self.available = True
 
     async def _read_once(self) -> None:
         streams: dict[str | bytes, str] = {
