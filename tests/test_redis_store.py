@@ -141,20 +141,5 @@ async def test_unreachable_redis_raises_unavailable_quickly():
                 await store.read_after("x", 0, 10)
 
 
-@pytest.mark.parametrize(
-    "url, problem",
-    [
-        ("http://x/0", "must be memory"),
-        ("redis://127.0.0.1:port/0", "port"),
-        ("redis://127.0.0.1:6379/zero", "database"),
-        ("redis:///0", "host"),
-    ],
-)
-def test_check_url_says_what_is_wrong(url, problem):
-    with pytest.raises(ValueError, match=problem):
-        redis_store.check_url(url)
-    redis_store.check_url("redis://127.0.0.1:6379/15")
-
-
 def test_ms_is_at_least_one():
     assert redis_store._ms(0.0001) == 1 and redis_store._ms(math.pi) == 3141

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import trio
 
 from . import __version__, logs, security
-from .config import SETTINGS, ConfigError, load
+from .config import SETTINGS, Config, ConfigError, load
 from .server import Server
 
 EXIT_USAGE = 2
@@ -61,6 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wsnursery: {exc}", file=sys.stderr)
         return EXIT_USAGE
     logs.configure(config.log_level, config.log_format)
+    if config.workers > 1:
+        from .workers import Supervisor
+
+        return Supervisor(config).run()
+    return run_server(config)
+
+
+def run_server(config: Config) -> int:
+    """Serve until a signal has drained the server: the exit status."""
     try:
         trio.run(_serve, config)
     except OSError as exc:  # the port is taken, the address is not ours...

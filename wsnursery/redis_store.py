@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import secrets
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -291,22 +290,6 @@ async def connect(url: str, **settings: Any) -> AsyncIterator[RedisStore]:
     )
     async with client:
         yield RedisStore(client, **settings)
-
-
-def check_url(url: str) -> None:
-    """Raise ValueError with a readable reason when ``url`` is not a Redis URL we can use."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must be memory or a redis://HOST:PORT/DB URL")
-    try:
-        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
-    except ValueError:
-        raise ValueError("has a port that is not a number from 0 to 65535") from None
-    db = parts.path.strip("/") if parts.scheme != "unix" else ""
-    if db and not db.isdigit():
-        raise ValueError(f"has a database {db!r} that is not a number")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError("needs a host (redis://HOST:PORT/DB)")
 
 
 def _entry(identifier: Any, fields: Any) -> Entry:
