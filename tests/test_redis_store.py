@@ -47,6 +47,8 @@ async def test_seqs_are_contiguous_in_one_epoch(open_store):
         assert [e.data for e in snapshot.entries] == [{"n": n, "raw": b"\x00\xff"} for n in range(5)]
         assert [e.seq for e in await store.read_after("room", 3, 10)] == [4, 5]
         assert [e.seq for e in await store.read_after("room", 1, 2)] == [2, 3]
+        assert await store.position("room") == Position(stored[0].epoch, 5)
+        assert await store.position("never") is None
 
 
 async def test_two_stores_share_one_count(open_store):

@@ -73,6 +73,7 @@ class Entry:
     epoch: str
     ts: int  # wall clock, milliseconds
     data: Any
+    size: int = 0  # bytes of the stored data (the history_bytes estimate)
 
 
 @attrs.frozen
@@ -253,6 +254,14 @@ class RedisStore:
         entries = tuple(_entry(identifier, fields) for identifier, fields in reversed(raw))
         return Snapshot(_text(epoch), int(head), entries, bool(made))
 
+    async def position(self, channel: str) -> Position | None:
+        """The channel's epoch and head seq, or None when Redis holds no such channel."""
+        async def read() -> Any:
+            return await self.client.hmget(self._keys(channel)[0], ["epoch", "seq"])
+
+        epoch, seq = await self.guard(read)
+        return None if epoch is None else Position(_text(epoch), int(seq or 0))
+
     async def read_after(self, channel: str, seq: int, limit: int) -> list[Entry]:
         """Up to ``limit`` entries after ``seq`` (any epoch: check ``Entry.epoch``)."""
         async def read() -> Any:
@@ -296,7 +305,8 @@ def _entry(identifier: Any, fields: Any) -> Entry:
     if isinstance(fields, (list, tuple)):  # from a script: a flat field/value list
         fields = dict(zip(fields[::2], fields[1::2]))
     seq = int(_text(identifier).partition("-")[0])
-    return Entry(seq, _text(fields[b"e"]), int(fields[b"t"]), cbor2.loads(fields[b"d"]))
+    raw = fields[b"d"]
+    return Entry(seq, _text(fields[b"e"]), int(fields[b"t"]), cbor2.loads(raw), len(raw))
 
 
 def _text(value: Any) -> str:
