@@ -24,7 +24,7 @@ STARTED = re.compile(rb"worker (\d+) started \(pid (\d+)\)")
 def test_memory_engine_with_workers_exits_2_in_one_line():
     result = subprocess.run(
         [sys.executable, "-m", "wsnursery", "serve", "--workers", "2"],
-        capture_output=True, text=True, timeout=30, cwd=ROOT,
+        check=False, capture_output=True, text=True, timeout=30, cwd=ROOT,
     )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -108,7 +108,7 @@ def test_a_taken_port_is_one_line_and_status_1():
         result = subprocess.run(
             [sys.executable, "-m", "wsnursery", "serve", "--port", str(port), "--workers", "2",
              "--engine", "redis://127.0.0.1:6379/15"],
-            capture_output=True, text=True, timeout=30, cwd=ROOT,
+            check=False, capture_output=True, text=True, timeout=30, cwd=ROOT,
         )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"wsnursery: cannot listen on 127.0.0.1:{port}")

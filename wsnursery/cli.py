@@ -18,6 +18,7 @@ import trio
 
 from . import __version__, logs, security
 from .config import SETTINGS, Config, ConfigError, load
+from .hub import Hub
 from .server import Server
 
 EXIT_USAGE = 2
@@ -80,13 +81,22 @@ def run_server(config: Config) -> int:
     return 0
 
 
-async def _serve(config: object) -> None:
-    server = Server(config)  # type: ignore[arg-type]
+async def _serve(config: Config) -> None:
+    server = Server(config, _engine(config))
     listeners = await server.listen()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals, server, nursery.cancel_scope)
         await server.serve(listeners)
         nursery.cancel_scope.cancel()
+
+
+def _engine(config: Config) -> Hub | None:
+    """The hub ``--engine`` names (None: the server's own memory hub)."""
+    if config.engine == "memory":
+        return None
+    from .redis_hub import RedisHub  # only with --engine redis://: needs coredis
+
+    return RedisHub.from_config(config)
 
 
 async def _on_signals(server: Server, scope: trio.CancelScope) -> None:

@@ -66,14 +66,14 @@ class RedisHub:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
-        self._settings: dict[str, Any] = dict(
-            prefix=prefix,
-            history_size=history_size,
-            history_age=history_age,
-            dedup_size=dedup_size,
-            dedup_age=dedup_age,
-            timeout=timeout,
-        )
+        self._settings: dict[str, Any] = {
+            "prefix": prefix,
+            "history_size": history_size,
+            "history_age": history_age,
+            "dedup_size": dedup_size,
+            "dedup_age": dedup_age,
+            "timeout": timeout,
+        }
         self._history_size = history_size
         self._history_bytes = history_bytes
         self._history_age = history_age
@@ -88,17 +88,18 @@ class RedisHub:
         self.resets = 0  # windows dropped for a gap or a new epoch (each closes its subscribers)
 
     @classmethod
-    def from_config(cls, config: Any) -> RedisHub:
-        return cls(
-            config.engine,
-            history_size=config.history_size,
-            history_bytes=config.history_bytes,
-            history_age=config.history_age,
-            dedup_size=config.dedup_size,
-            dedup_age=config.dedup_age,
-            max_channels=config.max_channels,
-            block=config.slow_consumer_policy == "block",
-        )
+    def from_config(cls, config: Any, **overrides: Any) -> RedisHub:
+        """The hub for a server's ``Config`` (``overrides``: the keyword arguments above)."""
+        settings: dict[str, Any] = {
+            "history_size": config.history_size,
+            "history_bytes": config.history_bytes,
+            "history_age": config.history_age,
+            "dedup_size": config.dedup_size,
+            "dedup_age": config.dedup_age,
+            "max_channels": config.max_channels,
+            "block": config.slow_consumer_policy == "block",
+        }
+        return cls(config.engine, **(settings | overrides))
 
     # -- lifetime ---------------------------------------------------------------------
 
