@@ -78,6 +78,21 @@ async def test_one_blocking_read_serves_every_channel(stores, nursery):
     assert sink.data["a"][-1] == 27
 
 
+async def test_an_idle_read_is_not_an_outage(nursery):
+    url = redis_url()
+    async with redis_store.connect(url, prefix=unique_prefix(), timeout=0.05) as store:
+        sink = Sink()
+        # Reads return empty after ``block``, longer than the store's timeout for commands.
+        fanin = FanIn(store, sink, block=0.2)
+        fanin.watch("idle", "e", 0)
+        await nursery.start(fanin.run)
+        with trio.fail_after(WAIT):
+            while fanin.reads < 4:
+                await trio.sleep(0.05)
+        assert fanin.available
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_lost_stream_resets_to_the_new_epoch(stores, nursery):
     reader, writer = stores
     sink = Sink()

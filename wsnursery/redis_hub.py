@@ -33,6 +33,7 @@ window is closed with 4008.
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -65,7 +66,7 @@ class RedisHub:
         read_block: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.url = url
+        self.url, prefix = _split_prefix(url, prefix)
         self._settings: dict[str, Any] = {
             "prefix": prefix,
             "history_size": history_size,
@@ -283,6 +284,18 @@ def _start_at(broadcast: Broadcast, seq: int) -> None:
     """Place an empty window so that ``seq`` is the next message it takes."""
     assert len(broadcast) == 0
     broadcast.head, broadcast.oldest = seq - 1, seq
+
+
+def _split_prefix(url: str, default: str) -> tuple[str, str]:
+    """``redis://host/0?prefix=app1:`` -> the URL without it, and the key prefix (several
+    clusters can share one Redis database)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for name, value in query if name == "prefix"]
+    if not prefixes:
+        return url, default
+    rest = urllib.parse.urlencode([(name, value) for name, value in query if name != "prefix"])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), prefixes[-1]
 
 
 def _redact(url: str) -> str:

@@ -275,13 +275,14 @@ class RedisStore:
 
         return await self.guard(run)
 
-    async def guard(self, call: Any) -> Any:
-        """Await ``call()`` within ``timeout``; Redis errors become ``Unavailable``."""
+    async def guard(self, call: Any, timeout: float | None = None) -> Any:
+        """Await ``call()`` within ``timeout`` (default: the store's); Redis errors become ``Unavailable``."""
+        limit = self.timeout if timeout is None else timeout
         try:
-            with trio.fail_after(self.timeout):
+            with trio.fail_after(limit):
                 return await call()
         except trio.TooSlowError:
-            raise Unavailable(f"redis did not answer within {self.timeout}s") from None
+            raise Unavailable(f"redis did not answer within {limit}s") from None
         except (coredis.exceptions.RedisError, OSError) as exc:
             raise Unavailable(f"redis unavailable: {_one_line(exc)}") from None
 

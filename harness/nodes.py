@@ -1,0 +1,179 @@
+"""Server processes for cluster runs: N wsnursery nodes on one engine, killed and restarted.
+
+``Nodes`` runs ``python -m wsnursery serve --engine ENGINE --port P`` once per node, each
+on a port chosen up front and kept across restarts (so fault proxies and client URL lists
+stay valid). It knows a node is up when the node logs where it listens (at log level info). ``kill`` sends
+SIGKILL (no drain, no close frames: what a crashed machine looks like to clients);
+``restart`` starts the node again on its port. ``kill_loop`` does both on a seeded schedule,
+one node down at a time, so the cluster always has a node to fail over to.
+
+Bounds: each node's output is kept as its last ``OUTPUT_TAIL`` bytes (for error reports);
+a node that does not listen within ``START_TIMEOUT`` seconds fails the run with its output.
+Everything is on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import trio
+
+START_TIMEOUT = 20.0
+OUTPUT_TAIL = 16 * 1024
+_LISTENING = re.compile(rb"listening on ws://127\.0\.0\.1:(\d+)/")
+
+
+class NodeError(Exception):
+    """A node that would not start (the message holds the tail of its output)."""
+
+
+@attrs.define
+class Node:
+    index: int
+    port: int
+    process: trio.Process | None = None
+    output: bytearray = attrs.field(factory=bytearray)
+    starts: int = 0
+    kills: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    @property
+    def up(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+
+class Nodes:
+    def __init__(
+        self,
+        engine: str,
+        count: int,
+        settings: Mapping[str, Any] | None = None,
+        *,
+        seed: int = 1,
+        python: str = sys.executable,
+    ) -> None:
+        if count < 1:
+            raise ValueError("a cluster needs at least one node")
+        if dict(settings or {}).get("log_level", "info") not in ("debug", "info"):
+            raise ValueError("nodes log at info or debug: their 'listening on' line says they are up")
+        self.engine = engine
+        self.settings = dict(settings or {})
+        self.python = python
+        self.random = random.Random(seed)
+        self.nodes = [Node(index, _free_port()) for index in range(count)]
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def kills(self) -> int:
+        return sum(node.kills for node in self.nodes)
+
+    def command(self, node: Node) -> list[str]:
+        flags = [self.python, "-m", "wsnursery", "serve", "--host", "127.0.0.1", "--port", str(node.port),
+                 "--engine", self.engine]
+        for name, value in self.settings.items():
+            flags += ["--" + name.replace("_", "-"), str(value)]
+        return flags
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Start every node; report the URLs once all listen; stop them all when cancelled."""
+        failure: NodeError | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    for node in self.nodes:
+                        await self.start(node)
+                except NodeError as exc:
+                    failure = exc
+                    nursery.cancel_scope.cancel()
+                else:
+                    task_status.started(self.urls)
+                    await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                for node in self.nodes:
+                    await self._stop(node, signal.SIGTERM)
+        if failure is not None:
+            raise failure
+
+    async def start(self, node: Node) -> None:
+        """Start ``node`` (on its port) and wait until it listens."""
+        assert self._nursery is not None, "start() runs inside run()"
+        assert not node.up, f"node {node.index} is already running"
+        listening = trio.Event()
+        node.output.clear()
+        process = await trio.lowlevel.open_process(
+            self.command(node), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        node.process = process
+        node.starts += 1
+        self._nursery.start_soon(self._pump, node, process, listening)
+        with trio.move_on_after(START_TIMEOUT):
+            await listening.wait()
+        if not (listening.is_set() and _LISTENING.search(node.output)):
+            await self._stop(node, signal.SIGKILL)
+            tail = node.output.decode(errors="replace")[-2000:].strip()
+            raise NodeError(f"node {node.index} did not listen on {node.port} within {START_TIMEOUT}s: {tail}")
+
+    async def kill(self, node: Node) -> None:
+        """SIGKILL ``node`` and wait for it to be gone."""
+        if node.up:
+            node.kills += 1
+        await self._stop(node, signal.SIGKILL)
+
+    async def restart(self, node: Node) -> None:
+        await self.start(node)
+
+    async def kill_loop(self, interval: float, down_time: float) -> None:
+        """Every ``interval`` seconds (jittered ±50%), SIGKILL one node, restart it after ``down_time``."""
+        while True:
+            await trio.sleep(interval * self.random.uniform(0.5, 1.5))
+            node = self.random.choice(self.nodes)
+            await self.kill(node)
+            await trio.sleep(down_time)
+            await self.restart(node)
+
+    async def _pump(self, node: Node, process: trio.Process, listening: trio.Event) -> None:
+        assert process.stderr is not None
+        while chunk := await process.stderr.receive_some(65536):
+            if node.process is process:
+                node.output += chunk
+                if not listening.is_set() and _LISTENING.search(node.output):
+                    listening.set()
+                del node.output[:-OUTPUT_TAIL]
+        listening.set()  # the node exited: ``start`` sees it is not up
+
+    async def _stop(self, node: Node, signum: int) -> None:
+        process = node.process
+        if process is None:
+            return
+        if process.returncode is None:
+            process.send_signal(signum)
+            with trio.move_on_after(10):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        node.process = None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
