@@ -7,9 +7,10 @@ fan-in reader (``redis_fanin``). Connections read that window synchronously, so 
 decoded once per node and written once per subscriber per burst, as with the memory engine.
 
 - ``publish`` runs the store's script (dedup by key, next seq, add, trim) and answers only
-  once Redis holds the message. When this node's window is exactly one behind, the message
-  goes into it at once (the reader's copy is skipped later); otherwise it arrives through
-  the reader, after the messages before it.
+  once Redis holds the message. The message reaches this node's subscribers the way it
+  reaches every node's: through the reader, which takes every entry added while it handled
+  the previous batch, so a burst is still written once per subscriber (appending each
+  message as its publish returned would make one write per subscriber per message).
 - ``attach`` of a channel new to this node loads its epoch, head and history from Redis
   (``history_size`` messages), then the reader watches it. ``attach`` of a channel the node
   holds first reads what Redis has past the window's head, so a client that saw seq N on
@@ -144,15 +145,9 @@ class RedisHub:
                 await broadcast.wait_room()
         floor = broadcast.position if broadcast is not None else None
         stored = await self.store.publish(channel, data, key, floor=floor)
-        broadcast = self._channels.get(channel)  # the wait or the call may have changed it
-        if (
-            not stored.duplicate
-            and broadcast is not None
-            and broadcast.epoch == stored.epoch
-            and broadcast.head == stored.seq - 1
-        ):
-            broadcast.expire(self._clock())
-            broadcast.send(Message(channel, stored.epoch, stored.seq, data, stored.ts, self._clock(), size))
+        # This node's subscribers get the message from the reader, like every other node's:
+        # it wakes with every entry added while it handled the last batch, so a burst of
+        # publishes is written to each subscriber in one write, not one write per message.
         return Published(Position(stored.epoch, stored.seq), stored.duplicate)
 
     async def attach(self, channel: str, receiver: Receiver) -> Broadcast:
