@@ -36,9 +36,9 @@ from hdrh.histogram import HdrHistogram
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benches.lib import rawws  # noqa: E402
-from benches.lib.machine import describe, header_lines  # noqa: E402
-from benches.lib.servers import HOST, ServerProcess  # noqa: E402
+from benches.lib import rawws
+from benches.lib.machine import describe, header_lines
+from benches.lib.servers import HOST, ServerProcess
 
 _TYPE = re.compile(rb'"type"\s*:\s*"(\w+)"')
 _ID = re.compile(rb'"id"\s*:\s*(\d+)')
@@ -157,7 +157,7 @@ async def fanout(port: int, pid: int, subscribers: int, messages: int, window: i
                  publishers: int = 1) -> dict:
     """``publishers`` connections publish ``messages`` in all, each with ``window`` in flight."""
     channel = f"bench.fan.{secrets.token_hex(3)}"
-    subs, conns, done = await _subscribers(port, channel, subscribers, messages)
+    _, conns, done = await _subscribers(port, channel, subscribers, messages)
     shares = [messages // publishers + (i < messages % publishers) for i in range(publishers)]
     senders = [Publisher(port, channel, share, window, size) for share in shares]
     for sender in senders:
@@ -189,7 +189,7 @@ async def publish_rate(port: int, pid: int, messages: int, window: int, size: in
 async def latency(pub_port: int, sub_port: int, messages: int, size: int) -> dict:
     histogram = HdrHistogram(1, 60_000_000, 3)
     channel = f"bench.lat.{secrets.token_hex(3)}"
-    subs, conns, done = await _subscribers(sub_port, channel, 1, messages, histogram)
+    _, conns, done = await _subscribers(sub_port, channel, 1, messages, histogram)
     publisher = Publisher(pub_port, channel, messages, 1, size, stamp=True)
     await publisher.start()
     publisher.go()
@@ -264,9 +264,9 @@ def main() -> int:
     info = describe()
     results = run(args)
     lines = header_lines(info) + [
-        f"Settings: {args.subscribers} subscribers, {args.messages} messages fan-out (windows {args.windows}), "
-        f"{args.publishes} publishes (window {args.window}), {args.latency_messages} latency messages (window 1), "
-        f"{args.size}-byte payloads, JSON",
+        (f"Settings: {args.subscribers} subscribers, {args.messages} messages fan-out (windows {args.windows}), "
+         f"{args.publishes} publishes (window {args.window}), {args.latency_messages} latency messages (window 1), "
+         f"{args.size}-byte payloads, JSON"),
         f"Cores: servers on CPU {SERVER_CPU}, bench client on CPU {CLIENT_CPU}, Redis unpinned ({args.redis})",
         f"Load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
         "",
