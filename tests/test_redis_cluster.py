@@ -7,12 +7,15 @@ on a key prefix of its own (cleaned up). Tests that flush, stop or start Redis u
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import trio
 import trio_websocket
 
 from wsnursery.config import Config
 from wsnursery.redis_hub import RedisHub
+from wsnursery.redis_store import Entry
 from wsnursery.redis_store import connect as connect_store
 from wsnursery.server import Server
 
@@ -31,13 +34,18 @@ async def cluster(nursery):
         url = redis_url()
         prefix = unique_prefix()
 
+        hubs: list[RedisHub]
+
         async def node(self, **overrides) -> str:
             config = Config(**(TEST_DEFAULTS | {"engine": self.url} | overrides))
-            server = Server(config, RedisHub.from_config(config, prefix=self.prefix, timeout=2.0))
+            hub = RedisHub.from_config(config, prefix=self.prefix, timeout=2.0)
+            server = Server(config, hub)
             ports = await nursery.start(server.run)
+            self.hubs.append(hub)
             return f"ws://127.0.0.1:{ports[0]}/"
 
     made = Cluster()
+    made.hubs = []
     yield made
     if made.url == Cluster.url:
         async with connect_store(made.url, prefix=made.prefix) as store:
@@ -165,3 +173,20 @@ async def test_redis_stopped_then_started_unavailable_in_between_nothing_confirm
         reply = await resumed.subscribe("outage", since={"epoch": epoch, "seq": confirmed[-1]})
         assert reply["recovered"] is False and reply["epoch"] != epoch
         assert [m["data"] for m in await resumed.messages(1)] == [0]
+
+
+async def test_a_gap_in_what_the_reader_gets_closes_the_subscribers_and_is_reported(cluster):
+    a, b = await cluster.node(), await cluster.node()
+    async with connect(a) as publisher, connect(b) as subscriber:
+        epoch = (await subscriber.subscribe("gap"))["epoch"]
+        await publisher.publish("gap", "one")
+        assert [m["seq"] for m in await subscriber.messages(1)] == [1]
+        # What node B's reader hands over when it was away longer than Redis kept 2..4.
+        hub_b = cluster.hubs[1]
+        hub_b.entries("gap", [Entry(5, epoch, int(time.time() * 1000), "five", 4)])
+        assert await close_code(subscriber) == 4008
+        assert hub_b.resets == 1
+    async with connect(b) as resumed:
+        reply = await resumed.subscribe("gap", since={"epoch": epoch, "seq": 1})
+        assert (reply["recovered"], reply["epoch"], reply["seq"]) == (False, epoch, 5)
+        assert [(m["seq"], m["data"]) for m in await resumed.messages(1)] == [(5, "five")]

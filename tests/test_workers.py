@@ -113,3 +113,20 @@ def test_a_taken_port_is_one_line_and_status_1():
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"wsnursery: cannot listen on 127.0.0.1:{port}")
     assert "Traceback" not in result.stderr
+
+
+def _die_at_once(config, index, parent):
+    os._exit(3)
+
+
+def test_a_worker_that_keeps_dying_makes_the_supervisor_give_up(monkeypatch, capsys):
+    from wsnursery import workers
+    from wsnursery.config import Config
+
+    monkeypatch.setattr(workers, "_worker", _die_at_once)
+    config = Config(host="127.0.0.1", port=0, workers=2, engine="redis://127.0.0.1:6379/15")
+    supervisor = workers.Supervisor(config)
+    assert supervisor.run() == 1
+    err = capsys.readouterr().err
+    assert f"died {workers.MAX_QUICK_DEATHS} times within" in err and "(last status 3); giving up" in err
+    assert all(slot.process is None for slot in supervisor.slots)
