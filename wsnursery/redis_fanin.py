@@ -168,8 +168,6 @@ class FanIn:
                 self._reading = None
 
         self.reads += 1
-        if generation != self._generation:
-            return
         # The read may take ``block`` when nothing happens; longer is a hung Redis.
         reply = await self.store.guard(read, self.block + self.store.timeout)
         if reply:

@@ -255,6 +255,9 @@ class RedisHub:
 
     def _gap(self, broadcast: Broadcast, seq: int) -> None:
         """Messages before ``seq`` are gone from Redis: drop the window so subscribers see the loss."""
+        if broadcast.head == 0 and not broadcast.receivers:  # a new epoch's window, read from its oldest
+            _start_at(broadcast, seq)
+            return
         self.resets += 1
         log.warning(
             "channel %s: messages %d..%d are no longer in redis; subscribers resume with since",
