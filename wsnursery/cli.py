@@ -9,6 +9,7 @@ stops at once.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import signal
 import sys
 from collections.abc import Sequence
@@ -60,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         security.check(config)  # key files and certificates: read once now, exit 2 if unusable
     except ConfigError as exc:
         print(f"wsnursery: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if config.engine != "memory" and importlib.util.find_spec("coredis") is None:
+        print("wsnursery: --engine redis:// needs coredis: pip install 'wsnursery[redis]'", file=sys.stderr)
         return EXIT_USAGE
     logs.configure(config.log_level, config.log_format)
     if config.workers > 1:
