@@ -130,3 +130,17 @@ def test_a_worker_that_keeps_dying_makes_the_supervisor_give_up(monkeypatch, cap
     err = capsys.readouterr().err
     assert f"died {workers.MAX_QUICK_DEATHS} times within" in err and "(last status 3); giving up" in err
     assert all(slot.process is None for slot in supervisor.slots)
+
+
+def test_redis_engine_without_coredis_is_one_line_and_status_2():
+    code = (
+        "import sys; sys.modules['coredis'] = None; from wsnursery.cli import main; "
+        "sys.exit(main(['serve', '--engine', 'redis://127.0.0.1:6379/15']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "wsnursery: --engine redis:// needs coredis: pip install 'wsnursery[redis]'"
+    ]
