@@ -34,11 +34,9 @@ from pathlib import Path
 import psutil
 from hdrh.histogram import HdrHistogram
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benches.lib import rawws
-from benches.lib.machine import describe, header_lines
-from benches.lib.servers import HOST, ServerProcess
+from harness import rawws
+from harness.machine import describe, header_lines
+from harness.servers import HOST, ServerProcess
 
 _TYPE = re.compile(rb'"type"\s*:\s*"(\w+)"')
 _ID = re.compile(rb'"id"\s*:\s*(\d+)')

@@ -9,6 +9,7 @@ from wsnursery import redis_store
 from wsnursery.redis_fanin import FanIn
 
 from .redis_support import PrivateRedis, cleanup, redis_url, unique_prefix
+from .test_server_support import wait_until
 
 WAIT = 10  # seconds before a wait fails the test (loudly)
 
@@ -86,9 +87,7 @@ async def test_an_idle_read_is_not_an_outage(nursery):
         fanin = FanIn(store, sink, block=0.2)
         fanin.watch("idle", "e", 0)
         await nursery.start(fanin.run)
-        with trio.fail_after(WAIT):
-            while fanin.reads < 4:
-                await trio.sleep(0.05)
+        await wait_until(lambda: fanin.reads >= 4, timeout=WAIT, what="four idle reads")
         assert fanin.available
         nursery.cancel_scope.cancel()
 
@@ -125,7 +124,7 @@ async def test_the_reader_survives_redis_going_away_and_sees_the_lost_data(nurse
             private.stop()
             with pytest.raises(redis_store.Unavailable):
                 await writer.publish("x", "not stored")
-            await sink.until(lambda: not fanin.available)
+            await wait_until(lambda: not fanin.available, timeout=WAIT, what="the reader to see the outage")
             private.start()  # empty: no persistence
             # Without any publish, the reader's check after the outage finds the loss.
             await sink.until(lambda: sink.resets)

@@ -139,6 +139,8 @@ class FanIn:
                 if self.available:
                     log.warning("redis reader: %s; retrying with backoff", exc.reason)
                     self.available = False
+                else:
+                    log.debug("redis reader: still %s", exc.reason)
                 recheck = True
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, self.backoff_max)
