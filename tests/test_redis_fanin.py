@@ -79,17 +79,21 @@ async def test_one_blocking_read_serves_every_channel(stores, nursery):
     assert sink.data["a"][-1] == 27
 
 
-async def test_an_idle_read_is_not_an_outage(nursery):
+async def test_an_idle_read_is_not_an_outage():
     url = redis_url()
-    async with redis_store.connect(url, prefix=unique_prefix(), timeout=0.05) as store:
+    prefix = unique_prefix()
+    async with redis_store.connect(url, prefix=prefix, timeout=0.3) as store:
         sink = Sink()
         # Reads return empty after ``block``, longer than the store's timeout for commands.
-        fanin = FanIn(store, sink, block=0.2)
+        fanin = FanIn(store, sink, block=0.6)
         fanin.watch("idle", "e", 0)
-        await nursery.start(fanin.run)
-        await wait_until(lambda: fanin.reads >= 4, timeout=WAIT, what="four idle reads")
-        assert fanin.available
-        nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fanin.run)
+            await wait_until(lambda: fanin.reads >= 4, timeout=WAIT, what="four idle reads")
+            assert fanin.available
+            nursery.cancel_scope.cancel()
+    async with redis_store.connect(url, prefix=prefix) as store:
+        await cleanup(store.client, prefix)
 
 
 async def test_a_lost_stream_resets_to_the_new_epoch(stores, nursery):
