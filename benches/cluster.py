@@ -44,6 +44,10 @@ _T = re.compile(rb'"t"\s*:\s*(\d+)')
 SERVER_CPU, CLIENT_CPU = 0, 1
 
 
+class BenchError(RuntimeError):
+    """A run that did not finish (the message says how far it got)."""
+
+
 def _server(engine: str, prefix: str) -> ServerProcess:
     url = engine if engine == "memory" else f"{engine}?prefix={prefix}"
     argv = [sys.executable, "-m", "wsnursery", "serve", "--host", HOST, "--port", "0", "--engine", url,
@@ -155,7 +159,7 @@ async def fanout(port: int, pid: int, subscribers: int, messages: int, window: i
                  publishers: int = 1) -> dict:
     """``publishers`` connections publish ``messages`` in all, each with ``window`` in flight."""
     channel = f"bench.fan.{secrets.token_hex(3)}"
-    _, conns, done = await _subscribers(port, channel, subscribers, messages)
+    subs, conns, done = await _subscribers(port, channel, subscribers, messages)
     shares = [messages // publishers + (i < messages % publishers) for i in range(publishers)]
     senders = [Publisher(port, channel, share, window, size) for share in shares]
     for sender in senders:
@@ -163,7 +167,13 @@ async def fanout(port: int, pid: int, subscribers: int, messages: int, window: i
     cpu0, t0 = _cpu(pid), time.perf_counter()
     for sender in senders:
         sender.go()
-    await asyncio.wait_for(done.wait(), 300)
+    try:
+        await asyncio.wait_for(done.wait(), 300)
+    except TimeoutError:
+        received = sorted(sub.received for sub in subs)
+        closes = sorted({conn.close_code for conn in conns if conn.close_code is not None})
+        raise BenchError(f"fan-out timed out: subscribers received {received[0]}..{received[-1]} of {messages}, "
+                         f"close codes {closes}, {sum(s.confirmed for s in senders)} publishes confirmed") from None
     elapsed, cpu = time.perf_counter() - t0, _cpu(pid) - cpu0
     deliveries = subscribers * messages
     for conn in [*conns, *(sender.ws for sender in senders)]:
