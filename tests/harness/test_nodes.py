@@ -6,6 +6,7 @@ import pytest
 import trio
 
 from harness.nodes import NodeError, Nodes
+from wsnursery import client as sdk
 from wsnursery.redis_store import connect as connect_store
 
 from ..redis_support import cleanup, redis_url, unique_prefix
@@ -46,3 +47,47 @@ async def test_a_node_that_cannot_start_is_reported_with_its_output(nursery):
     nodes = Nodes("memory", 1, {"workers": 2})  # refused: exits 2 with one line
     with trio.fail_after(10), pytest.raises(NodeError, match="shared engine"):
         await nodes.run()  # at once: the node exited, nobody waits out START_TIMEOUT
+
+
+async def test_sdk_clients_that_fail_over_lose_nothing_when_nodes_are_killed(engine, nursery):
+    """Issue 14: a node killed mid-stream loses nothing for SDK clients that fail over."""
+    nodes = Nodes(engine, 3, {"heartbeat_interval": 0.5, "heartbeat_timeout": 1.0, "ack_timeout": 0.25}, seed=5)
+    urls = await nursery.start(nodes.run)
+    settings = {"heartbeat_interval": 0.25, "heartbeat_timeout": 0.6, "request_timeout": 0.5, "backoff_max": 0.3,
+                "max_reconnects": 50, "seed": 5}
+    total = 60
+    got: list[tuple[int, int]] = []
+    gaps: list[object] = []
+    published: list[int] = []
+    twenty, done = trio.Event(), trio.Event()
+
+    async def subscriber(task_status=trio.TASK_STATUS_IGNORED):
+        async with sdk.connect([urls[1], urls[2]], **settings) as client, \
+                client.subscribe("failover", ack=True) as messages:
+            task_status.started()
+            async for item in messages:
+                if isinstance(item, sdk.Gap):
+                    gaps.append(item)
+                    continue
+                got.append((item.seq, item.data))
+                if len(got) == 20:
+                    twenty.set()
+                if len(got) == total:
+                    done.set()
+                    return
+
+    await nursery.start(subscriber)
+    async with sdk.connect([urls[0], urls[2]], **settings) as publisher:
+        for n in range(total):
+            if n == 20:
+                await twenty.wait()
+                await nodes.kill(nodes.nodes[1])  # the subscriber's node, mid-stream
+            if n == 40:
+                await nodes.kill(nodes.nodes[0])  # the publisher's node
+            published.append((await publisher.publish("failover", n)).seq)
+    with trio.fail_after(30):
+        await done.wait()
+    assert published == list(range(1, total + 1))  # one stream, one count, across nodes
+    assert got == [(seq, seq - 1) for seq in range(1, total + 1)]  # nothing lost, repeated or reordered
+    assert gaps == []
+    assert nodes.kills == 2
