@@ -5,7 +5,9 @@ on a port chosen up front and kept across restarts (so fault proxies and client 
 stay valid). It knows a node is up when the node logs where it listens (at log level info). ``kill`` sends
 SIGKILL (no drain, no close frames: what a crashed machine looks like to clients);
 ``restart`` starts the node again on its port. ``kill_loop`` does both on a seeded schedule,
-one node down at a time, so the cluster always has a node to fail over to.
+one node down at a time, so the cluster always has a node to fail over to. ``balance`` is
+a TCP front (round-robin, skipping nodes that refuse) so that one address reaches the
+cluster, as a load balancer would: clients behind it reconnect to whichever node is up.
 
 Bounds: each node's output is kept as its last ``OUTPUT_TAIL`` bytes (for error reports);
 a node that does not listen within ``START_TIMEOUT`` seconds fails the run with its output.
@@ -149,6 +151,44 @@ class Nodes:
             await trio.sleep(down_time)
             await self.restart(node)
 
+    async def balance(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """A TCP front for the cluster: each connection goes to the next node that accepts it.
+
+        Reports its port. Connections are spread round-robin; a node that refuses (killed, or
+        restarting) is skipped for the next one. When a node dies, the connections it carried
+        are closed both ways, and the clients reconnect through here to a live node.
+        """
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        async with trio.open_nursery() as nursery:
+            for extra in listeners[1:]:
+                await extra.aclose()
+            listener = listeners[0]
+            task_status.started(listener.socket.getsockname()[1])
+            turn = 0
+            while True:
+                client = await listener.accept()
+                nursery.start_soon(self._front, client, turn)
+                turn += 1
+
+    async def _front(self, client: trio.SocketStream, turn: int) -> None:
+        upstream = None
+        for step in range(len(self.nodes)):
+            node = self.nodes[(turn + step) % len(self.nodes)]
+            if not node.up:
+                continue
+            try:
+                with trio.fail_after(5):
+                    upstream = await trio.open_tcp_stream("127.0.0.1", node.port)
+                break
+            except (OSError, trio.TooSlowError):
+                continue
+        if upstream is None:
+            await trio.aclose_forcefully(client)
+            return
+        async with client, upstream, trio.open_nursery() as pumps:
+            pumps.start_soon(_splice, client, upstream, pumps.cancel_scope)
+            pumps.start_soon(_splice, upstream, client, pumps.cancel_scope)
+
     async def _pump(self, node: Node, process: trio.Process, listening: trio.Event) -> None:
         assert process.stderr is not None
         while chunk := await process.stderr.receive_some(65536):
@@ -171,6 +211,31 @@ class Nodes:
                 process.kill()
                 await process.wait()
         node.process = None
+
+
+async def _splice(source: trio.SocketStream, sink: trio.SocketStream, both: trio.CancelScope) -> None:
+    """Copy ``source`` to ``sink`` until either side ends; then end both directions."""
+    try:
+        while data := await source.receive_some(65536):
+            await sink.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    both.cancel()
+
+
+def with_prefix(engine: str, prefix: str) -> str:
+    """``engine`` with its Redis keys under ``prefix`` (the server's ``?prefix=``)."""
+    return f"{engine}{'&' if '?' in engine else '?'}prefix={prefix}"
+
+
+async def delete_keys(engine: str, prefix: str) -> None:
+    """Delete the keys a run left under ``prefix`` in the engine's Redis."""
+    from wsnursery.redis_store import connect
+
+    async with connect(engine.partition("?")[0], prefix=prefix) as store:
+        keys = [key async for key in store.client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await store.client.delete(keys)
 
 
 def _free_port() -> int:

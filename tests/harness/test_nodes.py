@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio_websocket
 
 from harness.nodes import NodeError, Nodes
 from wsnursery import client as sdk
@@ -91,3 +92,26 @@ async def test_sdk_clients_that_fail_over_lose_nothing_when_nodes_are_killed(eng
     assert got == [(seq, seq - 1) for seq in range(1, total + 1)]  # nothing lost, repeated or reordered
     assert gaps == []
     assert nodes.kills == 2
+
+
+async def test_the_front_skips_a_killed_node_and_a_client_resumes_through_it(engine, nursery):
+    nodes = Nodes(engine, 2, seed=7)
+    urls = await nursery.start(nodes.run)
+    front = f"ws://127.0.0.1:{await nursery.start(nodes.balance)}/"
+    async with connect(urls[1]) as publisher:
+        async with connect(front) as first:  # the front's first connection goes to node 0
+            epoch = (await first.subscribe("front"))["epoch"]
+            await publisher.publish("front", "a")
+            assert [m["data"] for m in await first.messages(1)] == ["a"]
+            await nodes.kill(nodes.nodes[0])
+            with trio.fail_after(10), pytest.raises(trio_websocket.ConnectionClosed):
+                while True:
+                    await first.ws.get_message()
+        await publisher.publish("front", "b")
+        async with connect(front) as again:  # its turn is node 1 anyway; node 0 is down too
+            reply = await again.subscribe("front", since={"epoch": epoch, "seq": 1})
+            assert (reply["recovered"], reply["seq"]) == (True, 2)
+            assert [m["data"] for m in await again.messages(1)] == ["b"]
+        async with connect(front) as third:  # node 0's turn, but it is down: node 1 answers
+            reply = await third.subscribe("front", since={"epoch": epoch, "seq": 0})
+            assert (reply["recovered"], reply["seq"]) == (True, 2)
