@@ -30,6 +30,8 @@ import trio
 
 START_TIMEOUT = 20.0
 OUTPUT_TAIL = 16 * 1024
+KILL_INTERVAL = 3.0  # seconds between node kills in a run (jittered ±50%)
+KILL_DOWN = 1.0  # seconds a killed node stays down
 _LISTENING = re.compile(rb"listening on ws://127\.0\.0\.1:(\d+)/")
 
 
@@ -221,6 +223,19 @@ async def _splice(source: trio.SocketStream, sink: trio.SocketStream, both: trio
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     both.cancel()
+
+
+async def start_cluster(
+    nursery: trio.Nursery, engine: str, count: int, settings: Mapping[str, Any], *, seed: int, kill: bool
+) -> tuple[Nodes, int]:
+    """``count`` nodes on ``engine`` and a front for them (its port), in ``nursery``; with
+    ``kill``, one node at a time is SIGKILLed and restarted (``KILL_INTERVAL``, ``KILL_DOWN``)."""
+    nodes = Nodes(engine, count, settings, seed=seed)
+    await nursery.start(nodes.run)
+    port = await nursery.start(nodes.balance)
+    if kill:
+        nursery.start_soon(nodes.kill_loop, KILL_INTERVAL, KILL_DOWN)
+    return nodes, port
 
 
 def with_prefix(engine: str, prefix: str) -> str:
