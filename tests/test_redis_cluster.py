@@ -190,3 +190,14 @@ async def test_a_gap_in_what_the_reader_gets_closes_the_subscribers_and_is_repor
         reply = await resumed.subscribe("gap", since={"epoch": epoch, "seq": 1})
         assert (reply["recovered"], reply["epoch"], reply["seq"]) == (False, epoch, 5)
         assert [(m["seq"], m["data"]) for m in await resumed.messages(1)] == [(5, "five")]
+
+
+async def test_two_subscribers_of_an_empty_channel_on_one_node_share_its_window(cluster):
+    a, b = await cluster.node(), await cluster.node()
+    async with connect(a) as first, connect(a) as second, connect(b) as publisher:
+        await first.subscribe("empty")  # the window is made, and empty
+        await second.subscribe("empty")  # must join that window, not replace it
+        await publisher.publish("empty", "hello")
+        for subscriber in (first, second):
+            assert [m["data"] for m in await subscriber.messages(1)] == ["hello"]
+        assert len(cluster.hubs[0].broadcast("empty").receivers) == 2

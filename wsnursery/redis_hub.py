@@ -152,12 +152,12 @@ class RedisHub:
 
     async def attach(self, channel: str, receiver: Receiver) -> Broadcast:
         broadcast = self._channels.get(channel)
-        if broadcast is None:
-            broadcast = await self._load(channel)
-        else:
+        if broadcast is not None:
             self._touch(channel, broadcast)
             await self._catch_up(channel, broadcast)
-            broadcast = self._channels.get(channel) or await self._load(channel)
+            broadcast = self._channels.get(channel)  # a reset may have replaced it meanwhile
+        if broadcast is None:  # (``is None``: an empty Broadcast is falsy, it has a length)
+            broadcast = await self._load(channel)
         broadcast.expire(self._clock())
         broadcast.receivers.add(receiver)
         return broadcast
