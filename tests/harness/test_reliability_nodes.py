@@ -45,3 +45,13 @@ def test_cluster_flags_that_cannot_work_are_one_line_and_status_2(flags, words):
     )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and words in result.stderr, result.stderr
+
+
+def test_a_node_that_does_not_start_is_one_line_and_status_1():
+    result = subprocess.run(
+        [sys.executable, "-m", "harness", "reliability", "--engine", "redis://127.0.0.1:port/15", "--nodes", "2",
+         "--quiet"], check=False, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "did not listen" in lines[0] and "port that is not a number" in lines[0], lines
