@@ -134,6 +134,10 @@ class RedisHub:
     def broadcast(self, channel: str) -> Broadcast | None:
         return self._channels.get(channel)
 
+    def channel_names(self) -> list[str]:
+        """The channels this node holds a window of, least recently used first (server API)."""
+        return list(self._channels)
+
     async def position(self, channel: str) -> Position | None:
         return await self.store.position(channel)
 
