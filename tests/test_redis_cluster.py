@@ -7,6 +7,7 @@ on a key prefix of its own (cleaned up). Tests that flush, stop or start Redis u
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -21,6 +22,7 @@ from wsnursery.server import Server
 
 from .conftest import TEST_DEFAULTS
 from .redis_support import PrivateRedis, cleanup, redis_url, unique_prefix
+from .test_server_support import http_request
 from .wsclient import connect
 
 WAIT = 15
@@ -201,3 +203,23 @@ async def test_two_subscribers_of_an_empty_channel_on_one_node_share_its_window(
         for subscriber in (first, second):
             assert [m["data"] for m in await subscriber.messages(1)] == ["hello"]
         assert len(cluster.hubs[0].broadcast("empty").receivers) == 2
+
+
+async def test_the_server_api_publishes_into_the_cluster(cluster):
+    a = await cluster.node(api_key="k" * 32)
+    b = await cluster.node(api_key="k" * 32)
+    port_a, port_b = (int(url.rsplit(":", 1)[1].strip("/")) for url in (a, b))
+    async with connect(b) as subscriber:
+        epoch = (await subscriber.subscribe("api.room"))["epoch"]
+
+        async def post(port, body):
+            payload = json.dumps(body).encode()
+            head = (f"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: apikey {'k' * 32}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\nConnection: close")
+            return await http_request(port, head, payload)
+
+        first = await post(port_a, {"channel": "api.room", "data": {"n": 1}, "key": "api-1"})
+        assert first.status == 200 and first.json() == {"channel": "api.room", "epoch": epoch, "seq": 1}
+        again = await post(port_b, {"channel": "api.room", "data": {"n": 1}, "key": "api-1"})
+        assert again.json() == first.json()  # the key counts on every node
+        assert [m["data"] for m in await subscriber.messages(1)] == [{"n": 1}]
