@@ -21,8 +21,8 @@ from wsnursery.redis_store import connect as connect_store
 from wsnursery.server import Server
 
 from .conftest import TEST_DEFAULTS
+from .helpers import http_request
 from .redis_support import PrivateRedis, cleanup, redis_url, unique_prefix
-from .test_server_support import http_request
 from .wsclient import connect
 
 WAIT = 15

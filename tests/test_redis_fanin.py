@@ -8,8 +8,8 @@ import trio
 from wsnursery import redis_store
 from wsnursery.redis_fanin import FanIn
 
+from .helpers import wait_until
 from .redis_support import PrivateRedis, cleanup, redis_url, unique_prefix
-from .test_server_support import wait_until
 
 WAIT = 10  # seconds before a wait fails the test (loudly)
 

@@ -13,8 +13,8 @@ import trio
 
 from wsnursery.config import ConfigError, load
 
+from .helpers import http_get, wait_until
 from .redis_support import redis_url
-from .test_server_support import http_get, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LISTENING = re.compile(rb"listening on ws://127\.0\.0\.1:(\d+)/")
