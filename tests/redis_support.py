@@ -1,6 +1,7 @@
 """Redis for tests: the shared one (``WSNURSERY_TEST_REDIS``) and private throwaway servers.
 
-Tests that need Redis use ``redis_url()``: it is skipped, with the reason, when Redis does not
+Tests that need Redis use the ``redis_test_url`` fixture (import ``redis_test_url_fixture``
+into the test module), or ``redis_url()``: it is skipped, with the reason, when Redis does not
 answer, unless ``WSNURSERY_REQUIRE_REDIS=1`` (CI) turns that skip into a failure. Each test
 uses its own key prefix and deletes its keys afterwards (``cleanup``).
 
@@ -53,6 +54,22 @@ def _host_port(url: str) -> tuple[str, int]:
 
     parts = urlsplit(url)
     return parts.hostname or "127.0.0.1", parts.port or 6379
+
+
+@pytest.fixture(name="redis_test_url")
+def redis_test_url_fixture() -> str:
+    """``redis_url()`` as a plain fixture: a skip there keeps its reason (inside a test's Trio
+    run, pytest-trio reports a skip without it)."""
+    return redis_url()
+
+
+@pytest.fixture(name="private_redis")
+def private_redis_fixture():
+    """A started ``PrivateRedis``, stopped after the test."""
+    redis = PrivateRedis()
+    redis.start()
+    yield redis
+    redis.stop()
 
 
 def unique_prefix() -> str:

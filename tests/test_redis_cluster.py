@@ -22,21 +22,26 @@ from wsnursery.server import Server
 
 from .conftest import TEST_DEFAULTS
 from .helpers import http_request
-from .redis_support import PrivateRedis, cleanup, redis_url, unique_prefix
+from .redis_support import (  # noqa: F401 (fixtures)
+    cleanup,
+    private_redis_fixture,
+    redis_test_url_fixture,
+    unique_prefix,
+)
 from .wsclient import connect
 
 WAIT = 15
 
 
 @pytest.fixture
-async def cluster(nursery):
+async def cluster(nursery, redis_test_url):
     """``await cluster.node()`` starts a node on the test Redis (or ``cluster.url`` when set)."""
 
     class Cluster:
-        url = redis_url()
-        prefix = unique_prefix()
-
-        hubs: list[RedisHub]
+        def __init__(self) -> None:
+            self.url = redis_test_url
+            self.prefix = unique_prefix()
+            self.hubs: list[RedisHub] = []
 
         async def node(self, **overrides) -> str:
             config = Config(**(TEST_DEFAULTS | {"engine": self.url} | overrides))
@@ -47,19 +52,10 @@ async def cluster(nursery):
             return f"ws://127.0.0.1:{ports[0]}/"
 
     made = Cluster()
-    made.hubs = []
     yield made
-    if made.url == Cluster.url:
+    if made.url == redis_test_url:
         async with connect_store(made.url, prefix=made.prefix) as store:
             await cleanup(store.client, made.prefix)
-
-
-@pytest.fixture
-def private_redis():
-    redis = PrivateRedis()
-    redis.start()
-    yield redis
-    redis.stop()
 
 
 async def close_code(client) -> int:

@@ -9,7 +9,12 @@ from wsnursery import redis_store
 from wsnursery.redis_fanin import FanIn
 
 from .helpers import wait_until
-from .redis_support import PrivateRedis, cleanup, redis_url, unique_prefix
+from .redis_support import (  # noqa: F401 (fixtures)
+    cleanup,
+    private_redis_fixture,
+    redis_test_url_fixture,
+    unique_prefix,
+)
 
 WAIT = 10  # seconds before a wait fails the test (loudly)
 
@@ -40,8 +45,8 @@ class Sink:
 
 
 @pytest.fixture
-async def stores():
-    url = redis_url()
+async def stores(redis_test_url):
+    url = redis_test_url
     prefix = unique_prefix()
     async with redis_store.connect(url, prefix=prefix) as reader, redis_store.connect(url, prefix=prefix) as writer:
         yield reader, writer
@@ -79,8 +84,8 @@ async def test_one_blocking_read_serves_every_channel(stores, nursery):
     assert sink.data["a"][-1] == 27
 
 
-async def test_an_idle_read_is_not_an_outage():
-    url = redis_url()
+async def test_an_idle_read_is_not_an_outage(redis_test_url):
+    url = redis_test_url
     prefix = unique_prefix()
     async with redis_store.connect(url, prefix=prefix, timeout=0.3) as store:
         sink = Sink()
@@ -111,60 +116,52 @@ async def test_a_lost_stream_resets_to_the_new_epoch(stores, nursery):
     assert fanin.watching("gone").epoch == new[0].epoch
 
 
-async def test_the_reader_survives_redis_going_away_and_sees_the_lost_data(nursery):
-    private = PrivateRedis()
-    private.start()
-    try:
-        sink = Sink()
-        async with redis_store.connect(private.url, timeout=2) as reader, redis_store.connect(
-            private.url, timeout=2
-        ) as writer:
-            fanin = FanIn(reader, sink, block=60, backoff_min=0.02, backoff_max=0.2)
-            first = await writer.publish("x", "one")
-            fanin.watch("x", first.epoch, 0)
-            await nursery.start(fanin.run)
-            await sink.until(lambda: sink.data.get("x") == ["one"])
+async def test_the_reader_survives_redis_going_away_and_sees_the_lost_data(nursery, private_redis):
+    private = private_redis
+    sink = Sink()
+    async with redis_store.connect(private.url, timeout=2) as reader, redis_store.connect(
+        private.url, timeout=2
+    ) as writer:
+        fanin = FanIn(reader, sink, block=60, backoff_min=0.02, backoff_max=0.2)
+        first = await writer.publish("x", "one")
+        fanin.watch("x", first.epoch, 0)
+        await nursery.start(fanin.run)
+        await sink.until(lambda: sink.data.get("x") == ["one"])
 
-            private.stop()
-            with pytest.raises(redis_store.Unavailable):
-                await writer.publish("x", "not stored")
-            await wait_until(lambda: not fanin.available, timeout=WAIT, what="the reader to see the outage")
-            private.start()  # empty: no persistence
-            # Without any publish, the reader's check after the outage finds the loss.
-            await sink.until(lambda: sink.resets)
-            assert sink.resets[0][0] == "x" and sink.resets[0][1] != first.epoch
-            assert fanin.available
-            stored = await writer.publish("x", "two")
-            assert stored.epoch == sink.resets[0][1] and stored.seq == 1
-            await sink.until(lambda: sink.data["x"] == ["one", "two"])
-    finally:
         private.stop()
+        with pytest.raises(redis_store.Unavailable):
+            await writer.publish("x", "not stored")
+        await wait_until(lambda: not fanin.available, timeout=WAIT, what="the reader to see the outage")
+        private.start()  # empty: no persistence
+        # Without any publish, the reader's check after the outage finds the loss.
+        await sink.until(lambda: sink.resets)
+        assert sink.resets[0][0] == "x" and sink.resets[0][1] != first.epoch
+        assert fanin.available
+        stored = await writer.publish("x", "two")
+        assert stored.epoch == sink.resets[0][1] and stored.seq == 1
+        await sink.until(lambda: sink.data["x"] == ["one", "two"])
 
 
-async def test_a_dropped_connection_resumes_from_the_last_seq(nursery):
-    private = PrivateRedis()
-    private.start()
-    try:
-        sink = Sink()
-        async with redis_store.connect(private.url, timeout=2) as reader, redis_store.connect(
-            private.url, timeout=2
-        ) as writer:
-            fanin = FanIn(reader, sink, block=60, backoff_min=0.02, backoff_max=0.2)
-            epoch = (await writer.snapshot("y", 0)).epoch
-            fanin.watch("y", epoch, 0)
-            await nursery.start(fanin.run)
-            for n in range(3):
-                await writer.publish("y", n)
-            await sink.until(lambda: len(sink.data.get("y", [])) == 3)
-            await writer.client.client_kill(type_=_normal(), skipme=True)  # every other client
-            for n in range(3, 6):
-                await writer.publish("y", n)
-            await sink.until(lambda: len(sink.data["y"]) == 6)
-            assert sink.data["y"] == list(range(6))
-            assert [seq for _, seq in sink.seqs["y"]] == list(range(1, 7))
-            assert sink.resets == []
-    finally:
-        private.stop()
+async def test_a_dropped_connection_resumes_from_the_last_seq(nursery, private_redis):
+    private = private_redis
+    sink = Sink()
+    async with redis_store.connect(private.url, timeout=2) as reader, redis_store.connect(
+        private.url, timeout=2
+    ) as writer:
+        fanin = FanIn(reader, sink, block=60, backoff_min=0.02, backoff_max=0.2)
+        epoch = (await writer.snapshot("y", 0)).epoch
+        fanin.watch("y", epoch, 0)
+        await nursery.start(fanin.run)
+        for n in range(3):
+            await writer.publish("y", n)
+        await sink.until(lambda: len(sink.data.get("y", [])) == 3)
+        await writer.client.client_kill(type_=_normal(), skipme=True)  # every other client
+        for n in range(3, 6):
+            await writer.publish("y", n)
+        await sink.until(lambda: len(sink.data["y"]) == 6)
+        assert sink.data["y"] == list(range(6))
+        assert [seq for _, seq in sink.seqs["y"]] == list(range(1, 7))
+        assert sink.resets == []
 
 
 def _normal():

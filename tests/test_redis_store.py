@@ -11,7 +11,12 @@ from wsnursery import redis_store
 from wsnursery.protocol import Position
 from wsnursery.redis_store import Unavailable
 
-from .redis_support import cleanup, free_port, redis_url, unique_prefix
+from .redis_support import (
+    cleanup,
+    free_port,
+    redis_test_url_fixture,  # noqa: F401 (fixtures)
+    unique_prefix,
+)
 
 
 class Clock:
@@ -23,9 +28,9 @@ class Clock:
 
 
 @pytest.fixture
-async def open_store():
+async def open_store(redis_test_url):
     """``async with open_store(**settings) as store``: a store on its own key prefix, cleaned up."""
-    url = redis_url()
+    url = redis_test_url
     prefix = unique_prefix()
 
     def opener(**settings):

@@ -14,7 +14,7 @@ import trio
 from wsnursery.config import ConfigError, load
 
 from .helpers import http_get, wait_until
-from .redis_support import redis_url
+from .redis_support import redis_test_url_fixture  # noqa: F401 (fixtures)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LISTENING = re.compile(rb"listening on ws://127\.0\.0\.1:(\d+)/")
@@ -54,8 +54,8 @@ def test_engine_and_workers_settings():
     assert load(flags={}, environ={}).engine == "memory"
 
 
-async def test_workers_share_the_port_restart_and_drain(nursery):
-    engine = redis_url()
+async def test_workers_share_the_port_restart_and_drain(nursery, redis_test_url):
+    engine = redis_test_url
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "wsnursery", "serve", "--port", "0", "--workers", "2", "--engine", engine,
          "--shutdown-timeout", "2"],

@@ -10,13 +10,17 @@ from harness.nodes import NodeError, Nodes
 from wsnursery import client as sdk
 from wsnursery.redis_store import connect as connect_store
 
-from ..redis_support import cleanup, redis_url, unique_prefix
+from ..redis_support import (
+    cleanup,
+    redis_test_url_fixture,  # noqa: F401 (fixtures)
+    unique_prefix,
+)
 from ..wsclient import connect
 
 
 @pytest.fixture
-async def engine():
-    url = redis_url()
+async def engine(redis_test_url):
+    url = redis_test_url
     prefix = unique_prefix()
     yield f"{url}?prefix={prefix}"
     async with connect_store(url, prefix=prefix) as store:

@@ -10,11 +10,11 @@ import pytest
 from harness import nodes, reliability
 from wsnursery.redis_store import connect as connect_store
 
-from ..redis_support import redis_url
+from ..redis_support import redis_test_url_fixture  # noqa: F401 (fixtures)
 
 
-async def test_a_run_on_three_nodes_with_node_kills_loses_nothing(monkeypatch):
-    url = redis_url()
+async def test_a_run_on_three_nodes_with_node_kills_loses_nothing(monkeypatch, redis_test_url):
+    url = redis_test_url
     monkeypatch.setattr(nodes, "KILL_INTERVAL", 0.6)  # several kills within a short run
     monkeypatch.setattr(nodes, "KILL_DOWN", 0.3)
     options = reliability.Options(
