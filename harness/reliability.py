@@ -30,7 +30,7 @@ import attrs
 import trio
 from hdrh.histogram import HdrHistogram
 
-from harness import recovery, streams
+from harness import nodes, recovery, streams
 from harness.check import Ledger, SubscriberLog, Verdict
 from harness.faults import ALL_KINDS, FaultKind, FaultSchedule
 from harness.proxy import FaultProxy
@@ -107,6 +107,9 @@ class Options:
     encoding: str = "cbor"
     seed: int = 1
     url: str | None = None
+    engine: str = "memory"  # redis://...: the server runs as `nodes` processes on it (harness.nodes)
+    nodes: int = 1
+    kill_node: bool = False  # SIGKILL and restart one node at a time during the run
     faults: tuple[str, ...] = tuple(kind.value for kind in ALL_KINDS)
     publish_window: int | None = None  # None: PUBLISH_WINDOW up to WINDOW_MAX_RATE, else 1
     quiet: bool = False
@@ -129,6 +132,12 @@ class Options:
 
     def check(self) -> None:
         """Raise `OptionError` (or `streams.PlanError`) for options no run can satisfy."""
+        if (self.nodes > 1 or self.kill_node) and not self.engine.startswith(("redis://", "rediss://", "unix://")):
+            raise OptionError("--nodes and --kill-node need a shared engine: --engine redis://HOST:PORT/DB")
+        if self.kill_node and self.nodes < 2:
+            raise OptionError("--kill-node needs --nodes 2 or more (clients fail over to a live node)")
+        if self.url and (self.engine != "memory" or self.nodes > 1):
+            raise OptionError("--url targets a running server; --engine and --nodes start servers")
         if not is_finite_rate(self.failure_rate):
             raise OptionError(f"failure rate must be between 0 and 1, not {self.failure_rate}")
         for name in ("clients", "publishers", "channels"):
@@ -188,6 +197,7 @@ class Result:
     options: Options | None = None
     latency_curve: list[list[float]] = attrs.field(factory=list)  # [[percentile, ms], ...]
     timeline: list[dict[str, Any]] = attrs.field(factory=list)  # samples for the HTML report
+    node_kills: int = 0
 
     @property
     def passed(self) -> bool:
@@ -236,6 +246,7 @@ class Result:
             "throughput_deliveries_per_s": round(self.throughput, 1),
             "recovery": self.recovery,
             "timed_out": self.timed_out,
+            "node_kills": self.node_kills,
             "examples": v.examples,
             "case": self.options.case() if self.options else None,
             "latency_curve": self.latency_curve,
@@ -251,9 +262,16 @@ async def run(options: Options, scenario: str = "custom") -> Result:
     )
     kinds = frozenset(FaultKind(kind) for kind in options.faults)
     run_id = f"{options.seed}-{random.Random().randrange(16**6):06x}"
+    prefix = f"wsnrel:{run_id}:"
     async with trio.open_nursery() as nursery:
-        server = None
-        if options.url is None:
+        server = cluster = None
+        if options.url is None and (options.nodes > 1 or options.engine != "memory"):
+            cluster, front = await nodes.start_cluster(
+                nursery, nodes.with_prefix(options.engine, prefix), options.nodes,
+                {**SERVER_SETTINGS, "compression": options.compression}, seed=options.seed, kill=options.kill_node,
+            )
+            upstream = ("127.0.0.1", front)
+        elif options.url is None:
             server = Server(
                 Config(host="127.0.0.1", port=0, log_level="warning", compression=options.compression, **SERVER_SETTINGS)
             )
@@ -270,7 +288,11 @@ async def run(options: Options, scenario: str = "custom") -> Result:
         if server is not None:
             value = server.metrics.registry.get_sample_value("wsnursery_retransmits_total")
             result.server_retransmits = int(value or 0)
+        if cluster is not None:
+            result.node_kills = cluster.kills
         nursery.cancel_scope.cancel()
+    if cluster is not None and options.engine != "memory":
+        await nodes.delete_keys(options.engine, prefix)
     return result
 
 

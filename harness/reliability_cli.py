@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import trio
 
-from harness import reliability, shrink, streams
+from harness import nodes, reliability, shrink, streams
 from harness.faults import ALL_KINDS
 from harness.reliability import Options, Result
 from harness.report import table, write_json
@@ -100,6 +100,10 @@ def add_arguments(rel: argparse.ArgumentParser) -> None:
     add("--replay-file", metavar="FILE.json", help="where to write the smallest failing case "
         "(default reliability-failure-seed<SEED>.json)")
     add("--replay", metavar="FILE.json", help="run exactly the case of a replay file (no other run options)")
+    add("--engine", default="memory",
+        help="the server's engine; redis://HOST:PORT/DB runs it as --nodes processes on that Redis (default memory)")
+    add("--nodes", type=_positive(int), default=1, help="server processes on the engine (needs redis://; default 1)")
+    add("--kill-node", action="store_true", help="SIGKILL and restart one node at a time during the run")
     add("--output", metavar="FILE.json", help="write the report as JSON")
     add("--quiet", action="store_true", help="no progress line")
     add("--compression", choices=["on", "off"], default=defaults.compression,
@@ -115,6 +119,15 @@ def command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("harness reliability: interrupted", file=sys.stderr)
         return 130
+    except (nodes.NodeError, BaseExceptionGroup) as exc:  # a cluster node would not start (--nodes)
+        group = exc if isinstance(exc, BaseExceptionGroup) else BaseExceptionGroup("", [exc])
+        failed = group.subgroup(nodes.NodeError)
+        if failed is None or group.subgroup(lambda e: not isinstance(e, (BaseExceptionGroup, nodes.NodeError))):
+            raise
+        while isinstance(failed, BaseExceptionGroup):
+            failed = failed.exceptions[0]
+        print(f"harness reliability: {' '.join(str(failed).split())[:500]}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _runs(args: argparse.Namespace) -> list[tuple[str, Options]]:
@@ -138,6 +151,7 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, Options]]:
         messages=DEFAULT_MESSAGES if args.messages is None else args.messages, duration=args.duration,
         soak=soak, max_payload=args.max_payload, encoding=args.encoding, seed=args.seed, url=args.url,
         faults=args.faults, quiet=args.quiet, publish_window=args.publish_window, compression=args.compression,
+        engine=args.engine, nodes=args.nodes, kill_node=args.kill_node,
     )
     runs = [(name, attrs.evolve(base, failure_rate=rate)) for name, rate in rates]
     if args.baseline and all(options.failure_rate > 0 for _, options in runs):

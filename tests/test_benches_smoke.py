@@ -84,7 +84,7 @@ def test_server_process_finds_the_port_and_keeps_the_last_lines(our_server):
     assert our_server.port and any("listening on ws://127.0.0.1:" in line for line in our_server.tail)
 
 
-@pytest.mark.parametrize("script", ["side_by_side.py", "micro.py", "client.py"])
+@pytest.mark.parametrize("script", ["side_by_side.py", "micro.py", "client.py", "cluster.py"])
 def test_bench_scripts_import_the_harness_as_a_package(script, tmp_path):
     """Each script runs by path from any folder: it imports `harness.*`, never another bench file."""
     proc = subprocess.run([sys.executable, str(REPO / "benches" / script), "--help"], cwd=tmp_path,

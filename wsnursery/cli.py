@@ -9,6 +9,7 @@ stops at once.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,7 +18,8 @@ from typing import Any, NoReturn
 import trio
 
 from . import __version__, logs, security
-from .config import SETTINGS, ConfigError, load
+from .config import SETTINGS, Config, ConfigError, load
+from .hub import Hub
 from .server import Server
 
 EXIT_USAGE = 2
@@ -60,7 +62,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"wsnursery: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if config.engine != "memory" and importlib.util.find_spec("coredis") is None:
+        print("wsnursery: --engine redis:// needs coredis: pip install 'wsnursery[redis]'", file=sys.stderr)
+        return EXIT_USAGE
     logs.configure(config.log_level, config.log_format)
+    if config.workers > 1:
+        from .workers import Supervisor
+
+        return Supervisor(config).run()
+    return run_server(config)
+
+
+def run_server(config: Config) -> int:
+    """Serve until a signal has drained the server: the exit status."""
     try:
         trio.run(_serve, config)
     except OSError as exc:  # the port is taken, the address is not ours...
@@ -71,13 +85,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-async def _serve(config: object) -> None:
-    server = Server(config)  # type: ignore[arg-type]
+async def _serve(config: Config) -> None:
+    server = Server(config, _engine(config))
     listeners = await server.listen()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals, server, nursery.cancel_scope)
         await server.serve(listeners)
         nursery.cancel_scope.cancel()
+
+
+def _engine(config: Config) -> Hub | None:
+    """The hub ``--engine`` names (None: the server's own memory hub)."""
+    if config.engine == "memory":
+        return None
+    from .redis_hub import RedisHub  # only with --engine redis://: needs coredis
+
+    return RedisHub.from_config(config)
 
 
 async def _on_signals(server: Server, scope: trio.CancelScope) -> None:

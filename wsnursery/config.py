@@ -12,6 +12,7 @@ import math
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,6 +69,23 @@ def _port(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
 def _host(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise ValueError("must be a host name or address")
+
+
+def _engine(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value == "memory":
+        return
+    parts = urllib.parse.urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be memory or a redis://HOST:PORT/DB URL")
+    try:
+        parts.port  # noqa: B018 (raises for a port that is not a number)
+    except ValueError:
+        raise ValueError("has a port that is not a number from 0 to 65535") from None
+    if parts.scheme != "unix":
+        if not parts.hostname:
+            raise ValueError("needs a host (redis://HOST:PORT/DB)")
+        if (db := parts.path.strip("/")) and not db.isdigit():
+            raise ValueError(f"has a database {db!r} that is not a number")
 
 
 def _setting(default: Any, validator: Any, help: str) -> Any:
@@ -216,6 +234,12 @@ class Config:
         15, _whole_number(8, 15),
         "largest deflate window (bits) a client that allows it may compress with; its inflater holds 2**bits bytes",
     )
+    engine: str = _setting(
+        "memory", _engine, "where channels live: memory (this process only) or redis://HOST:PORT/DB (every process naming it shares them)"
+    )
+    workers: int = _setting(
+        1, _positive_int(256), "server processes on one port (SO_REUSEPORT), restarted when they die; more than 1 needs a shared engine"
+    )
 
     # -- identity, permissions, server API, exposure (issue 13; all off by default) --------
     jwt_secret: str | None = _optional(
@@ -258,6 +282,10 @@ class Config:
     keyfile: str | None = _optional(_optional_text, "PEM private key of certfile (if not in certfile)")
 
     def __attrs_post_init__(self) -> None:
+        if self.workers > 1 and self.engine == "memory":
+            raise ValueError(
+                f"workers={self.workers} needs a shared engine (--engine redis://HOST:PORT/DB): with memory each process would hold its own channels"
+            )
         if self.history_size < self.outbound_queue_size:
             raise ValueError(
                 f"history_size ({self.history_size}) must be at least outbound_queue_size ({self.outbound_queue_size})"

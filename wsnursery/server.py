@@ -115,7 +115,12 @@ class Server(ServerApiMixin):
 
     async def listen(self) -> list[trio.SocketListener]:
         """Open the listening sockets (OSError when the address is taken or not ours)."""
-        listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+        if self.config.workers > 1:  # one of N processes on this port (see workers)
+            from .workers import open_reuseport_listeners
+
+            listeners = await open_reuseport_listeners(self.config.port, self.config.host)
+        else:
+            listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
         self.ports = sorted({listener.socket.getsockname()[1] for listener in listeners})
         return listeners
 

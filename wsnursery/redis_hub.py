@@ -1,0 +1,307 @@
+"""``--engine redis://HOST:PORT/DB``: the hub of a cluster, every channel's stream in Redis.
+
+Every process naming the same Redis is one cluster: a channel has one stream (one epoch, one
+seq count) whichever node publishes (``redis_store``), and each node keeps, per channel its
+clients use, the same local ``Broadcast`` window as the memory engine, filled by its one
+fan-in reader (``redis_fanin``). Connections read that window synchronously, so a message is
+decoded once per node and written once per subscriber per burst, as with the memory engine.
+
+- ``publish`` runs the store's script (dedup by key, next seq, add, trim) and answers only
+  once Redis holds the message. The message reaches this node's subscribers the way it
+  reaches every node's: through the reader, which takes every entry added while it handled
+  the previous batch, so a burst is still written once per subscriber (appending each
+  message as its publish returned would make one write per subscriber per message).
+- ``attach`` of a channel new to this node loads its epoch, head and history from Redis
+  (``history_size`` messages), then the reader watches it. ``attach`` of a channel the node
+  holds first reads what Redis has past the window's head, so a client that saw seq N on
+  another node and resumes here finds N held (the reader may be a round trip behind).
+- ``recover`` answers from the window, which mirrors Redis's history bound.
+- Loss: when the reader finds a gap (it was away longer than Redis kept the messages) or a
+  new epoch (Redis lost the channel), the window's held messages are dropped, so every
+  subscriber's next message is gone: each is closed with 4008 and resumes with ``since``,
+  getting ``recovered: false``. Never silent.
+- Redis unreachable: ``publish`` and ``attach`` of a new channel raise ``unavailable``
+  (nothing confirmed that is not stored); subscribers keep their connections and windows,
+  and the reader resumes from its last seqs when Redis is back.
+
+Bounds: as the memory engine per node (``history_size``/``history_bytes``/``history_age``
+per window, ``max_channels`` windows, the least recently used idle one evicted and no longer
+read); in Redis, see ``redis_store``. Policy ``block`` is per node: local publishers wait for
+local subscribers; messages from other nodes never wait, and a subscriber that lags past the
+window is closed with 4008.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from . import logs
+from .broadcast import Broadcast, Message, Policy, Receiver
+from .hub import Published
+from .protocol import Position, ProtocolError
+from .redis_fanin import FanIn
+from .redis_store import DEFAULT_PREFIX, Entry, RedisStore, Unavailable, connect
+
+log = logs.get("redis")
+
+
+class RedisHub:
+    def __init__(
+        self,
+        url: str,
+        *,
+        history_size: int = 1024,
+        history_bytes: int = 64 * 2**20,
+        history_age: float = 300.0,
+        dedup_size: int = 10_000,
+        dedup_age: float = 300.0,
+        max_channels: int = 10_000,
+        block: bool = False,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = 5.0,
+        read_block: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url, prefix = _split_prefix(url, prefix)
+        self._settings: dict[str, Any] = {
+            "prefix": prefix,
+            "history_size": history_size,
+            "history_age": history_age,
+            "dedup_size": dedup_size,
+            "dedup_age": dedup_age,
+            "timeout": timeout,
+        }
+        self._history_size = history_size
+        self._history_bytes = history_bytes
+        self._history_age = history_age
+        self._max_channels = max_channels
+        self._policy = Policy.WAIT if block else Policy.CLOSE
+        self._read_block = read_block
+        self._clock = clock
+        self._channels: dict[str, Broadcast] = {}
+        self._loading: dict[str, trio.Event] = {}
+        self._store: RedisStore | None = None
+        self.fanin: FanIn | None = None
+        self.resets = 0  # windows dropped for a gap or a new epoch (each closes its subscribers)
+
+    @classmethod
+    def from_config(cls, config: Any, **overrides: Any) -> RedisHub:
+        """The hub for a server's ``Config`` (``overrides``: the keyword arguments above)."""
+        settings: dict[str, Any] = {
+            "history_size": config.history_size,
+            "history_bytes": config.history_bytes,
+            "history_age": config.history_age,
+            "dedup_size": config.dedup_size,
+            "dedup_age": config.dedup_age,
+            "max_channels": config.max_channels,
+            "block": config.slow_consumer_policy == "block",
+        }
+        return cls(config.engine, **(settings | overrides))
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect (lazily: Redis may be down), start the reader, serve until cancelled."""
+        async with connect(self.url, **self._settings) as store:
+            self._store = store
+            self.fanin = FanIn(store, self, block=self._read_block)
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.fanin.run)
+                    log.info("redis engine on %s (prefix %r)", _redact(self.url), store.prefix)
+                    task_status.started()
+                    await trio.sleep_forever()
+            finally:
+                self._store = None
+
+    @property
+    def store(self) -> RedisStore:
+        if self._store is None:
+            raise Unavailable("the redis engine is not running")
+        return self._store
+
+    # -- the Hub protocol -------------------------------------------------------------
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._channels)
+
+    def broadcast(self, channel: str) -> Broadcast | None:
+        return self._channels.get(channel)
+
+    def channel_names(self) -> list[str]:
+        """The channels this node holds a window of, least recently used first (server API)."""
+        return list(self._channels)
+
+    async def position(self, channel: str) -> Position | None:
+        return await self.store.position(channel)
+
+    async def publish(self, channel: str, data: Any, key: str | None = None, size: int = 0) -> Published:
+        broadcast = self._channels.get(channel)
+        if broadcast is not None:
+            self._touch(channel, broadcast)
+            if broadcast.policy is Policy.WAIT and broadcast.any_full():
+                await broadcast.wait_room()
+        floor = broadcast.position if broadcast is not None else None
+        stored = await self.store.publish(channel, data, key, floor=floor)
+        # This node's subscribers get the message from the reader, like every other node's:
+        # it wakes with every entry added while it handled the last batch, so a burst of
+        # publishes is written to each subscriber in one write, not one write per message.
+        return Published(Position(stored.epoch, stored.seq), stored.duplicate)
+
+    async def attach(self, channel: str, receiver: Receiver) -> Broadcast:
+        broadcast = self._channels.get(channel)
+        if broadcast is not None:
+            self._touch(channel, broadcast)
+            await self._catch_up(channel, broadcast)
+            broadcast = self._channels.get(channel)  # a reset may have replaced it meanwhile
+        if broadcast is None:  # (``is None``: an empty Broadcast is falsy, it has a length)
+            broadcast = await self._load(channel)
+        broadcast.expire(self._clock())
+        broadcast.receivers.add(receiver)
+        return broadcast
+
+    def detach(self, channel: str, receiver: Receiver) -> None:
+        broadcast = self._channels.get(channel)
+        if broadcast is not None:
+            broadcast.receivers.discard(receiver)
+            broadcast.progressed()
+
+    async def recover(self, channel: str, since: Position) -> bool:
+        broadcast = self._channels.get(channel)
+        return broadcast is not None and since.epoch == broadcast.epoch and broadcast.holds_after(since.seq)
+
+    # -- what the reader feeds (``redis_fanin.FanInSink``) -------------------------------
+
+    def entries(self, channel: str, entries: list[Entry]) -> None:
+        broadcast = self._channels.get(channel)
+        if broadcast is None:
+            return
+        now_wall, now = time.time(), self._clock()
+        broadcast.expire(now)
+        for entry in entries:
+            if entry.epoch != broadcast.epoch or entry.seq <= broadcast.head:
+                continue  # another epoch (the reader resets it), or already held
+            if entry.seq != broadcast.head + 1:
+                self._gap(broadcast, entry.seq)
+            born = now - max(0.0, now_wall - entry.ts / 1000)
+            broadcast.send(Message(channel, entry.epoch, entry.seq, entry.data, entry.ts, born, entry.size))
+
+    def reset(self, channel: str, epoch: str) -> None:
+        old = self._channels.get(channel)
+        if old is None:
+            return
+        self._channels[channel] = self._window(channel, epoch)
+        self._retire(old)
+
+    # -- windows ----------------------------------------------------------------------
+
+    def _window(self, channel: str, epoch: str) -> Broadcast:
+        return Broadcast(
+            channel,
+            epoch,
+            capacity=self._history_size,
+            max_bytes=self._history_bytes,
+            max_age=self._history_age,
+            policy=self._policy,
+        )
+
+    async def _load(self, channel: str) -> Broadcast:
+        """Make this node's window of ``channel`` from Redis (one load at a time per channel)."""
+        while (loading := self._loading.get(channel)) is not None:
+            await loading.wait()
+            if (broadcast := self._channels.get(channel)) is not None:
+                return broadcast
+        if len(self._channels) >= self._max_channels:
+            self._evict_idle_channel()
+        self._loading[channel] = done = trio.Event()
+        try:
+            snapshot = await self.store.snapshot(channel, self._history_size)
+            broadcast = self._window(channel, snapshot.epoch)
+            _start_at(broadcast, snapshot.entries[0].seq if snapshot.entries else snapshot.head + 1)
+            self._channels[channel] = broadcast
+            self.entries(channel, list(snapshot.entries))
+            if self.fanin is not None:
+                self.fanin.watch(channel, snapshot.epoch, snapshot.head)
+            return broadcast
+        finally:
+            del self._loading[channel]
+            done.set()
+
+    async def _catch_up(self, channel: str, broadcast: Broadcast) -> None:
+        """Take what Redis holds past the window's head (the reader may be a round trip behind)."""
+        try:
+            entries = await self.store.read_after(channel, broadcast.head, self._history_size)
+        except Unavailable:
+            return  # the window is what this node has; the subscriber resumes from it
+        if entries and entries[0].epoch == broadcast.epoch:
+            self.entries(channel, [e for e in entries if e.epoch == broadcast.epoch])
+
+    def _touch(self, channel: str, broadcast: Broadcast) -> None:
+        del self._channels[channel]
+        self._channels[channel] = broadcast  # re-inserted last: dict order is recency
+
+    def _evict_idle_channel(self) -> None:
+        for name, broadcast in self._channels.items():
+            if not broadcast.receivers:
+                del self._channels[name]
+                if self.fanin is not None:
+                    self.fanin.unwatch(name)
+                return
+        raise ProtocolError(
+            "too_many_channels", f"the server holds its limit of {self._max_channels} channels"
+        )
+
+    def _gap(self, broadcast: Broadcast, seq: int) -> None:
+        """Messages before ``seq`` are gone from Redis: drop the window so subscribers see the loss."""
+        if broadcast.head == 0 and not broadcast.receivers:  # a new epoch's window, read from its oldest
+            _start_at(broadcast, seq)
+            return
+        self.resets += 1
+        log.warning(
+            "channel %s: messages %d..%d are no longer in redis; subscribers resume with since",
+            broadcast.name, broadcast.head + 1, seq - 1,
+        )
+        broadcast.expire(float("inf"))  # drop every message held
+        _start_at(broadcast, seq)
+
+    def _retire(self, broadcast: Broadcast) -> None:
+        """The channel has a new epoch: every subscriber of the old window has lost its place."""
+        self.resets += 1
+        broadcast.expire(float("inf"))
+        _start_at(broadcast, broadcast.head + 2)  # one message past every cursor is gone
+        receivers = tuple(broadcast.receivers)
+        broadcast.receivers.clear()
+        for receiver in receivers:
+            receiver.notify()  # its owner finds its next message gone: closed with 4008
+        broadcast.progressed()  # publishers waiting on it (policy block) go on
+
+
+def _start_at(broadcast: Broadcast, seq: int) -> None:
+    """Place an empty window so that ``seq`` is the next message it takes."""
+    assert len(broadcast) == 0
+    broadcast.head, broadcast.oldest = seq - 1, seq
+
+
+def _split_prefix(url: str, default: str) -> tuple[str, str]:
+    """``redis://host/0?prefix=app1:`` -> the URL without it, and the key prefix (several
+    clusters can share one Redis database)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for name, value in query if name == "prefix"]
+    if not prefixes:
+        return url, default
+    rest = urllib.parse.urlencode([(name, value) for name, value in query if name != "prefix"])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), prefixes[-1]
+
+
+def _redact(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
