@@ -50,9 +50,26 @@ class BenchError(RuntimeError):
 
 def _server(engine: str, prefix: str) -> ServerProcess:
     url = engine if engine == "memory" else f"{engine}?prefix={prefix}"
-    argv = [sys.executable, "-m", "wsnursery", "serve", "--host", HOST, "--port", "0", "--engine", url,
-            "--log-level", "info", "--history-size", "8192", "--outbound-queue-size", "8192",
-            "--max-unacked", "8192"]
+    argv = [
+        sys.executable,
+        "-m",
+        "wsnursery",
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        "0",
+        "--engine",
+        url,
+        "--log-level",
+        "info",
+        "--history-size",
+        "8192",
+        "--outbound-queue-size",
+        "8192",
+        "--max-unacked",
+        "8192",
+    ]
     return ServerProcess(f"wsnursery-{engine.split(':')[0]}", argv)
 
 
@@ -146,7 +163,7 @@ async def _subscribers(port: int, channel: str, count: int, expected: int, laten
     subs = [Subscriber(expected, done, counter, latency) for _ in range(count)]
     conns = []
     for i in range(0, count, 100):
-        batch = subs[i:i + 100]
+        batch = subs[i : i + 100]
         conns += await asyncio.gather(*(rawws.connect(HOST, port, "/", s.on_message) for s in batch))
     frame = json.dumps({"type": "subscribe", "id": 1, "channel": channel}).encode()
     for conn in conns:
@@ -155,8 +172,9 @@ async def _subscribers(port: int, channel: str, count: int, expected: int, laten
     return subs, conns, done
 
 
-async def fanout(port: int, pid: int, subscribers: int, messages: int, window: int, size: int,
-                 publishers: int = 1) -> dict:
+async def fanout(
+    port: int, pid: int, subscribers: int, messages: int, window: int, size: int, publishers: int = 1
+) -> dict:
     """``publishers`` connections publish ``messages`` in all, each with ``window`` in flight."""
     channel = f"bench.fan.{secrets.token_hex(3)}"
     subs, conns, done = await _subscribers(port, channel, subscribers, messages)
@@ -172,14 +190,20 @@ async def fanout(port: int, pid: int, subscribers: int, messages: int, window: i
     except TimeoutError:
         received = sorted(sub.received for sub in subs)
         closes = sorted({conn.close_code for conn in conns if conn.close_code is not None})
-        raise BenchError(f"fan-out timed out: subscribers received {received[0]}..{received[-1]} of {messages}, "
-                         f"close codes {closes}, {sum(s.confirmed for s in senders)} publishes confirmed") from None
+        raise BenchError(
+            f"fan-out timed out: subscribers received {received[0]}..{received[-1]} of {messages}, "
+            f"close codes {closes}, {sum(s.confirmed for s in senders)} publishes confirmed"
+        ) from None
     elapsed, cpu = time.perf_counter() - t0, _cpu(pid) - cpu0
     deliveries = subscribers * messages
     for conn in [*conns, *(sender.ws for sender in senders)]:
         conn.abort()
-    return {"deliveries_per_s": deliveries / elapsed, "server_cpu_us_per_delivery": cpu / deliveries * 1e6,
-            "elapsed_s": elapsed, "publish_errors": sum(sender.errors for sender in senders)}
+    return {
+        "deliveries_per_s": deliveries / elapsed,
+        "server_cpu_us_per_delivery": cpu / deliveries * 1e6,
+        "elapsed_s": elapsed,
+        "publish_errors": sum(sender.errors for sender in senders),
+    }
 
 
 async def publish_rate(port: int, pid: int, messages: int, window: int, size: int) -> dict:
@@ -190,8 +214,11 @@ async def publish_rate(port: int, pid: int, messages: int, window: int, size: in
     await asyncio.wait_for(publisher.finished.wait(), 300)
     elapsed, cpu = time.perf_counter() - t0, _cpu(pid) - cpu0
     publisher.ws.abort()
-    return {"publishes_per_s": messages / elapsed, "server_cpu_us_per_publish": cpu / messages * 1e6,
-            "errors": publisher.errors}
+    return {
+        "publishes_per_s": messages / elapsed,
+        "server_cpu_us_per_publish": cpu / messages * 1e6,
+        "errors": publisher.errors,
+    }
 
 
 async def latency(pub_port: int, sub_port: int, messages: int, size: int) -> dict:
@@ -204,9 +231,11 @@ async def latency(pub_port: int, sub_port: int, messages: int, size: int) -> dic
     await asyncio.wait_for(done.wait(), 300)
     for conn in [*conns, publisher.ws]:
         conn.abort()
-    return {"p50_ms": histogram.get_value_at_percentile(50) / 1000,
-            "p99_ms": histogram.get_value_at_percentile(99) / 1000,
-            "max_ms": histogram.get_max_value() / 1000}
+    return {
+        "p50_ms": histogram.get_value_at_percentile(50) / 1000,
+        "p99_ms": histogram.get_value_at_percentile(99) / 1000,
+        "max_ms": histogram.get_max_value() / 1000,
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -220,14 +249,18 @@ def run(args: argparse.Namespace) -> dict:
                 _started(server)
                 for window in args.windows:
                     results[f"fanout/window{window}/{name}"] = asyncio.run(
-                        fanout(server.port, server.pid, args.subscribers, args.messages, window, args.size))
+                        fanout(server.port, server.pid, args.subscribers, args.messages, window, args.size)
+                    )
                 results[f"fanout/{args.publishers}publishers/{name}"] = asyncio.run(
-                    fanout(server.port, server.pid, args.subscribers, args.messages, 1, args.size, args.publishers))
+                    fanout(server.port, server.pid, args.subscribers, args.messages, 1, args.size, args.publishers)
+                )
                 results[f"publish/{name}"] = asyncio.run(
-                    publish_rate(server.port, server.pid, args.publishes, args.window, args.size))
+                    publish_rate(server.port, server.pid, args.publishes, args.window, args.size)
+                )
                 if engine == "memory":
                     results["latency/memory-one-node"] = asyncio.run(
-                        latency(server.port, server.port, args.latency_messages, args.size))
+                        latency(server.port, server.port, args.latency_messages, args.size)
+                    )
         with _server(args.redis, prefix) as a, _server(args.redis, prefix) as b:
             _started(a), _started(b)
             results["latency/redis-one-node"] = asyncio.run(latency(a.port, a.port, args.latency_messages, args.size))
@@ -260,11 +293,19 @@ def main() -> int:
     parser.add_argument("--publishes", type=int, default=5000, help="publishes in the publish-rate run")
     parser.add_argument("--latency-messages", type=int, default=1000)
     parser.add_argument("--window", type=int, default=32, help="publishes in flight in the publish-rate run")
-    parser.add_argument("--windows", type=lambda text: [int(w) for w in text.split(",")], default=[1, 32],
-                        help="publishes in flight in the fan-out runs, comma-separated (default 1,32)")
+    parser.add_argument(
+        "--windows",
+        type=lambda text: [int(w) for w in text.split(",")],
+        default=[1, 32],
+        help="publishes in flight in the fan-out runs, comma-separated (default 1,32)",
+    )
     parser.add_argument("--size", type=int, default=64, help="payload bytes")
-    parser.add_argument("--publishers", type=int, default=32,
-                        help="publishing connections in the many-publishers fan-out run (default 32)")
+    parser.add_argument(
+        "--publishers",
+        type=int,
+        default=32,
+        help="publishing connections in the many-publishers fan-out run (default 32)",
+    )
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     if args.quick:
@@ -272,32 +313,41 @@ def main() -> int:
     info = describe()
     results = run(args)
     lines = header_lines(info) + [
-        (f"Settings: {args.subscribers} subscribers, {args.messages} messages fan-out (windows {args.windows}), "
-         f"{args.publishes} publishes (window {args.window}), {args.latency_messages} latency messages (window 1), "
-         f"{args.size}-byte payloads, JSON"),
+        (
+            f"Settings: {args.subscribers} subscribers, {args.messages} messages fan-out (windows {args.windows}), "
+            f"{args.publishes} publishes (window {args.window}), {args.latency_messages} latency messages (window 1), "
+            f"{args.size}-byte payloads, JSON"
+        ),
         f"Cores: servers on CPU {SERVER_CPU}, bench client on CPU {CLIENT_CPU}, Redis unpinned ({args.redis})",
         f"Load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
         "",
     ]
     for name, figures in results.items():
-        lines.append(f"{name}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                                             for k, v in figures.items()))
+        lines.append(
+            f"{name}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
+        )
     lines.append("")
     for window in args.windows:
-        fan = (results[f"fanout/window{window}/redis"]["deliveries_per_s"]
-               / results[f"fanout/window{window}/memory"]["deliveries_per_s"])
-        lines.append(f"fan-out deliveries/s with {window} publishes in flight, redis / memory: {fan:.2f}x "
-                     "(target >= 0.7x)")
-    fan = (results[f"fanout/{args.publishers}publishers/redis"]["deliveries_per_s"]
-           / results[f"fanout/{args.publishers}publishers/memory"]["deliveries_per_s"])
-    lines.append(f"fan-out deliveries/s with {args.publishers} publishing connections (1 in flight each), "
-                 f"redis / memory: {fan:.2f}x")
+        fan = (
+            results[f"fanout/window{window}/redis"]["deliveries_per_s"]
+            / results[f"fanout/window{window}/memory"]["deliveries_per_s"]
+        )
+        lines.append(
+            f"fan-out deliveries/s with {window} publishes in flight, redis / memory: {fan:.2f}x (target >= 0.7x)"
+        )
+    fan = (
+        results[f"fanout/{args.publishers}publishers/redis"]["deliveries_per_s"]
+        / results[f"fanout/{args.publishers}publishers/memory"]["deliveries_per_s"]
+    )
+    lines.append(
+        f"fan-out deliveries/s with {args.publishers} publishing connections (1 in flight each), "
+        f"redis / memory: {fan:.2f}x"
+    )
     pub = results["publish/redis"]["publishes_per_s"] / results["publish/memory"]["publishes_per_s"]
     lines.append(f"publishes/s, redis / memory: {pub:.2f}x")
     print("\n".join(lines))
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "settings": vars(args), "results": results},
-                                              indent=2))
+        Path(args.json).write_text(json.dumps({"machine": info, "settings": vars(args), "results": results}, indent=2))
     return 0
 
 

@@ -47,10 +47,19 @@ WINDOW = 2
 def kib_of_json(seed: int) -> dict:
     """About 1 KiB of JSON: a small order-book update, values drawn from a seeded generator."""
     rng = random.Random(seed)
-    levels = [{"price": round(100 + rng.random() * 5, 2), "size": rng.randint(1, 5000), "orders": rng.randint(1, 40)}
-              for _ in range(20)]
-    return {"symbol": rng.choice(["ACME", "GLOBX", "INITECH", "UMBRL"]), "venue": "XNYS", "seq": seed,
-            "bids": levels[:10], "asks": levels[10:], "status": "open", "halted": False}
+    levels = [
+        {"price": round(100 + rng.random() * 5, 2), "size": rng.randint(1, 5000), "orders": rng.randint(1, 40)}
+        for _ in range(20)
+    ]
+    return {
+        "symbol": rng.choice(["ACME", "GLOBX", "INITECH", "UMBRL"]),
+        "venue": "XNYS",
+        "seq": seed,
+        "bids": levels[:10],
+        "asks": levels[10:],
+        "status": "open",
+        "halted": False,
+    }
 
 
 def frame_masked(first: int, payload: bytes) -> bytes:
@@ -62,8 +71,9 @@ def frame_masked(first: int, payload: bytes) -> bytes:
 
 class Server:
     def __init__(self, compression: str, *extra: str) -> None:
-        argv = wsnursery_argv("--compression", compression, *extra,
-                              "--max-connections", "20000", "--heartbeat-interval", "300")
+        argv = wsnursery_argv(
+            "--compression", compression, *extra, "--max-connections", "20000", "--heartbeat-interval", "300"
+        )
         self.process = ServerProcess("wsnursery", argv).start()
         self.port = self.process.port
         self.ps = psutil.Process(self.process.pid)
@@ -130,8 +140,10 @@ async def fanout(server: Server, subs: int, messages: int) -> dict:
 
     all_subs = await asyncio.gather(*(guarded(i) for i in range(subs)))
     publisher = await rawws.connect(HOST, server.port, "/", lambda payload, opcode: None, compression=True)
-    bodies = [json.dumps({"type": "publish", "id": i, "channel": CHANNEL, "data": kib_of_json(i)}).encode()
-              for i in range(1, messages + 1)]
+    bodies = [
+        json.dumps({"type": "publish", "id": i, "channel": CHANNEL, "data": kib_of_json(i)}).encode()
+        for i in range(1, messages + 1)
+    ]
     compressed = all_subs[0].ws.compressed
     bytes_before = sum(sub.ws.bytes_in for sub in all_subs)
     cpu_before, started = server.cpu(), time.perf_counter()
@@ -151,10 +163,15 @@ async def fanout(server: Server, subs: int, messages: int) -> dict:
     assert deliveries == subs * messages and state["checked"] == messages, (deliveries, state["checked"])
     for ws in [publisher] + [sub.ws for sub in all_subs]:
         ws.abort()
-    return {"negotiated": compressed, "deliveries": deliveries, "seconds": round(elapsed, 3),
-            "deliveries_per_s": round(deliveries / elapsed), "wire_bytes_per_delivery": round(wire / deliveries, 1),
-            "server_cpu_us_per_delivery": round(cpu / deliveries * 1e6, 2),
-            "plain_payload_bytes": len(json.dumps(kib_of_json(1)).encode())}
+    return {
+        "negotiated": compressed,
+        "deliveries": deliveries,
+        "seconds": round(elapsed, 3),
+        "deliveries_per_s": round(deliveries / elapsed),
+        "wire_bytes_per_delivery": round(wire / deliveries, 1),
+        "server_cpu_us_per_delivery": round(cpu / deliveries * 1e6, 2),
+        "plain_payload_bytes": len(json.dumps(kib_of_json(1)).encode()),
+    }
 
 
 async def echo(server: Server, conns: int, duration: float) -> dict:
@@ -180,16 +197,21 @@ async def echo(server: Server, conns: int, duration: float) -> dict:
     for ws in clients:
         ws.abort()
     total = sum(counts)
-    return {"negotiated": negotiated, "round_trips_per_s": round(total / elapsed),
-            "server_cpu_us_per_round_trip": round(cpu / total * 1e6, 1), "message_bytes": len(body)}
+    return {
+        "negotiated": negotiated,
+        "round_trips_per_s": round(total / elapsed),
+        "server_cpu_us_per_round_trip": round(cpu / total * 1e6, 1),
+        "message_bytes": len(body),
+    }
 
 
 async def idle(server: Server, count: int, offer: bool) -> dict:
     warm = await open_many(20, lambda: rawws.connect(HOST, server.port, "/", lambda p, o: None, compression=offer))
     await asyncio.sleep(1.0)  # settle: a measurement pause, not synchronisation
     base = server.rss()
-    clients = await open_many(count, lambda: rawws.connect(HOST, server.port, "/", lambda p, o: None,
-                                                           compression=offer))
+    clients = await open_many(
+        count, lambda: rawws.connect(HOST, server.port, "/", lambda p, o: None, compression=offer)
+    )
     await asyncio.sleep(1.0)
     result = {"negotiated": clients[0].compressed, "bytes_per_idle_connection": round((server.rss() - base) / count)}
     if clients[0].compressed:
@@ -207,9 +229,11 @@ async def idle(server: Server, count: int, offer: bool) -> dict:
 
 async def measure(args: argparse.Namespace, compression: str) -> dict:
     results = {}
-    for name, run, extra in (("fanout", lambda s: fanout(s, args.subs, args.messages), ()),
-                             ("echo", lambda s: echo(s, args.echo_conns, args.duration), ()),
-                             ("idle", lambda s: idle(s, args.idle, True), ("--compression-client-context", "on"))):
+    for name, run, extra in (
+        ("fanout", lambda s: fanout(s, args.subs, args.messages), ()),
+        ("echo", lambda s: echo(s, args.echo_conns, args.duration), ()),
+        ("idle", lambda s: idle(s, args.idle, True), ("--compression-client-context", "on")),
+    ):
         server = Server(compression, *extra)
         try:
             results[name] = await asyncio.wait_for(run(server), 300)
@@ -231,15 +255,19 @@ def main() -> None:
     print("\n".join(header_lines(describe())))
     results = {mode: asyncio.run(measure(args, mode)) for mode in ("on", "off")}
     on, off = results["on"], results["off"]
-    print(f"\n1 KiB JSON data ({on['fanout']['plain_payload_bytes']} B), fan-out 1 -> {args.subs}, "
-          f"{args.messages} messages; echo {args.echo_conns} conns x {args.duration:g} s; idle {args.idle} conns\n")
+    print(
+        f"\n1 KiB JSON data ({on['fanout']['plain_payload_bytes']} B), fan-out 1 -> {args.subs}, "
+        f"{args.messages} messages; echo {args.echo_conns} conns x {args.duration:g} s; idle {args.idle} conns\n"
+    )
     print("| measure | compression on | off | on / off |\n|---|---|---|---|")
-    rows = [("fan-out deliveries/s", "fanout", "deliveries_per_s"),
-            ("fan-out wire bytes per delivery", "fanout", "wire_bytes_per_delivery"),
-            ("fan-out server CPU us per delivery", "fanout", "server_cpu_us_per_delivery"),
-            ("echo round trips/s", "echo", "round_trips_per_s"),
-            ("echo server CPU us per round trip", "echo", "server_cpu_us_per_round_trip"),
-            ("server RSS per idle connection (B)", "idle", "bytes_per_idle_connection")]
+    rows = [
+        ("fan-out deliveries/s", "fanout", "deliveries_per_s"),
+        ("fan-out wire bytes per delivery", "fanout", "wire_bytes_per_delivery"),
+        ("fan-out server CPU us per delivery", "fanout", "server_cpu_us_per_delivery"),
+        ("echo round trips/s", "echo", "round_trips_per_s"),
+        ("echo server CPU us per round trip", "echo", "server_cpu_us_per_round_trip"),
+        ("server RSS per idle connection (B)", "idle", "bytes_per_idle_connection"),
+    ]
     for label, scenario, key in rows:
         a, b = on[scenario][key], off[scenario][key]
         print(f"| {label} | {a} | {b} | {a / b if b else float('nan'):.2f} |")

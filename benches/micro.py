@@ -77,8 +77,9 @@ def bench(fn, arg, min_time: float, repeat: int) -> list[float]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     ap.add_argument("--quick", action="store_true", help="short timings (min-time 0.1 s, repeat 3)")
     ap.add_argument("--sizes", default="100,1000,10000,100000", help="nominal JSON frame sizes in bytes")
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per case (default 5; 3 with --quick)")
@@ -91,8 +92,10 @@ def main(argv=None) -> int:
 
     info = machine.describe()
     print("\n".join(machine.header_lines(info)))
-    print(f"Settings: sizes {sizes} B (nominal, JSON), {repeat} timed runs of >= {min_time:g} s per case, "
-          f"median and best ops/s; json = stdlib json compact + UTF-8 encode; cbor = cbor2 {cbor_impl()}")
+    print(
+        f"Settings: sizes {sizes} B (nominal, JSON), {repeat} timed runs of >= {min_time:g} s per case, "
+        f"median and best ops/s; json = stdlib json compact + UTF-8 encode; cbor = cbor2 {cbor_impl()}"
+    )
     print()
     hdr = f"{'size':>7} {'codec':<5} {'bytes':>7} {'op':<7} {'ops/s (median)':>15} {'ops/s (best)':>13} {'MB/s (median)':>14}"
     print(hdr)
@@ -107,14 +110,26 @@ def main(argv=None) -> int:
                 rates = bench(fn, arg, min_time, repeat)
                 med = statistics.median(rates)
                 mbs = med * len(payload) / 1e6
-                print(f"{size:>7} {name:<5} {len(payload):>7} {op:<7} {med:>15,.0f} {max(rates):>13,.0f} {mbs:>14,.1f}",
-                      flush=True)
-                results.append({"nominal_size": size, "codec": name, "encoded_bytes": len(payload), "op": op,
-                                "ops_per_s_median": med, "ops_per_s_best": max(rates), "mb_per_s_median": mbs,
-                                "runs": rates})
+                print(
+                    f"{size:>7} {name:<5} {len(payload):>7} {op:<7} {med:>15,.0f} {max(rates):>13,.0f} {mbs:>14,.1f}",
+                    flush=True,
+                )
+                results.append(
+                    {
+                        "nominal_size": size,
+                        "codec": name,
+                        "encoded_bytes": len(payload),
+                        "op": op,
+                        "ops_per_s_median": med,
+                        "ops_per_s_best": max(rates),
+                        "mb_per_s_median": mbs,
+                        "runs": rates,
+                    }
+                )
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "repeat": repeat, "min_time": min_time,
-                                               "results": results}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"machine": info, "repeat": repeat, "min_time": min_time, "results": results}, indent=2)
+        )
     return 0
 
 

@@ -24,20 +24,28 @@ EXIT_USAGE = 2
 #: description). A module is imported only when its command is asked for.
 LOAD_COMMANDS: dict[str, tuple[str, str, str]] = {
     "load": (
-        "harness.load", "throughput and latency over real WebSocket connections",
-        ("Drive N clients x M messages (pub/sub round trip or echo) and report throughput, "
-         "latency percentiles (HDR), connection time, error rate, server RSS and the client's own CPU."),
+        "harness.load",
+        "throughput and latency over real WebSocket connections",
+        (
+            "Drive N clients x M messages (pub/sub round trip or echo) and report throughput, "
+            "latency percentiles (HDR), connection time, error rate, server RSS and the client's own CPU."
+        ),
     ),
     "connect": (
         "harness.connect",
         "connection establishment rate, connections held with heartbeats, reconnection storm",
-        ("Open --hold connections at once, hold them while the server heartbeats, "
-         "optionally drop --churn of them and reconnect them all together."),
+        (
+            "Open --hold connections at once, hold them while the server heartbeats, "
+            "optionally drop --churn of them and reconnect them all together."
+        ),
     ),
     "stress": (
-        "harness.stress", "the eight stress-guide load levels, scaled to this machine",
-        ("Run the load levels minimal .. maximum of the stress guide over real WebSocket "
-         "connections, scaled down to what one machine holds (the scale factor is printed per level)."),
+        "harness.stress",
+        "the eight stress-guide load levels, scaled to this machine",
+        (
+            "Run the load levels minimal .. maximum of the stress guide over real WebSocket "
+            "connections, scaled down to what one machine holds (the scale factor is printed per level)."
+        ),
     ),
 }
 ALL_COMMANDS = ("reliability", *LOAD_COMMANDS)
@@ -64,9 +72,12 @@ def _positive(kind: type) -> Any:
 
 
 def _html_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--html", metavar="FILE.html",
-                        help="also write a self-contained HTML report (charts as inline SVG, nothing loaded "
-                             "from the network); open it in any browser")
+    parser.add_argument(
+        "--html",
+        metavar="FILE.html",
+        help="also write a self-contained HTML report (charts as inline SVG, nothing loaded "
+        "from the network); open it in any browser",
+    )
 
 
 def build_parser(options_of: Collection[str] = ALL_COMMANDS) -> argparse.ArgumentParser:
@@ -106,8 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError as exc:  # the server installed without the harness extra
         if (exc.name or "").partition(".")[0] not in HARNESS_EXTRA_MODULES:
             raise
-        print(f"harness: no module named {exc.name!r}: install the harness with "
-              "pip install 'wsnursery[harness]'", file=sys.stderr)
+        print(
+            f"harness: no module named {exc.name!r}: install the harness with pip install 'wsnursery[harness]'",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if args.command == "reliability":
         from harness import reliability_cli
@@ -121,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"harness {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except Exception as exc:  # noqa: BLE001 - a server that would not start, a refused connection: one line, exit 1
+    except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"harness {args.command}: {type(exc).__name__}: {first}", file=sys.stderr)
         return EXIT_FAILED

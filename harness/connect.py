@@ -57,22 +57,51 @@ _REJECTED_RE = re.compile(r'^wsnursery_connections_rejected_total\{reason="([^"]
 
 
 def add_arguments(p: Any, positive_int: Any, positive_float: Any) -> None:
-    p.add_argument("--hold", type=positive_int, default=1000,
-                   help=f"connections opened and held at once (default 1000, at most {MAX_CONNECTIONS:,})")
-    p.add_argument("--hold-seconds", type=positive_float, default=6.0,
-                   help="seconds to hold them all open with heartbeats on (default 6)")
-    p.add_argument("--heartbeat-interval", type=positive_float, default=5.0,
-                   help="server heartbeat interval in seconds when the harness starts the server (default 5)")
-    p.add_argument("--timeout", type=positive_float, default=90.0,
-                   help="seconds the opening phase (and the storm) may take, each handshake attempt included; "
-                        "unopened connections count as failures (default 90)")
-    p.add_argument("--broadcast", type=int, default=10, metavar="K",
-                   help="messages broadcast to every held connection on one channel (default 10; 0 = skip)")
-    p.add_argument("--broadcast-timeout", type=positive_float, default=60.0,
-                   help="seconds the broadcast step (subscribe all, publish and deliver K) may take (default 60)")
-    p.add_argument("--churn", type=int, default=0, metavar="N",
-                   help="reconnection storm: abort N held connections at once and reconnect them together "
-                        "(default 0 = no storm)")
+    p.add_argument(
+        "--hold",
+        type=positive_int,
+        default=1000,
+        help=f"connections opened and held at once (default 1000, at most {MAX_CONNECTIONS:,})",
+    )
+    p.add_argument(
+        "--hold-seconds",
+        type=positive_float,
+        default=6.0,
+        help="seconds to hold them all open with heartbeats on (default 6)",
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        type=positive_float,
+        default=5.0,
+        help="server heartbeat interval in seconds when the harness starts the server (default 5)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=90.0,
+        help="seconds the opening phase (and the storm) may take, each handshake attempt included; "
+        "unopened connections count as failures (default 90)",
+    )
+    p.add_argument(
+        "--broadcast",
+        type=int,
+        default=10,
+        metavar="K",
+        help="messages broadcast to every held connection on one channel (default 10; 0 = skip)",
+    )
+    p.add_argument(
+        "--broadcast-timeout",
+        type=positive_float,
+        default=60.0,
+        help="seconds the broadcast step (subscribe all, publish and deliver K) may take (default 60)",
+    )
+    p.add_argument(
+        "--churn",
+        type=int,
+        default=0,
+        metavar="N",
+        help="reconnection storm: abort N held connections at once and reconnect them together (default 0 = no storm)",
+    )
     p.add_argument("--concurrency", type=positive_int, default=200, help="handshakes in progress at once (default 200)")
     p.add_argument("--seed", type=int, default=1, help="seed of which connections the storm drops (default 1)")
     p.add_argument("--url", help="aim at a running server on loopback (ws://127.0.0.1:PORT/) instead of starting one")
@@ -86,14 +115,24 @@ def _refused(exc: BaseException) -> str | None:
     if isinstance(exc, rawws.HandshakeError) and " 503 " in f"{exc} ":
         return "http_503"
     if isinstance(exc, (ConnectionResetError, ConnectionAbortedError)) or (
-            type(exc) is ConnectionError and "closed" in str(exc)):
+        type(exc) is ConnectionError and "closed" in str(exc)
+    ):
         return "closed_before_handshake"
     return None
 
 
-async def _open_all(host: str, port: int, path: str, n: int, concurrency: int, hist: HdrHistogram,
-                    progress: Progress | None, deadline: float, retry: bool = False,
-                    rng: random.Random | None = None) -> tuple[list, list[str], dict]:
+async def _open_all(
+    host: str,
+    port: int,
+    path: str,
+    n: int,
+    concurrency: int,
+    hist: HdrHistogram,
+    progress: Progress | None,
+    deadline: float,
+    retry: bool = False,
+    rng: random.Random | None = None,
+) -> tuple[list, list[str], dict]:
     """Open n connections; returns (connections, one error per connection not opened, stats).
 
     With ``retry``, an attempt the server refuses for load is retried after about
@@ -126,7 +165,7 @@ async def _open_all(host: str, port: int, path: str, n: int, concurrency: int, h
                 except TimeoutError:
                     errors.append(f"TimeoutError: no handshake answer within the {deadline:g}s cap")
                     return None
-                except Exception as exc:  # noqa: BLE001 - counted and reported
+                except Exception as exc:
                     text = f"{type(exc).__name__}: {exc}"[:200]
                     kind = _refused(exc) if retry else None
                     if kind is None or time.perf_counter() + RETRY_AFTER_S > end:
@@ -246,6 +285,7 @@ async def _broadcast(conns: list, k: int, timeout: float, progress: Progress | N
                 acks[frame.get("id")] = now
             elif kind == "error" and len(sub.errors) < 3:
                 sub.errors.append(f"{frame.get('code')}: {frame.get('reason')}"[:200])
+
         return on_message
 
     request = json.dumps({"type": "subscribe", "id": 1, "channel": channel}).encode()
@@ -267,8 +307,7 @@ async def _broadcast(conns: list, k: int, timeout: float, progress: Progress | N
         if time.perf_counter() >= deadline:
             break
         published_at.append(time.perf_counter())
-        publisher.send(json.dumps({"type": "publish", "id": 100 + i, "channel": channel,
-                                   "data": {"i": i}}).encode())
+        publisher.send(json.dumps({"type": "publish", "id": 100 + i, "channel": channel, "data": {"i": i}}).encode())
         if counts[i] >= subscribed:
             reached_all[i].set()
         try:
@@ -303,19 +342,29 @@ async def _broadcast(conns: list, k: int, timeout: float, progress: Progress | N
     errors = [e for sub in subs for e in sub.errors][:5]
     done_times = [f for f in fanout if f is not None]
     return {
-        "channel": channel, "connections": n, "messages": k, "subscribed": subscribed,
-        "subscribe_s": round(subscribe_s, 3), "published": len(published_at),
-        "publish_acks": len(acks), "connections_got_all_in_order": complete,
-        "connections_got_all": got_all_any_order, "missing_deliveries": missing,
-        "duplicate_deliveries": duplicates, "out_of_order_connections": got_all_any_order - complete,
-        "unparsed_frames": sum(sub.bad for sub in subs), "errors_sample": errors,
+        "channel": channel,
+        "connections": n,
+        "messages": k,
+        "subscribed": subscribed,
+        "subscribe_s": round(subscribe_s, 3),
+        "published": len(published_at),
+        "publish_acks": len(acks),
+        "connections_got_all_in_order": complete,
+        "connections_got_all": got_all_any_order,
+        "missing_deliveries": missing,
+        "duplicate_deliveries": duplicates,
+        "out_of_order_connections": got_all_any_order - complete,
+        "unparsed_frames": sum(sub.bad for sub in subs),
+        "errors_sample": errors,
         "deliveries": sum(len(sub.received) for sub in subs),
-        "delivery_latency_ms": summary(hist), "delivery_latency_curve": curve(hist),
+        "delivery_latency_ms": summary(hist),
+        "delivery_latency_curve": curve(hist),
         "per_connection_worst_ms": summary(per_conn_last),
         "fanout_complete_ms": fanout,
         "fanout_complete_ms_max": max(done_times) if done_times else None,
         "fanout_complete_ms_median": sorted(done_times)[len(done_times) // 2] if done_times else None,
-        "broadcast_s": round(total_s, 3), "timeout_s": timeout,
+        "broadcast_s": round(total_s, 3),
+        "timeout_s": timeout,
         "passed": complete == n and len(published_at) == k,
     }
 
@@ -326,8 +375,7 @@ async def run(host: str, port: int, path: str, args: Any) -> dict:
     cpu = CpuClock()
     open_hist = HdrHistogram(*HIST_ARGS)
     t0 = time.perf_counter()
-    conns, errors, _ = await _open_all(host, port, path, args.hold, args.concurrency, open_hist, progress,
-                                       args.timeout)
+    conns, errors, _ = await _open_all(host, port, path, args.hold, args.concurrency, open_hist, progress, args.timeout)
     open_wall = time.perf_counter() - t0
     if progress:
         progress.done()
@@ -335,12 +383,16 @@ async def run(host: str, port: int, path: str, args: Any) -> dict:
     still_open = sum(1 for c in conns if c.is_open)
     pings = sum(c.pings for c in conns)
     result: dict = {
-        "connections_requested": args.hold, "connections_opened": len(conns), "connect_failures": len(errors),
+        "connections_requested": args.hold,
+        "connections_opened": len(conns),
+        "connect_failures": len(errors),
         "connect_errors_sample": [e for e in errors if e][:5],
         "establishment_rate_conn_s": round(len(conns) / open_wall, 1) if open_wall > 0 else 0.0,
-        "open_phase_s": round(open_wall, 3), "connect_time_ms": summary(open_hist),
+        "open_phase_s": round(open_wall, 3),
+        "connect_time_ms": summary(open_hist),
         "connect_time_curve": curve(open_hist),
-        "hold_seconds": args.hold_seconds, "held_open_at_end": still_open,
+        "hold_seconds": args.hold_seconds,
+        "held_open_at_end": still_open,
         "held_success_rate": round(still_open / args.hold, 6),
         "heartbeat_pings_received": pings,
     }
@@ -350,8 +402,13 @@ async def run(host: str, port: int, path: str, args: Any) -> dict:
         if live:
             result["broadcast"] = await _broadcast(live, args.broadcast, args.broadcast_timeout, bprogress)
         else:
-            result["broadcast"] = {"connections": 0, "messages": args.broadcast, "passed": False,
-                                   "connections_got_all_in_order": 0, "published": 0}
+            result["broadcast"] = {
+                "connections": 0,
+                "messages": args.broadcast,
+                "passed": False,
+                "connections_got_all_in_order": 0,
+                "published": 0,
+            }
         result["broadcast"]["held_connections"] = args.hold
         if bprogress:
             bprogress.done()
@@ -364,21 +421,27 @@ async def run(host: str, port: int, path: str, args: Any) -> dict:
         await asyncio.sleep(0.05)
         storm_hist = HdrHistogram(*HIST_ARGS)
         t1 = time.perf_counter()
-        new, storm_errors, stats = await _open_all(host, port, path, len(victims), args.concurrency, storm_hist,
-                                                   None, args.timeout, retry=True, rng=rng)
+        new, storm_errors, stats = await _open_all(
+            host, port, path, len(victims), args.concurrency, storm_hist, None, args.timeout, retry=True, rng=rng
+        )
         storm_wall = time.perf_counter() - t1
         rejected_after = await _server_rejections(host, port)
         dropped = set(victims)
         conns = [c for c in conns if c not in dropped] + new
         result["churn"] = {
-            "dropped": len(victims), "reconnected": len(new), "failed": len(storm_errors),
+            "dropped": len(victims),
+            "reconnected": len(new),
+            "failed": len(storm_errors),
             "success_rate": round(len(new) / len(victims), 6) if victims else 1.0,
-            "first_try": stats["first_try"], "after_retry": stats["retried_ok"],
+            "first_try": stats["first_try"],
+            "after_retry": stats["retried_ok"],
             "first_try_rate": round(stats["first_try"] / len(victims), 6) if victims else 1.0,
-            "attempts": stats["attempts"], "refused_and_retried": stats["refusals"],
+            "attempts": stats["attempts"],
+            "refused_and_retried": stats["refusals"],
             "refusals_sample": stats["refusals_sample"],
             "server_rejections": _diff(rejected_before, rejected_after),
-            "storm_s": round(storm_wall, 3), "reconnect_time_ms": summary(storm_hist),
+            "storm_s": round(storm_wall, 3),
+            "reconnect_time_ms": summary(storm_hist),
             "reconnect_time_curve": curve(storm_hist),
             "errors_sample": [e for e in storm_errors if e][:5],
         }
@@ -391,21 +454,27 @@ def _failures(result: dict, hold: int) -> list[str]:
     """One line per thing that went wrong, with its counts; empty when the run passed."""
     out = []
     if result["connect_failures"] or result["held_open_at_end"] != hold:
-        out.append(f"opened {result['connections_opened']:,} of {hold:,}, {result['held_open_at_end']:,} still "
-                   f"open after {result['hold_seconds']}s; errors: {result['connect_errors_sample']}")
+        out.append(
+            f"opened {result['connections_opened']:,} of {hold:,}, {result['held_open_at_end']:,} still "
+            f"open after {result['hold_seconds']}s; errors: {result['connect_errors_sample']}"
+        )
     b = result.get("broadcast")
     if b is not None and not b["passed"]:
-        out.append(f"broadcast: {b['connections_got_all_in_order']:,} of {b['held_connections']:,} held connections "
-                   f"got all {b['messages']} messages in order; subscribed {b.get('subscribed', 0):,}, published "
-                   f"{b['published']} of {b['messages']}, missing deliveries {b.get('missing_deliveries', 'n/a')}, "
-                   f"duplicates {b.get('duplicate_deliveries', 'n/a')}, out of order "
-                   f"{b.get('out_of_order_connections', 'n/a')}, within {b.get('timeout_s')}s; "
-                   f"errors: {b.get('errors_sample', [])}")
+        out.append(
+            f"broadcast: {b['connections_got_all_in_order']:,} of {b['held_connections']:,} held connections "
+            f"got all {b['messages']} messages in order; subscribed {b.get('subscribed', 0):,}, published "
+            f"{b['published']} of {b['messages']}, missing deliveries {b.get('missing_deliveries', 'n/a')}, "
+            f"duplicates {b.get('duplicate_deliveries', 'n/a')}, out of order "
+            f"{b.get('out_of_order_connections', 'n/a')}, within {b.get('timeout_s')}s; "
+            f"errors: {b.get('errors_sample', [])}"
+        )
     ch = result.get("churn")
     if ch is not None and ch["failed"]:
-        out.append(f"storm: {ch['reconnected']:,} of {ch['dropped']:,} reconnected within --timeout; "
-                   f"errors: {ch['errors_sample']}; refused and retried: {ch['refused_and_retried']}; "
-                   f"server rejections: {ch['server_rejections']}")
+        out.append(
+            f"storm: {ch['reconnected']:,} of {ch['dropped']:,} reconnected within --timeout; "
+            f"errors: {ch['errors_sample']}; refused and retried: {ch['refused_and_retried']}; "
+            f"server rejections: {ch['server_rejections']}"
+        )
     return out
 
 
@@ -426,14 +495,19 @@ def command(args: Any) -> int:
         with ManagedServer(extra) as server:
             result = asyncio.run(run("127.0.0.1", server.port, "/", args))
             server.sample()
-            result.update(target=f"ws://127.0.0.1:{server.port}/ (started by the harness, heartbeat "
-                                 f"{args.heartbeat_interval}s)", server_peak_rss_mb=round(server.peak_rss / 2**20, 1))
+            result.update(
+                target=f"ws://127.0.0.1:{server.port}/ (started by the harness, heartbeat {args.heartbeat_interval}s)",
+                server_peak_rss_mb=round(server.peak_rss / 2**20, 1),
+            )
     c = result["connect_time_ms"]
     rows = [
         ("connections opened", f"{result['connections_opened']:,} of {result['connections_requested']:,}"),
         ("establishment rate conn/s", result["establishment_rate_conn_s"]),
         ("connect p50 / p95 / p99 ms", f"{c['p50']} / {c['p95']} / {c['p99']}"),
-        (f"still open after {result['hold_seconds']}s", f"{result['held_open_at_end']:,} ({result['held_success_rate']:.2%})"),
+        (
+            f"still open after {result['hold_seconds']}s",
+            f"{result['held_open_at_end']:,} ({result['held_success_rate']:.2%})",
+        ),
         ("heartbeat pings received", result["heartbeat_pings_received"]),
         ("server peak RSS MB", "n/a" if result["server_peak_rss_mb"] is None else result["server_peak_rss_mb"]),
         ("client CPU % of a core", result["client_cpu_percent"]),
@@ -442,12 +516,16 @@ def command(args: Any) -> int:
         b = result["broadcast"]
         d = b["delivery_latency_ms"]
         rows += [
-            (f"broadcast: got all {b['messages']} in order",
-             f"{b['connections_got_all_in_order']:,} of {b['held_connections']:,}"),
+            (
+                f"broadcast: got all {b['messages']} in order",
+                f"{b['connections_got_all_in_order']:,} of {b['held_connections']:,}",
+            ),
             ("broadcast: subscribed / published", f"{b['subscribed']:,} / {b['published']} of {b['messages']}"),
             ("broadcast: delivery p50 / p99 / max ms", f"{d['p50']} / {d['p99']} / {d['max']}"),
-            ("broadcast: all had a message, median / max ms",
-             f"{b['fanout_complete_ms_median']} / {b['fanout_complete_ms_max']}"),
+            (
+                "broadcast: all had a message, median / max ms",
+                f"{b['fanout_complete_ms_median']} / {b['fanout_complete_ms_max']}",
+            ),
             ("broadcast: subscribe all s / whole step s", f"{b['subscribe_s']} / {b['broadcast_s']}"),
         ]
     if "churn" in result:
@@ -457,8 +535,10 @@ def command(args: Any) -> int:
             ("storm: dropped / reconnected", f"{ch['dropped']:,} / {ch['reconnected']:,}"),
             ("storm: success rate", f"{ch['success_rate']:.2%}"),
             ("storm: first try / after a retry", f"{ch['first_try']:,} / {ch['after_retry']:,}"),
-            ("storm: refused by the server (retried)", ", ".join(f"{k} {v:,}" for k, v in
-                                                                 ch["refused_and_retried"].items()) or "0"),
+            (
+                "storm: refused by the server (retried)",
+                ", ".join(f"{k} {v:,}" for k, v in ch["refused_and_retried"].items()) or "0",
+            ),
             ("storm: reconnect p50 / p99 ms", f"{r['p50']} / {r['p99']}"),
             ("storm: all back within s", ch["storm_s"]),
         ]

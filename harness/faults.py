@@ -85,9 +85,7 @@ def _to_forced(
     forced: Mapping[tuple[int, str, int], str | Fault],
 ) -> Mapping[FrameKey, FaultKind | Fault]:
     normalised = {
-        (conn, Direction(direction), frame): (
-            fault if isinstance(fault, Fault) else FaultKind(fault)
-        )
+        (conn, Direction(direction), frame): (fault if isinstance(fault, Fault) else FaultKind(fault))
         for (conn, direction, frame), fault in forced.items()
     }
     return types.MappingProxyType(normalised)
@@ -111,21 +109,13 @@ class FaultSchedule:
     seed: int | str
     failure_rate: float = attrs.field(validator=_check_rate)
     kinds: frozenset[FaultKind] = attrs.field(default=ALL_KINDS, converter=_to_kinds)
-    directions: frozenset[Direction] = attrs.field(
-        default=BOTH_DIRECTIONS, converter=_to_directions
-    )
+    directions: frozenset[Direction] = attrs.field(default=BOTH_DIRECTIONS, converter=_to_directions)
     delay_spike: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
-    max_slice_pieces: int = attrs.field(
-        default=MAX_SLICE_PIECES, validator=attrs.validators.ge(1)
-    )
-    forced_faults: Mapping[FrameKey, FaultKind | Fault] = attrs.field(
-        factory=dict, converter=_to_forced
-    )
+    max_slice_pieces: int = attrs.field(default=MAX_SLICE_PIECES, validator=attrs.validators.ge(1))
+    forced_faults: Mapping[FrameKey, FaultKind | Fault] = attrs.field(factory=dict, converter=_to_forced)
 
     @classmethod
-    def forced(
-        cls, faults: Mapping[tuple[int, str, int], str | Fault], **options
-    ) -> FaultSchedule:
+    def forced(cls, faults: Mapping[tuple[int, str, int], str | Fault], **options) -> FaultSchedule:
         """A schedule that injects exactly ``faults`` and nothing else."""
         return cls(seed=0, failure_rate=0.0, forced_faults=faults, **options)
 
@@ -162,9 +152,7 @@ class FaultSchedule:
         if kind is FaultKind.DELAY:
             return Fault(kind, delay=self.delay_spike)
         if kind is FaultKind.SLICE:
-            sizes = tuple(
-                rng.randint(*SLICE_PIECE_BYTES) for _ in range(self.max_slice_pieces)
-            )
+            sizes = tuple(rng.randint(*SLICE_PIECE_BYTES) for _ in range(self.max_slice_pieces))
             return Fault(kind, slice_sizes=sizes)
         return Fault(kind)
 
@@ -173,9 +161,7 @@ class FaultSchedule:
 class FaultStats:
     """Counts of faults injected, by direction and kind."""
 
-    counts: collections.Counter[tuple[Direction, FaultKind]] = attrs.field(
-        factory=collections.Counter
-    )
+    counts: collections.Counter[tuple[Direction, FaultKind]] = attrs.field(factory=collections.Counter)
 
     def record(self, kind: str, direction: str) -> None:
         self.counts[Direction(direction), FaultKind(kind)] += 1
@@ -185,8 +171,7 @@ class FaultStats:
         return sum(
             n
             for (counted_direction, counted_kind), n in self.counts.items()
-            if (kind is None or counted_kind == kind)
-            and (direction is None or counted_direction == direction)
+            if (kind is None or counted_kind == kind) and (direction is None or counted_direction == direction)
         )
 
     @property
@@ -196,8 +181,5 @@ class FaultStats:
     def as_dict(self) -> dict[str, dict[str, int]]:
         """``{direction: {kind: count}}`` with every direction and kind."""
         return {
-            str(direction): {
-                str(kind): self.counts[direction, kind] for kind in FaultKind
-            }
-            for direction in Direction
+            str(direction): {str(kind): self.counts[direction, kind] for kind in FaultKind} for direction in Direction
         }

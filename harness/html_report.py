@@ -28,8 +28,14 @@ from typing import Any
 import attrs
 
 COLORS = ("#2f6fde", "#d9480f", "#2b8a3e", "#862e9c", "#e67700", "#0b7285", "#c2255c", "#5c940d")
-FAULT_COLORS = {"reset": "#c92a2a", "drop": "#e67700", "duplicate": "#862e9c", "delay": "#1971c2",
-                "stall": "#2b8a3e", "slice": "#a0522d"}
+FAULT_COLORS = {
+    "reset": "#c92a2a",
+    "drop": "#e67700",
+    "duplicate": "#862e9c",
+    "delay": "#1971c2",
+    "stall": "#2b8a3e",
+    "slice": "#a0522d",
+}
 MAX_TAIL_POSITION = 4.3  # x position of the max on a percentile axis (99.99 % is at 4)
 
 
@@ -67,8 +73,15 @@ def _fmt(value: float) -> str:
 
 
 def chart(
-    series: Sequence[Series], *, title: str, x_label: str, y_label: str, y2_label: str | None = None,
-    x_ticks: Sequence[tuple[float, str]] | None = None, width: int = 720, height: int = 280,
+    series: Sequence[Series],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    y2_label: str | None = None,
+    x_ticks: Sequence[tuple[float, str]] | None = None,
+    width: int = 720,
+    height: int = 280,
     log_y: bool = False,
 ) -> str:
     """An SVG line chart with axes, grid and a legend; an empty note when there is no data.
@@ -102,13 +115,21 @@ def chart(
     def py(y: float, top_value: float = y_max, log: bool = log_y) -> float:
         if log and top_value is y_max:
             low, high = decades
-            return top + plot_h - (math.log10(max(y, 10.0 ** low)) - low) / (high - low) * plot_h
+            return top + plot_h - (math.log10(max(y, 10.0**low)) - low) / (high - low) * plot_h
         return top + plot_h - (y / top_value) * plot_h
-    out = [(f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-            f'role="img" aria-label="{html.escape(title)}">')]
+
+    out = [
+        (
+            f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+            f'role="img" aria-label="{html.escape(title)}">'
+        )
+    ]
     out.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="frame"/>')
-    y_ticks = [10.0 ** k for k in range(decades[0], decades[1] + 1)] if log_y else \
-        [i * step for i in range(int(y_max / step + 1e-6) + 1)]
+    y_ticks = (
+        [10.0**k for k in range(decades[0], decades[1] + 1)]
+        if log_y
+        else [i * step for i in range(int(y_max / step + 1e-6) + 1)]
+    )
     for tick in y_ticks:
         y = py(tick)
         out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
@@ -122,33 +143,42 @@ def chart(
     if x_ticks is None:
         x_step = _nice_step(x_max - x_min, 8)
         first = math.ceil(x_min / x_step) * x_step
-        x_ticks = [(first + i * x_step, _fmt(first + i * x_step))
-                   for i in range(int((x_max - first) / x_step + 1e-9) + 1)]
+        x_ticks = [
+            (first + i * x_step, _fmt(first + i * x_step)) for i in range(int((x_max - first) / x_step + 1e-9) + 1)
+        ]
     for value, label in x_ticks:
         x = px(value)
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + plot_h}" class="grid"/>')
-        out.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" class="tick" text-anchor="middle">'
-                   f'{html.escape(label)}</text>')
-    out.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" class="label" text-anchor="middle">'
-               f'{html.escape(x_label)}</text>')
-    out.append(f'<text transform="translate(14 {top + plot_h / 2:.1f}) rotate(-90)" class="label" '
-               f'text-anchor="middle">{html.escape(y_label)}</text>')
+        out.append(
+            f'<text x="{x:.1f}" y="{top + plot_h + 16}" class="tick" text-anchor="middle">{html.escape(label)}</text>'
+        )
+    out.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" class="label" text-anchor="middle">'
+        f"{html.escape(x_label)}</text>"
+    )
+    out.append(
+        f'<text transform="translate(14 {top + plot_h / 2:.1f}) rotate(-90)" class="label" '
+        f'text-anchor="middle">{html.escape(y_label)}</text>'
+    )
     if y2_label:
-        out.append(f'<text transform="translate({width - 10} {top + plot_h / 2:.1f}) rotate(90)" '
-                   f'class="label" text-anchor="middle">{html.escape(y2_label)}</text>')
+        out.append(
+            f'<text transform="translate({width - 10} {top + plot_h / 2:.1f}) rotate(90)" '
+            f'class="label" text-anchor="middle">{html.escape(y2_label)}</text>'
+        )
     for s in drawn:
         top_value = y2_max if s.right else y_max
         points = " ".join(f"{px(x):.1f},{py(y, top_value):.1f}" for x, y in s.points)
         dash = ' stroke-dasharray="6 4"' if s.dashed else ""
-        out.append(f'<polyline class="series" data-label="{html.escape(s.label)}" points="{points}" '
-                   f'stroke="{s.color}"{dash}/>')
+        out.append(
+            f'<polyline class="series" data-label="{html.escape(s.label)}" points="{points}" stroke="{s.color}"{dash}/>'
+        )
         if len(s.points) == 1:
             x, y = s.points[0]
             out.append(f'<circle cx="{px(x):.1f}" cy="{py(y, top_value):.1f}" r="3" fill="{s.color}"/>')
     out.append("</svg>")
     legend = "".join(
         f'<span><i style="background:{s.color}"{" class=dashed" if s.dashed else ""}></i>'
-        f'{html.escape(s.label)}{" (right axis)" if s.right and y2_label else ""}</span>'
+        f"{html.escape(s.label)}{' (right axis)' if s.right and y2_label else ''}</span>"
         for s in drawn
     )
     return head + "".join(out) + f'<div class="legend">{legend}</div></figure>'
@@ -158,20 +188,34 @@ def _percentile_position(p: float) -> float:
     return MAX_TAIL_POSITION if p >= 100 else min(-math.log10(1 - p / 100), 4.0)
 
 
-PERCENTILE_TICKS = [(0.0, "0%"), (math.log10(2), "50%"), (1.0, "90%"), (2.0, "99%"), (3.0, "99.9%"),
-                    (4.0, "99.99%"), (MAX_TAIL_POSITION, "max")]
+PERCENTILE_TICKS = [
+    (0.0, "0%"),
+    (math.log10(2), "50%"),
+    (1.0, "90%"),
+    (2.0, "99%"),
+    (3.0, "99.9%"),
+    (4.0, "99.99%"),
+    (MAX_TAIL_POSITION, "max"),
+]
 
 
 def percentile_chart(curves: Sequence[tuple[str, list[list[float]]]], title: str) -> str:
     """Latency (ms) against percentile, the tail stretched (HDR style), one line per curve."""
     series = [
         Series(label, [(_percentile_position(p), ms) for p, ms in curve], COLORS[i % len(COLORS)])
-        for i, (label, curve) in enumerate(curves) if curve
+        for i, (label, curve) in enumerate(curves)
+        if curve
     ]
     values = [ms for s in series for _, ms in s.points if ms > 0]
     log_y = bool(values) and max(values) / min(values) > 50  # several decades: show them all
-    return chart(series, title=title, x_label="percentile", y_label="latency (ms, log scale)" if log_y
-                 else "latency (ms)", x_ticks=PERCENTILE_TICKS, log_y=log_y)
+    return chart(
+        series,
+        title=title,
+        x_label="percentile",
+        y_label="latency (ms, log scale)" if log_y else "latency (ms)",
+        x_ticks=PERCENTILE_TICKS,
+        log_y=log_y,
+    )
 
 
 def rate(points: Sequence[dict[str, Any]], key: str, window: float | None = None) -> list[tuple[float, float]]:
@@ -219,15 +263,20 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _reliability(payload: dict[str, Any]) -> tuple[str, bool, list[str]]:
     runs = payload["runs"]
-    names = [f'{r["scenario"]} (p={r["failure_rate"]})' for r in runs]
-    faults = lambda r: " ".join(
-        f"{kind}={sum(d.get(kind, 0) for d in r['faults_injected'].values())}" for kind in FAULT_COLORS
-        if sum(d.get(kind, 0) for d in r["faults_injected"].values())) or "-"
+    names = [f"{r['scenario']} (p={r['failure_rate']})" for r in runs]
+    faults = lambda r: (
+        " ".join(
+            f"{kind}={sum(d.get(kind, 0) for d in r['faults_injected'].values())}"
+            for kind in FAULT_COLORS
+            if sum(d.get(kind, 0) for d in r["faults_injected"].values())
+        )
+        or "-"
+    )
     rows = [
         ("verdict", *[_badge(r["passed"]) for r in runs]),
         ("failure rate", *[r["failure_rate"] for r in runs]),
         ("published", *[r["published"] for r in runs]),
-        ("delivered / expected", *[f'{r["delivered"]:,} / {r["expected_deliveries"]:,}' for r in runs]),
+        ("delivered / expected", *[f"{r['delivered']:,} / {r['expected_deliveries']:,}" for r in runs]),
         ("lost", *[r["lost"] for r in runs]),
         ("duplicated", *[r["duplicated"] for r in runs]),
         ("reordered", *[r["reordered"] for r in runs]),
@@ -238,47 +287,79 @@ def _reliability(payload: dict[str, Any]) -> tuple[str, bool, list[str]]:
         ("publish retries", *[r["publish_retries"] for r in runs]),
         ("faults injected", *[r["faults_total"] for r in runs]),
         ("faults by kind", *[faults(r) for r in runs]),
-        ("latency p50 / p99 / max ms", *[f'{_fmt(r["latency_ms"]["p50"])} / {_fmt(r["latency_ms"]["p99"])} / '
-                                         f'{_fmt(r["latency_ms"]["max"])}' for r in runs]),
+        (
+            "latency p50 / p99 / max ms",
+            *[
+                f"{_fmt(r['latency_ms']['p50'])} / {_fmt(r['latency_ms']['p99'])} / {_fmt(r['latency_ms']['max'])}"
+                for r in runs
+            ],
+        ),
         ("elapsed s", *[r["elapsed_s"] for r in runs]),
         ("timed out", *["yes" if r["timed_out"] else "no" for r in runs]),
     ]
     parts = [_table(["", *names], rows)]
-    parts.append(percentile_chart([(n, r.get("latency_curve", [])) for n, r in zip(names, runs)],
-                                  "Latency distribution, publish to delivery, per scenario"))
-    parts.append(chart(
-        [Series(n, rate(r.get("timeline", []), "delivered"), COLORS[i % len(COLORS)])
-         for i, (n, r) in enumerate(zip(names, runs))],
-        title="Throughput over time: deliveries per second", x_label="seconds since the start",
-        y_label="deliveries/s",
-    ))
+    parts.append(
+        percentile_chart(
+            [(n, r.get("latency_curve", [])) for n, r in zip(names, runs)],
+            "Latency distribution, publish to delivery, per scenario",
+        )
+    )
+    parts.append(
+        chart(
+            [
+                Series(n, rate(r.get("timeline", []), "delivered"), COLORS[i % len(COLORS)])
+                for i, (n, r) in enumerate(zip(names, runs))
+            ],
+            title="Throughput over time: deliveries per second",
+            x_label="seconds since the start",
+            y_label="deliveries/s",
+        )
+    )
     for name, run in zip(names, runs):
         points = run.get("timeline", [])
-        series = [Series(f"{kind} faults", [(p["t"], p["faults"].get(kind, 0)) for p in points], color)
-                  for kind, color in FAULT_COLORS.items() if points and points[-1]["faults"].get(kind)]
+        series = [
+            Series(f"{kind} faults", [(p["t"], p["faults"].get(kind, 0)) for p in points], color)
+            for kind, color in FAULT_COLORS.items()
+            if points and points[-1]["faults"].get(kind)
+        ]
         series.append(Series("reconnects", [(p["t"], p["reconnects"]) for p in points], "#212529", dashed=True))
         series.append(Series("deliveries", [(p["t"], p["delivered"]) for p in points], "#adb5bd", right=True))
-        parts.append(chart(series, title=f"{name}: faults by kind against reconnects and deliveries "
-                                         "(cumulative)",
-                           x_label="seconds since the start", y_label="faults, reconnects",
-                           y2_label="deliveries"))
+        parts.append(
+            chart(
+                series,
+                title=f"{name}: faults by kind against reconnects and deliveries (cumulative)",
+                x_label="seconds since the start",
+                y_label="faults, reconnects",
+                y2_label="deliveries",
+            )
+        )
     examples = [e for r in runs for e in r.get("examples", [])]
     if examples:
-        parts.append("<h2>First failures</h2><ul>" + "".join(f"<li>{html.escape(str(e))}</li>"
-                                                            for e in examples[:20]) + "</ul>")
+        parts.append(
+            "<h2>First failures</h2><ul>" + "".join(f"<li>{html.escape(str(e))}</li>" for e in examples[:20]) + "</ul>"
+        )
     seeds = sorted({str(r["seed"]) for r in runs})
     return "".join(parts), all(r["passed"] for r in runs), [f"seed {', '.join(seeds)}"]
 
 
 def _load_like(records: list[dict[str, Any]], names: list[str]) -> list[str]:
-    parts = [percentile_chart([(n, r.get("latency_curve", [])) for n, r in zip(names, records)],
-                              "Latency distribution, round trip, per run")]
-    parts.append(chart(
-        [Series(n, rate(r.get("timeline", []), "received"), COLORS[i % len(COLORS)])
-         for i, (n, r) in enumerate(zip(names, records))],
-        title="Throughput over time: messages per second", x_label="seconds since the message phase began",
-        y_label="messages/s",
-    ))
+    parts = [
+        percentile_chart(
+            [(n, r.get("latency_curve", [])) for n, r in zip(names, records)],
+            "Latency distribution, round trip, per run",
+        )
+    ]
+    parts.append(
+        chart(
+            [
+                Series(n, rate(r.get("timeline", []), "received"), COLORS[i % len(COLORS)])
+                for i, (n, r) in enumerate(zip(names, records))
+            ],
+            title="Throughput over time: messages per second",
+            x_label="seconds since the message phase began",
+            y_label="messages/s",
+        )
+    )
     return parts
 
 
@@ -289,14 +370,19 @@ def _load_passed(r: dict[str, Any]) -> bool:
 def _load_rows(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return [
         ("verdict", *[_badge(_load_passed(r)) for r in records]),
-        ("mode / encoding", *[f'{r["mode"]} / {r["encoding"]}' for r in records]),
-        ("clients x messages", *[f'{r["clients"]:,} x {r["messages_per_client"]:,}' for r in records]),
+        ("mode / encoding", *[f"{r['mode']} / {r['encoding']}" for r in records]),
+        ("clients x messages", *[f"{r['clients']:,} x {r['messages_per_client']:,}" for r in records]),
         ("throughput msg/s", *[r["throughput_msg_s"] for r in records]),
-        ("latency p50 / p99 / max ms", *[f'{_fmt(r["latency_ms"]["p50"])} / {_fmt(r["latency_ms"]["p99"])} / '
-                                         f'{_fmt(r["latency_ms"]["max"])}' for r in records]),
+        (
+            "latency p50 / p99 / max ms",
+            *[
+                f"{_fmt(r['latency_ms']['p50'])} / {_fmt(r['latency_ms']['p99'])} / {_fmt(r['latency_ms']['max'])}"
+                for r in records
+            ],
+        ),
         ("connect p99 ms", *[r["connect_time_ms"]["p99"] for r in records]),
-        ("error rate", *[f'{r["error_rate"]:.2%}' for r in records]),
-        ("connections ok / failed", *[f'{r["connections_ok"]:,} / {r["connections_failed"]:,}' for r in records]),
+        ("error rate", *[f"{r['error_rate']:.2%}" for r in records]),
+        ("connections ok / failed", *[f"{r['connections_ok']:,} / {r['connections_failed']:,}" for r in records]),
         ("client CPU % of a core", *[r["client_cpu_percent"] for r in records]),
         ("elapsed s", *[r["elapsed_s"] for r in records]),
     ]
@@ -312,7 +398,7 @@ def _load(payload: dict[str, Any]) -> tuple[str, bool, list[str]]:
 def _stress(payload: dict[str, Any]) -> tuple[str, bool, list[str]]:
     records = payload["levels"]
     names = [r["level"] for r in records]
-    rows = _load_rows(records) + [("scale factor", *[f'{r["scale_factor"]:.4g}' for r in records])]
+    rows = _load_rows(records) + [("scale factor", *[f"{r['scale_factor']:.4g}" for r in records])]
     parts = [_table(["", *names], rows), *_load_like(records, names)]
     notes = ["scaled to one machine: scale factor = messages sent / messages in the stress guide"]
     return "".join(parts), all(_load_passed(r) for r in records), notes
@@ -325,21 +411,23 @@ def _connect(payload: dict[str, Any]) -> tuple[str, bool, list[str]]:
     failures = _failures(result, result["connections_requested"])
     rows = [
         ("verdict", _badge(not failures)),
-        ("connections opened", f'{result["connections_opened"]:,} of {result["connections_requested"]:,}'),
+        ("connections opened", f"{result['connections_opened']:,} of {result['connections_requested']:,}"),
         ("establishment rate conn/s", result["establishment_rate_conn_s"]),
-        ("still open at the end", f'{result["held_open_at_end"]:,}'),
+        ("still open at the end", f"{result['held_open_at_end']:,}"),
         ("heartbeat pings received", result["heartbeat_pings_received"]),
     ]
     if "broadcast" in result:
         b = result["broadcast"]
-        got = f'{b.get("connections_got_all_in_order", 0):,} of {b.get("held_connections", 0):,}'
+        got = f"{b.get('connections_got_all_in_order', 0):,} of {b.get('held_connections', 0):,}"
         rows.append(("broadcast: got all in order", got))
     if "churn" in result:
         c = result["churn"]
-        rows.append(("storm: reconnected", f'{c["reconnected"]:,} of {c["dropped"]:,}'))
-    curves = [("connect time", result.get("connect_time_curve", [])),
-              ("broadcast delivery", result.get("broadcast", {}).get("delivery_latency_curve", [])),
-              ("storm reconnect time", result.get("churn", {}).get("reconnect_time_curve", []))]
+        rows.append(("storm: reconnected", f"{c['reconnected']:,} of {c['dropped']:,}"))
+    curves = [
+        ("connect time", result.get("connect_time_curve", [])),
+        ("broadcast delivery", result.get("broadcast", {}).get("delivery_latency_curve", [])),
+        ("storm reconnect time", result.get("churn", {}).get("reconnect_time_curve", [])),
+    ]
     parts = [_table(["", "connect"], rows), percentile_chart(curves, "Time distribution per phase")]
     if failures:
         parts.append("<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in failures) + "</ul>")
@@ -347,7 +435,10 @@ def _connect(payload: dict[str, Any]) -> tuple[str, bool, list[str]]:
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], tuple[str, bool, list[str]]]] = {
-    "reliability": _reliability, "load": _load, "stress": _stress, "connect": _connect,
+    "reliability": _reliability,
+    "load": _load,
+    "stress": _stress,
+    "connect": _connect,
 }
 
 STYLE = """
@@ -378,8 +469,10 @@ def render(payload: dict[str, Any]) -> str:
     body, passed, notes = RENDERERS[command](payload)
     machine = payload.get("machine")
     if machine:
-        notes.append(f'{machine.get("cpu_model", "?")}, {machine.get("logical_cpus", "?")} logical CPUs, '
-                     f'{machine.get("ram_gib", "?")} GiB, {machine.get("os", "")}')
+        notes.append(
+            f"{machine.get('cpu_model', '?')}, {machine.get('logical_cpus', '?')} logical CPUs, "
+            f"{machine.get('ram_gib', '?')} GiB, {machine.get('os', '')}"
+        )
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     meta = " · ".join(html.escape(n) for n in [f"written {when}", *notes])
     title = f"wsnursery {command}"

@@ -77,6 +77,7 @@ def summary(hist: HdrHistogram) -> dict[str, float]:
     """Percentiles in milliseconds."""
     if hist.get_total_count() == 0:
         return {k: 0.0 for k in ("min", "p50", "p95", "p99", "p999", "max", "mean")}
+
     def ms(us: float) -> float:
         return round(us / 1000.0, 3)
 
@@ -188,10 +189,10 @@ class _Client:
         if self.spec.mode == "echo":
             return f"{i}:".encode() + self.pad
         if self.cbor:
-            return self._dumps({"type": "publish", "id": i, "channel": self.channel,
-                                "data": f"{i}:" + self.pad.decode()})
-        return b'{"type":"publish","id":%d,"channel":"%s","data":"%d:%s"}' % (
-            i, self.channel.encode(), i, self.pad)
+            return self._dumps(
+                {"type": "publish", "id": i, "channel": self.channel, "data": f"{i}:" + self.pad.decode()}
+            )
+        return b'{"type":"publish","id":%d,"channel":"%s","data":"%d:%s"}' % (i, self.channel.encode(), i, self.pad)
 
     def send_next(self) -> None:
         i = len(self.sent_at)
@@ -250,8 +251,10 @@ class _Client:
         elapsed = time.perf_counter() - started
         if self.spec.mode == "fanout":
             request = {"type": "subscribe", "id": self.spec.messages + 1, "channel": self.channel}
-            self.ws.send(self._dumps(request) if self.cbor else json.dumps(request).encode(),
-                         rawws.OP_BINARY if self.cbor else rawws.OP_TEXT)
+            self.ws.send(
+                self._dumps(request) if self.cbor else json.dumps(request).encode(),
+                rawws.OP_BINARY if self.cbor else rawws.OP_TEXT,
+            )
             await asyncio.wait_for(self.subscribed, 10.0)
         return elapsed
 
@@ -279,7 +282,7 @@ async def drive(host: str, port: int, path: str, spec: LoadSpec, progress: Progr
         async with gate:
             try:
                 elapsed = await c.open(host, port, path)
-            except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
+            except Exception as exc:
                 connect_errors.append(f"{type(exc).__name__}: {exc}"[:200])
                 if c.ws is not None:
                     c.ws.abort()
@@ -318,19 +321,31 @@ async def drive(host: str, port: int, path: str, spec: LoadSpec, progress: Progr
     received = totals["received"]
     failed = total - received
     return {
-        "mode": spec.mode, "encoding": spec.encoding, "clients": spec.clients,
-        "messages_per_client": spec.messages, "payload_bytes": spec.size, "window": spec.window,
-        "seed": spec.seed, "messages_total": total, "messages_received": received,
-        "errors": failed + totals["error_frames"], "error_frames": totals["error_frames"],
+        "mode": spec.mode,
+        "encoding": spec.encoding,
+        "clients": spec.clients,
+        "messages_per_client": spec.messages,
+        "payload_bytes": spec.size,
+        "window": spec.window,
+        "seed": spec.seed,
+        "messages_total": total,
+        "messages_received": received,
+        "errors": failed + totals["error_frames"],
+        "error_frames": totals["error_frames"],
         "error_rate": round((failed / total) if total else 0.0, 6),
-        "connections_ok": len(live), "connections_failed": len(connect_errors),
-        "connect_errors_sample": connect_errors[:5], "timed_out": timed_out,
+        "connections_ok": len(live),
+        "connections_failed": len(connect_errors),
+        "connect_errors_sample": connect_errors[:5],
+        "timed_out": timed_out,
         "throughput_msg_s": round(received / run_wall, 1) if run_wall > 0 else 0.0,
-        "elapsed_s": round(run_wall, 3), "connect_phase_s": round(connect_wall, 3),
-        "latency_ms": summary(hist), "connect_time_ms": summary(connect_hist),
+        "elapsed_s": round(run_wall, 3),
+        "connect_phase_s": round(connect_wall, 3),
+        "latency_ms": summary(hist),
+        "connect_time_ms": summary(connect_hist),
         "client_cpu_percent": client_cpu,
         "client_bound": client_cpu >= CLIENT_BOTTLENECK_CPU,
-        "latency_curve": curve(hist), "timeline": timeline.points,
+        "latency_curve": curve(hist),
+        "timeline": timeline.points,
     }
 
 
@@ -339,38 +354,59 @@ def machine() -> dict:
 
 
 def machine_line(info: dict) -> str:
-    return (f"machine: {info['cpu_model']}, {info['logical_cpus']} logical CPUs, {info['ram_gib']} GiB, "
-            f"{info['os']}, {info['python']}")
+    return (
+        f"machine: {info['cpu_model']}, {info['logical_cpus']} logical CPUs, {info['ram_gib']} GiB, "
+        f"{info['os']}, {info['python']}"
+    )
 
 
 def bottleneck_note(result: dict) -> str:
     if result["client_bound"]:
-        return (f"note: the client used {result['client_cpu_percent']:.0f}% of a core: it was the bottleneck, "
-                "so the server may be faster than these figures")
+        return (
+            f"note: the client used {result['client_cpu_percent']:.0f}% of a core: it was the bottleneck, "
+            "so the server may be faster than these figures"
+        )
     return f"client CPU {result['client_cpu_percent']:.0f}% of a core: the client was not the bottleneck"
 
 
 # -- the ``load`` command --------------------------------------------------------------------
 
+
 def add_arguments(p: Any, positive_int: Any, positive_float: Any) -> None:
-    p.add_argument("--scenario", choices=list(SCENARIOS),
-                   help="named size: small 10x100, medium 50x200, high 100x500, stress 200x1000 "
-                        "(clients x messages), latency 20x1000 16-byte messages")
+    p.add_argument(
+        "--scenario",
+        choices=list(SCENARIOS),
+        help="named size: small 10x100, medium 50x200, high 100x500, stress 200x1000 "
+        "(clients x messages), latency 20x1000 16-byte messages",
+    )
     p.add_argument("--clients", type=positive_int, help="concurrent WebSocket clients (default 10)")
     p.add_argument("--messages", type=positive_int, help="messages per client (default 100)")
     p.add_argument("--size", type=positive_int, help="payload bytes per message (default 64)")
-    p.add_argument("--mode", choices=["fanout", "echo"], default="fanout",
-                   help="fanout: publish to own channel and time the delivered message (wsnursery); "
-                        "echo: time the echoed message (any echo server) (default fanout)")
+    p.add_argument(
+        "--mode",
+        choices=["fanout", "echo"],
+        default="fanout",
+        help="fanout: publish to own channel and time the delivered message (wsnursery); "
+        "echo: time the echoed message (any echo server) (default fanout)",
+    )
     p.add_argument("--encoding", choices=["json", "cbor"], default="json", help="wire encoding (default json)")
-    p.add_argument("--window", type=positive_int,
-                   help="messages in flight per client (default 16; 1 for --scenario latency, so latency is not "
-                        "queueing)")
-    p.add_argument("--timeout", type=positive_float, default=60.0,
-                   help="seconds the message phase may take; unfinished messages count as errors (default 60)")
+    p.add_argument(
+        "--window",
+        type=positive_int,
+        help="messages in flight per client (default 16; 1 for --scenario latency, so latency is not queueing)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=60.0,
+        help="seconds the message phase may take; unfinished messages count as errors (default 60)",
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of payloads and channel names (default 1)")
-    p.add_argument("--url", help="aim at a running server on loopback (ws://127.0.0.1:PORT/) instead of starting "
-                                 "wsnursery; in echo mode any WebSocket echo server")
+    p.add_argument(
+        "--url",
+        help="aim at a running server on loopback (ws://127.0.0.1:PORT/) instead of starting "
+        "wsnursery; in echo mode any WebSocket echo server",
+    )
     p.add_argument("--output", metavar="FILE", help="write the report as JSON (as CSV when FILE ends in .csv)")
     p.add_argument("--csv", metavar="FILE", help="also write one CSV row of the figures")
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -379,14 +415,20 @@ def add_arguments(p: Any, positive_int: Any, positive_float: Any) -> None:
 def spec_from_args(args: Any) -> LoadSpec:
     clients, messages, size = SCENARIOS.get(args.scenario or "", (10, 100, 64))
     return LoadSpec(
-        clients=args.clients or clients, messages=args.messages or messages, size=args.size or size,
-        mode=args.mode, encoding=args.encoding,
-        window=args.window or (1 if args.scenario == "latency" else 16), timeout=args.timeout, seed=args.seed,
+        clients=args.clients or clients,
+        messages=args.messages or messages,
+        size=args.size or size,
+        mode=args.mode,
+        encoding=args.encoding,
+        window=args.window or (1 if args.scenario == "latency" else 16),
+        timeout=args.timeout,
+        seed=args.seed,
     )
 
 
-def run_with_server(spec: LoadSpec, url: str | None, label: str, quiet: bool, server_extra: list[str] | None = None
-                    ) -> dict:
+def run_with_server(
+    spec: LoadSpec, url: str | None, label: str, quiet: bool, server_extra: list[str] | None = None
+) -> dict:
     progress = None if quiet else Progress(label)
     if url:
         host, port, path = parse_url(url)
@@ -400,29 +442,37 @@ def run_with_server(spec: LoadSpec, url: str | None, label: str, quiet: bool, se
         wall = time.monotonic() - started
         result["server_cpu_percent"] = round(100.0 * (server.cpu_seconds() - before) / wall, 1) if wall > 0 else None
         rss = server.sample()
-        result.update(target=f"ws://127.0.0.1:{server.port}{path} (started by the harness)",
-                      server_rss_mb=round(rss / 2**20, 1), server_peak_rss_mb=round(server.peak_rss / 2**20, 1))
+        result.update(
+            target=f"ws://127.0.0.1:{server.port}{path} (started by the harness)",
+            server_rss_mb=round(rss / 2**20, 1),
+            server_peak_rss_mb=round(server.peak_rss / 2**20, 1),
+        )
     return result
 
 
 def rows(result: dict) -> list[tuple]:
     lat, con = result["latency_ms"], result["connect_time_ms"]
-    rss = "n/a (external server)" if result.get("server_rss_mb") is None else \
-        f"{result['server_rss_mb']} MB (peak {result['server_peak_rss_mb']} MB)"
+    rss = (
+        "n/a (external server)"
+        if result.get("server_rss_mb") is None
+        else f"{result['server_rss_mb']} MB (peak {result['server_peak_rss_mb']} MB)"
+    )
     return [
         ("mode / encoding", f"{result['mode']} / {result['encoding']}"),
         ("clients x messages", f"{result['clients']} x {result['messages_per_client']} ({result['payload_bytes']} B)"),
         ("throughput msg/s", result["throughput_msg_s"]),
-        ("latency p50 ms", lat["p50"]), ("latency p95 ms", lat["p95"]), ("latency p99 ms", lat["p99"]),
-        ("latency p99.9 ms", lat["p999"]), ("latency max ms", lat["max"]),
+        ("latency p50 ms", lat["p50"]),
+        ("latency p95 ms", lat["p95"]),
+        ("latency p99 ms", lat["p99"]),
+        ("latency p99.9 ms", lat["p999"]),
+        ("latency max ms", lat["max"]),
         ("connect p50 / p99 ms", f"{con['p50']} / {con['p99']}"),
         ("connections ok / failed", f"{result['connections_ok']} / {result['connections_failed']}"),
         ("messages received", f"{result['messages_received']:,} of {result['messages_total']:,}"),
         ("error rate", f"{result['error_rate']:.2%}"),
         ("elapsed s", result["elapsed_s"]),
         ("server RSS", rss),
-        ("server CPU % of a core", "n/a" if result.get("server_cpu_percent") is None
-         else result["server_cpu_percent"]),
+        ("server CPU % of a core", "n/a" if result.get("server_cpu_percent") is None else result["server_cpu_percent"]),
         ("client CPU % of a core", result["client_cpu_percent"]),
     ]
 

@@ -9,8 +9,18 @@ from importlib import metadata
 
 import psutil
 
-LIBS = ("wsnursery", "trio", "trio-websocket", "wsproto", "websockets", "cbor2", "hdrhistogram", "psutil",
-        "anyio", "attrs")
+LIBS = (
+    "wsnursery",
+    "trio",
+    "trio-websocket",
+    "wsproto",
+    "websockets",
+    "cbor2",
+    "hdrhistogram",
+    "psutil",
+    "anyio",
+    "attrs",
+)
 
 
 def cpu_model() -> str:

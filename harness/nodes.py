@@ -87,8 +87,18 @@ class Nodes:
         return sum(node.kills for node in self.nodes)
 
     def command(self, node: Node) -> list[str]:
-        flags = [self.python, "-m", "wsnursery", "serve", "--host", "127.0.0.1", "--port", str(node.port),
-                 "--engine", self.engine]
+        flags = [
+            self.python,
+            "-m",
+            "wsnursery",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(node.port),
+            "--engine",
+            self.engine,
+        ]
         for name, value in self.settings.items():
             flags += ["--" + name.replace("_", "-"), str(value)]
         return flags

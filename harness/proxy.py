@@ -51,9 +51,7 @@ class FaultEvent:
 def _abort(stream: trio.SocketStream) -> None:
     """Close with RST: SO_LINGER on with a zero timeout, then close."""
     try:
-        stream.socket.setsockopt(
-            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-        )
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     except OSError:
         pass
     stream.socket.close()
@@ -147,15 +145,11 @@ class FaultProxy:
     connections_handled: int = attrs.field(default=0, init=False)
     active_connections: int = attrs.field(default=0, init=False)
     port: int | None = attrs.field(default=None, init=False)
-    _connection_ended: trio.lowlevel.ParkingLot = attrs.field(
-        factory=trio.lowlevel.ParkingLot, init=False
-    )
+    _connection_ended: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen, report the bound port via ``task_status``, serve forever."""
-        listener, *extra = await trio.open_tcp_listeners(
-            self.listen_port, host=self.listen_host
-        )
+        listener, *extra = await trio.open_tcp_listeners(self.listen_port, host=self.listen_host)
         for unused in extra:
             await unused.aclose()
         async with listener, trio.open_nursery() as nursery:
@@ -211,9 +205,7 @@ class FaultProxy:
     async def _connect_upstream(self) -> trio.SocketStream | None:
         with trio.move_on_after(self.upstream_connect_timeout):
             try:
-                return await trio.open_tcp_stream(
-                    self.upstream_host, self.upstream_port
-                )
+                return await trio.open_tcp_stream(self.upstream_host, self.upstream_port)
             except OSError:
                 pass
         return None

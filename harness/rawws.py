@@ -78,8 +78,16 @@ class RawWS(asyncio.BufferedProtocol):
     """One client connection. `on_message(payload: bytes, opcode: int)` gets each message;
     without it, each message resolves `self.waiter` (request/response use)."""
 
-    def __init__(self, host: str, port: int, path: str = "/", on_message=None, subprotocol: str | None = None,
-                 compression: bool = False, inflate: bool = True):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        path: str = "/",
+        on_message=None,
+        subprotocol: str | None = None,
+        compression: bool = False,
+        inflate: bool = True,
+    ):
         loop = asyncio.get_running_loop()
         self.host, self.port, self.path = host, port, path
         self.on_message = on_message or self._resolve_waiter
@@ -109,9 +117,14 @@ class RawWS(asyncio.BufferedProtocol):
     def connection_made(self, transport):
         self.transport = transport
         req = (
-            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-        ).encode() + b"Sec-WebSocket-Key: " + self._key + b"\r\n"
+            (
+                f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            ).encode()
+            + b"Sec-WebSocket-Key: "
+            + self._key
+            + b"\r\n"
+        )
         if self.subprotocol:
             req += f"Sec-WebSocket-Protocol: {self.subprotocol}\r\n".encode()
         if self.offer_compression:
@@ -148,7 +161,7 @@ class RawWS(asyncio.BufferedProtocol):
             self._handshake(data[:end])
             if not self.is_open:
                 return
-            data = data[end + 4:]
+            data = data[end + 4 :]
         n = len(data)
         pos = 0
         on_message = self.on_message
@@ -167,7 +180,7 @@ class RawWS(asyncio.BufferedProtocol):
             elif ln == 127:
                 if n - pos < 10:
                     break
-                ln = int.from_bytes(data[hdr:hdr + 8], "big")
+                ln = int.from_bytes(data[hdr : hdr + 8], "big")
                 hdr += 8
             end = hdr + ln
             if end > n:
@@ -175,7 +188,7 @@ class RawWS(asyncio.BufferedProtocol):
             payload = data[hdr:end]
             pos = end
             op = b0 & 0x0F
-            if op == OP_TEXT or op == OP_BINARY:
+            if op in (OP_TEXT, OP_BINARY):
                 if b0 & 0x80:
                     on_message(self._inflate(payload) if b0 & 0x40 and self.inflate else payload, op)
                 else:
@@ -268,7 +281,7 @@ class RawWS(asyncio.BufferedProtocol):
             async with asyncio.timeout(timeout):
                 try:
                     await self.close_received
-                except Exception:  # noqa: BLE001, S110 - lost without a close frame: wait for the socket below
+                except Exception:
                     pass
                 await self.lost  # the server closes TCP first (RFC 6455 7.1.1)
         except TimeoutError:
@@ -282,8 +295,16 @@ class RawWS(asyncio.BufferedProtocol):
             self.transport.abort()
 
 
-async def connect(host: str, port: int, path: str = "/", on_message=None, subprotocol: str | None = None,
-                  timeout: float = 10.0, compression: bool = False, inflate: bool = True) -> RawWS:
+async def connect(
+    host: str,
+    port: int,
+    path: str = "/",
+    on_message=None,
+    subprotocol: str | None = None,
+    timeout: float = 10.0,
+    compression: bool = False,
+    inflate: bool = True,
+) -> RawWS:
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
         _, proto = await loop.create_connection(

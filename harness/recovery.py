@@ -91,8 +91,11 @@ def recovery_by_kind(traces: Sequence[ClientTrace]) -> dict[str, dict[str, Any]]
                 unhealed[event.kind] += 1
     kinds = sorted(set(waits) | set(unhealed))
     return {
-        kind: {"faults": len(waits[kind]) + unhealed[kind], **_summary_ms(waits[kind]),
-               "no_later_progress": unhealed[kind]}
+        kind: {
+            "faults": len(waits[kind]) + unhealed[kind],
+            **_summary_ms(waits[kind]),
+            "no_later_progress": unhealed[kind],
+        }
         for kind in kinds
     }
 
@@ -127,8 +130,14 @@ def tail_causes(traces: Sequence[ClientTrace], publishers: Mapping[int, ClientTr
     subscribers = [trace for trace in traces if trace.subscriber]
     latencies = [done - sent for trace in subscribers for done, sent in zip(trace.progress, trace.published_at)]
     if not latencies:
-        return {"threshold_ms": 0.0, "deliveries": 0, "publisher_part_ms": 0.0, "subscriber_part_ms": 0.0,
-                "reconnects_on_the_way": 0, "causes": {}}
+        return {
+            "threshold_ms": 0.0,
+            "deliveries": 0,
+            "publisher_part_ms": 0.0,
+            "subscriber_part_ms": 0.0,
+            "reconnects_on_the_way": 0,
+            "causes": {},
+        }
     threshold = percentile(latencies, 99)
     times = {id(t): [e.at for e in t.events] for t in [*traces, *publishers.values()]}
     causes: collections.Counter[str] = collections.Counter()

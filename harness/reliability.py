@@ -144,7 +144,9 @@ class Options:
             if getattr(self, name) < 1:
                 raise OptionError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.clients + self.publishers > MAX_CLIENTS:
-            raise OptionError(f"clients plus publishers must be at most {MAX_CLIENTS}, not {self.clients + self.publishers}")
+            raise OptionError(
+                f"clients plus publishers must be at most {MAX_CLIENTS}, not {self.clients + self.publishers}"
+            )
         if self.publish_window is not None and not 1 <= self.publish_window <= MAX_PUBLISH_WINDOW:
             raise OptionError(f"publish window must be between 1 and {MAX_PUBLISH_WINDOW}, not {self.publish_window}")
         if self.channels > MAX_CHANNELS:
@@ -159,17 +161,27 @@ class Options:
         if not self.faults or set(self.faults) - known:
             raise OptionError(f"faults must be some of {', '.join(sorted(known))}, not {self.faults}")
         streams.check(
-            messages=None if self.soak else self.messages, publishers=self.publishers,
-            channels=self.channels, max_payload=self.max_payload,
+            messages=None if self.soak else self.messages,
+            publishers=self.publishers,
+            channels=self.channels,
+            max_payload=self.max_payload,
         )
 
     def case(self) -> dict[str, Any]:
         """The settings that make this run (what a replay file holds)."""
         return {
-            "failure_rate": self.failure_rate, "clients": self.clients, "publishers": self.publishers,
-            "channels": self.channels, "messages": self.messages, "duration": self.duration,
-            "soak": self.soak, "max_payload": self.max_payload, "encoding": self.encoding,
-            "seed": self.seed, "faults": list(self.faults), "publish_window": self.publish_window,
+            "failure_rate": self.failure_rate,
+            "clients": self.clients,
+            "publishers": self.publishers,
+            "channels": self.channels,
+            "messages": self.messages,
+            "duration": self.duration,
+            "soak": self.soak,
+            "max_payload": self.max_payload,
+            "encoding": self.encoding,
+            "seed": self.seed,
+            "faults": list(self.faults),
+            "publish_window": self.publish_window,
         }
 
 
@@ -212,8 +224,13 @@ class Result:
     def failure_kinds(self) -> frozenset[str]:
         """What went wrong in delivery: lost, duplicated, reordered, corrupted, unconfirmed."""
         v = self.verdict
-        counts = {"lost": v.lost, "duplicated": v.duplicated, "reordered": v.reordered,
-                  "corrupted": v.corrupted, "unconfirmed": v.unconfirmed}
+        counts = {
+            "lost": v.lost,
+            "duplicated": v.duplicated,
+            "reordered": v.reordered,
+            "corrupted": v.corrupted,
+            "unconfirmed": v.unconfirmed,
+        }
         return frozenset(kind for kind, count in counts.items() if count)
 
     def as_dict(self) -> dict[str, Any]:
@@ -267,13 +284,19 @@ async def run(options: Options, scenario: str = "custom") -> Result:
         server = cluster = None
         if options.url is None and (options.nodes > 1 or options.engine != "memory"):
             cluster, front = await nodes.start_cluster(
-                nursery, nodes.with_prefix(options.engine, prefix), options.nodes,
-                {**SERVER_SETTINGS, "compression": options.compression}, seed=options.seed, kill=options.kill_node,
+                nursery,
+                nodes.with_prefix(options.engine, prefix),
+                options.nodes,
+                {**SERVER_SETTINGS, "compression": options.compression},
+                seed=options.seed,
+                kill=options.kill_node,
             )
             upstream = ("127.0.0.1", front)
         elif options.url is None:
             server = Server(
-                Config(host="127.0.0.1", port=0, log_level="warning", compression=options.compression, **SERVER_SETTINGS)
+                Config(
+                    host="127.0.0.1", port=0, log_level="warning", compression=options.compression, **SERVER_SETTINGS
+                )
             )
             ports = await nursery.start(server.run)
             upstream = ("127.0.0.1", ports[0])
@@ -352,8 +375,10 @@ class _Run:
         """Messages the slowest subscriber is behind on its most lagging channel."""
         names = self.subscriber_names
         return max(
-            (self.heads.get(channel, 0) - min(self.reached.get((name, channel), 0) for name in names)
-             for channel in self.channels),
+            (
+                self.heads.get(channel, 0) - min(self.reached.get((name, channel), 0) for name in names)
+                for channel in self.channels
+            ),
             default=0,
         )
 
@@ -365,11 +390,15 @@ class _Run:
         traces, publishers = [], {}
         for name, proxy in self.proxies.items():
             trace = recovery.ClientTrace(
-                name, name.startswith("sub"),
+                name,
+                name.startswith("sub"),
                 events=[recovery.Event(e.at, e.connection, str(e.kind)) for e in proxy.events],
-                opened=list(proxy.opened), progress=list(self.progress[name]),
-                published_at=list(self.sent_at[name]), publisher=list(self.sent_by[name]),
-                number=list(self.numbers[name]), confirmed=self.confirmed_at[name],
+                opened=list(proxy.opened),
+                progress=list(self.progress[name]),
+                published_at=list(self.sent_at[name]),
+                publisher=list(self.sent_by[name]),
+                number=list(self.numbers[name]),
+                confirmed=self.confirmed_at[name],
             )
             traces.append(trace)
             if not trace.subscriber:
@@ -478,7 +507,11 @@ def _connect(state: _Run, name: str) -> Any:
     url = f"ws://127.0.0.1:{state.proxies[name].port}/"
     if options.client_factory is None:
         return sdk.connect(
-            url, encoding=options.encoding, seed=options.seed, compression=options.compression == "on", **CLIENT_SETTINGS
+            url,
+            encoding=options.encoding,
+            seed=options.seed,
+            compression=options.compression == "on",
+            **CLIENT_SETTINGS,
         )
     return factory(url, encoding=options.encoding, seed=options.seed, **CLIENT_SETTINGS)
 

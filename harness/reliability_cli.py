@@ -27,8 +27,21 @@ DEFAULT_MESSAGES = 300
 # (throughput is a rate; a long run need not be paid for twice).
 BASELINE_MAX_MESSAGES = 20_000
 BASELINE_MAX_SECONDS = 60.0
-_CASE_FLAGS = ("scenario", "failure_rate", "faults", "clients", "publishers", "channels", "messages",
-               "duration", "max_payload", "encoding", "seed", "url", "publish_window")
+_CASE_FLAGS = (
+    "scenario",
+    "failure_rate",
+    "faults",
+    "clients",
+    "publishers",
+    "channels",
+    "messages",
+    "duration",
+    "max_payload",
+    "encoding",
+    "seed",
+    "url",
+    "publish_window",
+)
 
 
 def _rate(text: str) -> float:
@@ -66,48 +79,117 @@ def _faults(text: str) -> tuple[str, ...]:
 def add_arguments(rel: argparse.ArgumentParser) -> None:
     defaults = Options()
     add = rel.add_argument
-    add("--scenario", choices=[*reliability.SCENARIOS, "all"],
-        help="named failure rate: normal 0, low 0.05, high 0.15, extreme 0.25; all = the four side by side")
-    add("--failure-rate", type=_rate, default=None,
-        help=f"probability that a fault fires on each data frame (default {defaults.failure_rate})")
-    add("--faults", type=_faults, default=defaults.faults,
-        help="comma list of fault kinds: reset, drop, duplicate, delay, stall, slice (default: all)")
-    add("--clients", type=_positive(int), default=defaults.clients, help=f"subscribing clients (default {defaults.clients})")
-    add("--publishers", type=_positive(int), default=defaults.publishers, help=f"publishing clients (default {defaults.publishers})")
+    add(
+        "--scenario",
+        choices=[*reliability.SCENARIOS, "all"],
+        help="named failure rate: normal 0, low 0.05, high 0.15, extreme 0.25; all = the four side by side",
+    )
+    add(
+        "--failure-rate",
+        type=_rate,
+        default=None,
+        help=f"probability that a fault fires on each data frame (default {defaults.failure_rate})",
+    )
+    add(
+        "--faults",
+        type=_faults,
+        default=defaults.faults,
+        help="comma list of fault kinds: reset, drop, duplicate, delay, stall, slice (default: all)",
+    )
+    add(
+        "--clients",
+        type=_positive(int),
+        default=defaults.clients,
+        help=f"subscribing clients (default {defaults.clients})",
+    )
+    add(
+        "--publishers",
+        type=_positive(int),
+        default=defaults.publishers,
+        help=f"publishing clients (default {defaults.publishers})",
+    )
     add("--channels", type=_positive(int), default=defaults.channels, help=f"channels (default {defaults.channels})")
-    add("--messages", type=_positive(int), default=None,
-        help=f"messages published in all (default {DEFAULT_MESSAGES}; with --duration alone the run is a soak)")
-    add("--duration", type=_positive(float), default=None,
+    add(
+        "--messages",
+        type=_positive(int),
+        default=None,
+        help=f"messages published in all (default {DEFAULT_MESSAGES}; with --duration alone the run is a soak)",
+    )
+    add(
+        "--duration",
+        type=_positive(float),
+        default=None,
         help="alone: a soak, publishing continuously for this many seconds, then delivery has "
         f"{reliability.DRAIN_LIMIT:g} s to finish; with --messages: the seconds the run may take before it "
-        "is stopped and judged (default 120 plus 10 ms a message)")
-    add("--max-payload", type=_positive(int), default=defaults.max_payload,
+        "is stopped and judged (default 120 plus 10 ms a message)",
+    )
+    add(
+        "--max-payload",
+        type=_positive(int),
+        default=defaults.max_payload,
         help=f"largest value in the stream, CBOR bytes ({streams.MIN_PAYLOAD} to {streams.MAX_PAYLOAD_LIMIT}; "
-        f"default {defaults.max_payload}); sizes are log-uniform up to it, see harness/streams.py")
-    add("--publish-window", type=_positive(int), default=None,
+        f"default {defaults.max_payload}); sizes are log-uniform up to it, see harness/streams.py",
+    )
+    add(
+        "--publish-window",
+        type=_positive(int),
+        default=None,
         help=f"publishes each publisher keeps unconfirmed at once (default {reliability.PUBLISH_WINDOW} at failure "
-        f"rates up to {reliability.WINDOW_MAX_RATE}, else 1: at high rates a window only lengthens what is resent)")
-    add("--encoding", choices=["json", "cbor"], default=defaults.encoding, help=f"wire encoding (default {defaults.encoding})")
-    add("--seed", type=int, default=defaults.seed, help="seed of the stream and the fault schedules: the same seed replays the run")
+        f"rates up to {reliability.WINDOW_MAX_RATE}, else 1: at high rates a window only lengthens what is resent)",
+    )
+    add(
+        "--encoding",
+        choices=["json", "cbor"],
+        default=defaults.encoding,
+        help=f"wire encoding (default {defaults.encoding})",
+    )
+    add(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="seed of the stream and the fault schedules: the same seed replays the run",
+    )
     add("--url", help="target a running wsnursery server (ws://127.0.0.1:PORT/) instead of starting one")
-    add("--baseline", action=argparse.BooleanOptionalAction, default=True,
+    add(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="also run the same stream without faults, for throughput side by side (default: on; "
-        f"at most the first {BASELINE_MAX_MESSAGES:,} messages, or {BASELINE_MAX_SECONDS:g} s of a soak)")
-    add("--shrink", action=argparse.BooleanOptionalAction, default=True,
-        help="when delivery fails, re-run smaller cases and write the smallest failing one (default: on)")
-    add("--shrink-runs", type=_positive(int), default=24,
-        help="re-runs the shrinking may spend; a smaller case is kept only if it fails twice (default 24)")
-    add("--replay-file", metavar="FILE.json", help="where to write the smallest failing case "
-        "(default reliability-failure-seed<SEED>.json)")
+        f"at most the first {BASELINE_MAX_MESSAGES:,} messages, or {BASELINE_MAX_SECONDS:g} s of a soak)",
+    )
+    add(
+        "--shrink",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="when delivery fails, re-run smaller cases and write the smallest failing one (default: on)",
+    )
+    add(
+        "--shrink-runs",
+        type=_positive(int),
+        default=24,
+        help="re-runs the shrinking may spend; a smaller case is kept only if it fails twice (default 24)",
+    )
+    add(
+        "--replay-file",
+        metavar="FILE.json",
+        help="where to write the smallest failing case (default reliability-failure-seed<SEED>.json)",
+    )
     add("--replay", metavar="FILE.json", help="run exactly the case of a replay file (no other run options)")
-    add("--engine", default="memory",
-        help="the server's engine; redis://HOST:PORT/DB runs it as --nodes processes on that Redis (default memory)")
+    add(
+        "--engine",
+        default="memory",
+        help="the server's engine; redis://HOST:PORT/DB runs it as --nodes processes on that Redis (default memory)",
+    )
     add("--nodes", type=_positive(int), default=1, help="server processes on the engine (needs redis://; default 1)")
     add("--kill-node", action="store_true", help="SIGKILL and restart one node at a time during the run")
     add("--output", metavar="FILE.json", help="write the report as JSON")
     add("--quiet", action="store_true", help="no progress line")
-    add("--compression", choices=["on", "off"], default=defaults.compression,
-        help="permessage-deflate between the clients and the server (default on; a replay runs with on)")
+    add(
+        "--compression",
+        choices=["on", "off"],
+        default=defaults.compression,
+        help="permessage-deflate between the clients and the server (default on; a replay runs with on)",
+    )
 
 
 def command(args: argparse.Namespace) -> int:
@@ -147,11 +229,23 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, Options]]:
         rates = [("custom", Options().failure_rate if args.failure_rate is None else args.failure_rate)]
     soak = args.duration is not None and args.messages is None
     base = Options(
-        clients=args.clients, publishers=args.publishers, channels=args.channels,
-        messages=DEFAULT_MESSAGES if args.messages is None else args.messages, duration=args.duration,
-        soak=soak, max_payload=args.max_payload, encoding=args.encoding, seed=args.seed, url=args.url,
-        faults=args.faults, quiet=args.quiet, publish_window=args.publish_window, compression=args.compression,
-        engine=args.engine, nodes=args.nodes, kill_node=args.kill_node,
+        clients=args.clients,
+        publishers=args.publishers,
+        channels=args.channels,
+        messages=DEFAULT_MESSAGES if args.messages is None else args.messages,
+        duration=args.duration,
+        soak=soak,
+        max_payload=args.max_payload,
+        encoding=args.encoding,
+        seed=args.seed,
+        url=args.url,
+        faults=args.faults,
+        quiet=args.quiet,
+        publish_window=args.publish_window,
+        compression=args.compression,
+        engine=args.engine,
+        nodes=args.nodes,
+        kill_node=args.kill_node,
     )
     runs = [(name, attrs.evolve(base, failure_rate=rate)) for name, rate in rates]
     if args.baseline and all(options.failure_rate > 0 for _, options in runs):
@@ -167,15 +261,23 @@ def _baseline(faulted: Options) -> tuple[str, Options]:
     if faulted.soak and (faulted.duration or 0) > BASELINE_MAX_SECONDS:
         return f"no faults (first {BASELINE_MAX_SECONDS:g} s)", attrs.evolve(clean, duration=BASELINE_MAX_SECONDS)
     if not faulted.soak and faulted.messages > BASELINE_MAX_MESSAGES:
-        return (f"no faults (first {BASELINE_MAX_MESSAGES:,})",
-                attrs.evolve(clean, messages=BASELINE_MAX_MESSAGES, duration=None))
+        return (
+            f"no faults (first {BASELINE_MAX_MESSAGES:,})",
+            attrs.evolve(clean, messages=BASELINE_MAX_MESSAGES, duration=None),
+        )
     return "no faults", clean
 
 
 def _default(flag: str) -> Any:
-    return {"faults": Options().faults, "clients": Options().clients, "publishers": Options().publishers,
-            "channels": Options().channels, "max_payload": Options().max_payload, "encoding": "cbor",
-            "seed": Options().seed}.get(flag)
+    return {
+        "faults": Options().faults,
+        "clients": Options().clients,
+        "publishers": Options().publishers,
+        "channels": Options().channels,
+        "max_payload": Options().max_payload,
+        "encoding": "cbor",
+        "seed": Options().seed,
+    }.get(flag)
 
 
 async def _command(args: argparse.Namespace) -> int:
@@ -200,8 +302,11 @@ async def _explain(args: argparse.Namespace, result: Result) -> None:
     why = "no fault fired" if result.verdict.clean and not result.timed_out else "delivery failed"
     if result.timed_out:
         why = "not finished in time"
-    print(f"FAILED {result.scenario} (p={result.failure_rate}): {why}; replay with --seed {result.seed}"
-          f" --failure-rate {result.failure_rate}", file=sys.stderr)
+    print(
+        f"FAILED {result.scenario} (p={result.failure_rate}): {why}; replay with --seed {result.seed}"
+        f" --failure-rate {result.failure_rate}",
+        file=sys.stderr,
+    )
     for example in result.verdict.examples:
         print(f"  {example}", file=sys.stderr)
     if args.replay or not args.shrink or not result.failure_kinds or result.options is None:
@@ -210,8 +315,11 @@ async def _explain(args: argparse.Namespace, result: Result) -> None:
     shrunk = await shrink.shrink(result.options, result, max_runs=args.shrink_runs)
     path = args.replay_file or f"reliability-failure-seed{result.seed}.json"
     shrink.write_replay(path, shrunk, result.options)
-    print(f"smallest failing case ({shrunk.runs} re-runs): {shrink.describe(shrunk.options)}; "
-          f"{', '.join(sorted(shrunk.result.failure_kinds))}", file=sys.stderr)
+    print(
+        f"smallest failing case ({shrunk.runs} re-runs): {shrink.describe(shrunk.options)}; "
+        f"{', '.join(sorted(shrunk.result.failure_kinds))}",
+        file=sys.stderr,
+    )
     print(f"replay it: python -m harness reliability --replay {path}", file=sys.stderr)
 
 
@@ -237,7 +345,10 @@ def render(results: list[Result]) -> str:
         ("reconnects", *[d["reconnects"] for d in data]),
         ("heartbeat timeouts", *[d["heartbeat_timeouts"] for d in data]),
         ("replays requested", *[d["replays"] for d in data]),
-        ("server retransmits", *[d["server_retransmits"] if d["server_retransmits"] is not None else "n/a" for d in data]),
+        (
+            "server retransmits",
+            *[d["server_retransmits"] if d["server_retransmits"] is not None else "n/a" for d in data],
+        ),
         ("repeats dropped by clients", *[d["retransmits_dropped_by_clients"] for d in data]),
         ("publish retries", *[d["publish_retries"] for d in data]),
         ("faults injected", *[d["faults_total"] for d in data]),
@@ -267,8 +378,10 @@ def render_recovery(result: Result) -> str:
     ]
     lines = [
         "",
-        (f"recovery ({result.scenario}, p={result.failure_rate}): time from a fault to the next delivery "
-         "(subscriber) or confirmation (publisher) on the client it hit"),
+        (
+            f"recovery ({result.scenario}, p={result.failure_rate}): time from a fault to the next delivery "
+            "(subscriber) or confirmation (publisher) on the client it hit"
+        ),
         table(["fault", "count", "p50 ms", "p99 ms", "max ms", "no later progress"], rows),
     ]
     causes = figures["reconnects_by_cause"]

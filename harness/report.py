@@ -42,11 +42,13 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A plain-text table with right-aligned figures."""
     rows = [[_cell(value) for value in row] for row in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
+
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
             cell.ljust(width) if index == 0 else cell.rjust(width)
             for index, (cell, width) in enumerate(zip(cells, widths))
         )
+
     out = [line([str(h) for h in headers]), line(["-" * w for w in widths])]
     out.extend(line(row) for row in rows)
     return "\n".join(out)

@@ -37,7 +37,7 @@ def _child_setup() -> None:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001, S110 - not Linux: stop() still ends the server
+    except Exception:
         pass
 
 
@@ -69,8 +69,13 @@ class ServerProcess:
     TAIL_LINES = 40
     TAIL_BYTES = 16_384
 
-    def __init__(self, name: str, argv: list[str] | None = None, start_timeout: float = 20.0,
-                 cwd: str | os.PathLike[str] | None = None):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str] | None = None,
+        start_timeout: float = 20.0,
+        cwd: str | os.PathLike[str] | None = None,
+    ):
         if argv is None and name != "wsnursery":
             raise ValueError(f"no command known for server {name!r}: give its argv")
         self.name = name
@@ -97,7 +102,7 @@ class ServerProcess:
         lines = data.decode("utf-8", "replace").splitlines()
         if start:
             lines = lines[1:]  # the first line is cut
-        return lines[-self.TAIL_LINES:]
+        return lines[-self.TAIL_LINES :]
 
     def _find_port(self, seen: int) -> int:
         """Look for the port in output written since offset `seen`; return the new offset."""
@@ -119,9 +124,15 @@ class ServerProcess:
         # held open for the server's life, closed (and so removed) by stop()
         self._output = tempfile.TemporaryFile(prefix=f"{self.name}-", suffix=".log")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=self._output,
+            self.argv,
+            cwd=self.cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._output,
             # preexec_fn is safe here: callers start a server before any thread of their own
-            stderr=self._output, preexec_fn=_child_setup, start_new_session=True,  # noqa: PLW1509
+            stderr=self._output,
+            preexec_fn=_child_setup,
+            start_new_session=True,
         )
         deadline = time.monotonic() + self.start_timeout
         seen = 0
@@ -130,8 +141,11 @@ class ServerProcess:
             if self.port is not None:
                 return self
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                why = (f"exited with {self.proc.returncode}" if self.proc.poll() is not None
-                       else f"printed no READY/listening line within {self.start_timeout:.0f}s")
+                why = (
+                    f"exited with {self.proc.returncode}"
+                    if self.proc.poll() is not None
+                    else f"printed no READY/listening line within {self.start_timeout:.0f}s"
+                )
                 tail = self.tail
                 self.stop()
                 raise ServerError(f"{self.name} {why}; last output:\n  " + "\n  ".join(tail[-12:]))

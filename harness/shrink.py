@@ -39,9 +39,18 @@ from harness.reliability import Options, Result
 REPLAY_FORMAT = "wsnursery-reliability-replay/1"
 MAX_REPLAY_BYTES = 1024 * 1024
 _CASE_TYPES: dict[str, Any] = {
-    "failure_rate": (int, float), "clients": int, "publishers": int, "channels": int, "messages": int,
-    "duration": (int, float, type(None)), "soak": bool, "max_payload": int, "encoding": str, "seed": int,
-    "faults": list, "publish_window": (int, type(None)),
+    "failure_rate": (int, float),
+    "clients": int,
+    "publishers": int,
+    "channels": int,
+    "messages": int,
+    "duration": (int, float, type(None)),
+    "soak": bool,
+    "max_payload": int,
+    "encoding": str,
+    "seed": int,
+    "faults": list,
+    "publish_window": (int, type(None)),
 }
 
 Runner = Callable[[Options], Awaitable[Result]]
@@ -133,9 +142,11 @@ def describe(options: Options) -> str:
     def count(n: int, noun: str) -> str:
         return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
-    return (f"{count(options.messages, 'message')}, {count(options.clients, 'subscriber')}, "
-            f"{count(options.publishers, 'publisher')}, {count(options.channels, 'channel')}, "
-            f"faults {','.join(options.faults)}")
+    return (
+        f"{count(options.messages, 'message')}, {count(options.clients, 'subscriber')}, "
+        f"{count(options.publishers, 'publisher')}, {count(options.channels, 'channel')}, "
+        f"faults {','.join(options.faults)}"
+    )
 
 
 def write_replay(path: str, shrunk: Shrunk, original: Options) -> None:
@@ -169,10 +180,10 @@ def read_replay(path: str) -> Options:
     except (ValueError, UnicodeDecodeError) as exc:
         raise ReplayError(f"replay file {path} is not JSON: {exc}") from None
     if not isinstance(document, dict) or document.get("format") != REPLAY_FORMAT:
-        raise ReplayError(f"{path} is not a replay file (no \"format\": \"{REPLAY_FORMAT}\")")
+        raise ReplayError(f'{path} is not a replay file (no "format": "{REPLAY_FORMAT}")')
     case = document.get("case")
     if not isinstance(case, dict) or set(case) != set(_CASE_TYPES):
-        raise ReplayError(f"replay file {path}: \"case\" must have exactly {', '.join(sorted(_CASE_TYPES))}")
+        raise ReplayError(f'replay file {path}: "case" must have exactly {", ".join(sorted(_CASE_TYPES))}')
     for key, kind in _CASE_TYPES.items():
         if not isinstance(case[key], kind) or (kind is int and isinstance(case[key], bool)):
             raise ReplayError(f"replay file {path}: {key} has the wrong type ({case[key]!r})")

@@ -118,14 +118,10 @@ def check(*, messages: int | None, publishers: int, channels: int, max_payload: 
     if messages is not None and publishers > messages:
         raise PlanError(f"{publishers} publishers cannot share {messages} messages (each needs one)")
     if not MIN_PAYLOAD <= max_payload <= MAX_PAYLOAD_LIMIT:
-        raise PlanError(
-            f"max payload must be between {MIN_PAYLOAD} and {MAX_PAYLOAD_LIMIT} bytes, not {max_payload}"
-        )
+        raise PlanError(f"max payload must be between {MIN_PAYLOAD} and {MAX_PAYLOAD_LIMIT} bytes, not {max_payload}")
 
 
-def plan(
-    seed_value: int, *, messages: int, publishers: int, channels: int, max_payload: int = MAX_PAYLOAD
-) -> Plan:
+def plan(seed_value: int, *, messages: int, publishers: int, channels: int, max_payload: int = MAX_PAYLOAD) -> Plan:
     """A deterministic plan of ``messages`` publishes spread over publishers and channels.
 
     Holds every value: meant for tests and small runs; a run makes its messages on demand

@@ -156,16 +156,11 @@ class FrameSplitter:
         if end < 0:
             self._searched = len(self._buffer)
             if self._searched > self.max_handshake_bytes:
-                raise FrameSplitError(
-                    f"handshake head exceeds {self.max_handshake_bytes} bytes"
-                )
+                raise FrameSplitError(f"handshake head exceeds {self.max_handshake_bytes} bytes")
             return None
         head_length = end + len(HANDSHAKE_END)
         if head_length > self.max_handshake_bytes:
-            raise FrameSplitError(
-                f"handshake head of {head_length} bytes exceeds "
-                f"{self.max_handshake_bytes}"
-            )
+            raise FrameSplitError(f"handshake head of {head_length} bytes exceeds {self.max_handshake_bytes}")
         self._in_handshake = False
         return Handshake(self._take(head_length))
 
@@ -176,10 +171,7 @@ class FrameSplitter:
                 return None
             size = self._header.length + self._header.payload_length
             if size > self.max_frame_bytes:
-                raise FrameSplitError(
-                    f"frame of {size} bytes exceeds the {self.max_frame_bytes}"
-                    " byte limit"
-                )
+                raise FrameSplitError(f"frame of {size} bytes exceeds the {self.max_frame_bytes} byte limit")
         header = self._header
         size = header.length + header.payload_length
         if len(self._buffer) < size:

@@ -63,14 +63,22 @@ def test_echo_open_and_origins() -> None:
 
 
 def test_grants_and_refresh() -> None:
-    identity = admit(TOKENS, {"authorization": "Bearer " + mint(claims("alice", channels={"subscribe": ["chat.*"], "publish": ["chat.x"]}))}, "/", "pubsub")
+    identity = admit(
+        TOKENS,
+        {"authorization": "Bearer " + mint(claims("alice", channels={"subscribe": ["chat.*"], "publish": ["chat.x"]}))},
+        "/",
+        "pubsub",
+    )
     access = Access(TOKENS, identity, 0.0)
     assert access.user == "alice"
     access.may_subscribe("chat.y", 1, 0.0)
     access.may_read("chat.y", 1)
     access.may_publish("chat.x", 1, 0.0)
-    for check in (lambda: access.may_subscribe("jobs.1", 2, 0.0), lambda: access.may_read("jobs.1", 2),
-                  lambda: access.may_publish("chat.y", 2, 0.0)):
+    for check in (
+        lambda: access.may_subscribe("jobs.1", 2, 0.0),
+        lambda: access.may_read("jobs.1", 2),
+        lambda: access.may_publish("chat.y", 2, 0.0),
+    ):
         with pytest.raises(ProtocolError) as info:
             check()
         assert (info.value.code, info.value.request_id) == ("forbidden", 2)

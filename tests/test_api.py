@@ -45,7 +45,10 @@ class FakeServer:
         return Position("e1", seq)
 
     def history(self, channel: str, since: int | None, limit: int | None) -> History:
-        messages = [HistoryMessage(i + 1, d, 1000 + i) for i, (c, d, _) in enumerate(x for x in self.published if x[0] == channel)]
+        messages = [
+            HistoryMessage(i + 1, d, 1000 + i)
+            for i, (c, d, _) in enumerate(x for x in self.published if x[0] == channel)
+        ]
         messages = [m for m in messages if since is None or m.seq > since][: limit or None]
         return History("e1" if messages else None, len(messages), messages)
 
@@ -69,7 +72,9 @@ def handler(server: FakeServer | None = None, max_body: int = 1000) -> ApiHandle
     return ApiHandler(server or FakeServer(), KEY, check_channel, max_body)
 
 
-def call(api: ApiHandler, method: str, target: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+def call(
+    api: ApiHandler, method: str, target: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
     raw = body if isinstance(body, bytes) else (b"" if body is None else json.dumps(body).encode())
     return trio.run(api.handle, method, target, AUTH if headers is None else headers, raw)
 
@@ -78,7 +83,9 @@ def test_publish_and_idempotency() -> None:
     server = FakeServer()
     api = handler(server)
     assert call(api, "POST", "/api/publish", {"channel": "chat.x", "data": {"n": 1}}) == (
-        200, {"channel": "chat.x", "epoch": "e1", "seq": 1})
+        200,
+        {"channel": "chat.x", "epoch": "e1", "seq": 1},
+    )
     first = call(api, "POST", "/api/publish", {"channel": "chat.x", "data": 2, "key": "k"})
     again = call(api, "POST", "/api/publish", {"channel": "chat.x", "data": 2, "key": "k"})
     assert first == again == (200, {"channel": "chat.x", "epoch": "e1", "seq": 2})
@@ -95,9 +102,14 @@ def test_broadcast_history_channels_presence_disconnect() -> None:
     status, body = call(api, "GET", "/api/history?channel=a&since=1")
     assert status == 200 and [m["data"] for m in body["messages"]] == [2]
     assert call(api, "GET", "/api/history?channel=a&limit=1")[1]["messages"][0]["data"] == 1
-    assert call(api, "GET", "/api/channels") == (200, {"channels": [{"channel": "a", "epoch": "e1", "seq": 3, "subscribers": 2}]})
+    assert call(api, "GET", "/api/channels") == (
+        200,
+        {"channels": [{"channel": "a", "epoch": "e1", "seq": 3, "subscribers": 2}]},
+    )
     assert call(api, "GET", "/api/presence?channel=a") == (
-        200, {"channel": "a", "members": [{"user": "alice", "conn": "c-1"}], "complete": True})
+        200,
+        {"channel": "a", "members": [{"user": "alice", "conn": "c-1"}], "complete": True},
+    )
     assert call(api, "POST", "/api/disconnect", {"user": "alice"}) == (200, {"disconnected": 2})
     assert server.disconnected == ["alice"]
 
@@ -192,10 +204,13 @@ def test_paths_and_payload_encoding() -> None:
     st.sampled_from(["GET", "POST", "PUT"]),
     st.sampled_from(["/api/publish", "/api/broadcast", "/api/history", "/api/presence", "/api/disconnect", "/api/x"]),
     st.text(max_size=40),
-    st.binary(max_size=200) | st.recursive(
+    st.binary(max_size=200)
+    | st.recursive(
         st.none() | st.integers() | st.text(max_size=5) | st.booleans(),
-        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-            st.sampled_from(["channel", "channels", "data", "key", "user", "x"]), inner, max_size=4),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(st.sampled_from(["channel", "channels", "data", "key", "user", "x"]), inner, max_size=4)
+        ),
         max_leaves=10,
     ).map(lambda value: json.dumps(value).encode()),
 )

@@ -61,11 +61,19 @@ def test_clients_refuse_bad_urls() -> None:
 def test_each_call_is_one_request_and_one_reading_of_its_answer() -> None:
     """Both clients send these requests and read the answers this way (the I/O differs)."""
     publish = _publish("c", 1, None)
-    assert (publish.method, publish.path, publish.query, publish.body) == ("POST", "publish", None, {"channel": "c", "data": 1})
+    assert (publish.method, publish.path, publish.query, publish.body) == (
+        "POST",
+        "publish",
+        None,
+        {"channel": "c", "data": 1},
+    )
     assert _publish("c", 1, "k").body == {"channel": "c", "data": 1, "key": "k"}
     assert publish.result({"channel": "c", "epoch": "e", "seq": 1}) == {"channel": "c", "epoch": "e", "seq": 1}
     broadcast = _broadcast(("a", "b"), 2, "k")
-    assert broadcast.body == {"channels": ["a", "b"], "data": 2, "key": "k"} and "key" not in _broadcast(["a"], 2, None).body
+    assert (
+        broadcast.body == {"channels": ["a", "b"], "data": 2, "key": "k"}
+        and "key" not in _broadcast(["a"], 2, None).body
+    )
     assert broadcast.result({"results": [{"seq": 1}]}) == [{"seq": 1}]
     history = _history_call("c", 3, None)
     assert (history.method, history.query) == ("GET", {"channel": "c", "since": 3, "limit": None})

@@ -41,8 +41,14 @@ def _report_dir() -> pathlib.Path:
 async def _run_kosoku(port: int, reports: pathlib.Path, *selection: str) -> dict[str, str]:
     """Run the cases (all of them, or those named or globbed in ``selection``); their verdicts."""
     command = [
-        sys.executable, "-c", "from kosoku._cli import main; main()",
-        f"ws://127.0.0.1:{port}/echo", "-p", "2", "-o", str(reports),
+        sys.executable,
+        "-c",
+        "from kosoku._cli import main; main()",
+        f"ws://127.0.0.1:{port}/echo",
+        "-p",
+        "2",
+        "-o",
+        str(reports),
     ]
     for case in selection:
         command += ["-i", case]
@@ -50,7 +56,9 @@ async def _run_kosoku(port: int, reports: pathlib.Path, *selection: str) -> dict
         result = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
     index = reports / "index.json"
     assert index.exists(), f"kosoku wrote no report (exit {result.returncode}): {result.stderr.decode()[-2000:]}"
-    cases = {case: outcome["behavior"] for agent in json.loads(index.read_text()).values() for case, outcome in agent.items()}
+    cases = {
+        case: outcome["behavior"] for agent in json.loads(index.read_text()).values() for case, outcome in agent.items()
+    }
     counts = collections.Counter(cases.values())
     print(f"Autobahn: {len(cases)} cases {dict(counts)}; report in {reports}")
     bad = sorted((case, behavior) for case, behavior in cases.items() if behavior not in ACCEPTED)
@@ -67,8 +75,12 @@ async def test_every_autobahn_case_passes(start_server) -> None:
     loaded 2-core machine, which does not fit. The level changes no framing. Clients may keep
     their deflate context (not the default), so the inflater kept between messages is tested."""
     running = await start_server(
-        max_message_size=MAX_MESSAGE_SIZE, max_fragments=MAX_FRAGMENTS, heartbeat_interval=60.0,
-        compression_threshold=0, compression_level=1, compression_client_context="on",
+        max_message_size=MAX_MESSAGE_SIZE,
+        max_fragments=MAX_FRAGMENTS,
+        heartbeat_interval=60.0,
+        compression_threshold=0,
+        compression_level=1,
+        compression_client_context="on",
     )
     cases = await _run_kosoku(running.port, _report_dir())
     assert len(cases) == 517, f"expected the whole case set, ran {len(cases)}"

@@ -33,19 +33,43 @@ def our_server():
 def test_fanout_and_fanout_acks_deliver_everything_in_order(our_server, tmp_path):
     out = tmp_path / "bench.json"
     cmd = [
-        sys.executable, str(REPO / "benches" / "client.py"), "run",
-        "--url", f"ws://127.0.0.1:{our_server.port}", "--server-pid", str(our_server.pid),
-        "--scenario", "fanout,fanout_acks", "--json", str(out),
-        "--workers", "1", "--fanout-subs", str(SUBS), "--fanout-batch", str(BATCH),
-        "--fanout-warmup", str(WARMUP), "--fanout-messages", str(MESSAGES), "--duration-s", "30",
-        "--fanout-read-interval", "0.02", "--timeout-s", "20", "--stall-s", "5",
+        sys.executable,
+        str(REPO / "benches" / "client.py"),
+        "run",
+        "--url",
+        f"ws://127.0.0.1:{our_server.port}",
+        "--server-pid",
+        str(our_server.pid),
+        "--scenario",
+        "fanout,fanout_acks",
+        "--json",
+        str(out),
+        "--workers",
+        "1",
+        "--fanout-subs",
+        str(SUBS),
+        "--fanout-batch",
+        str(BATCH),
+        "--fanout-warmup",
+        str(WARMUP),
+        "--fanout-messages",
+        str(MESSAGES),
+        "--duration-s",
+        "30",
+        "--fanout-read-interval",
+        "0.02",
+        "--timeout-s",
+        "20",
+        "--stall-s",
+        "5",
     ]
     try:
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"bench client did not finish in 60 s; output so far:\n{e.stdout}\n{e.stderr}")
-    report = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}\n" \
-             f"server:\n" + "\n".join(list(our_server.tail)[-10:])
+    report = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}\nserver:\n" + "\n".join(
+        list(our_server.tail)[-10:]
+    )
     assert proc.returncode == 0, report
     results = {r["scenario"]: r for r in json.loads(out.read_text())}
     assert set(results) == {"fanout", "fanout_acks"}, report
@@ -87,7 +111,13 @@ def test_server_process_finds_the_port_and_keeps_the_last_lines(our_server):
 @pytest.mark.parametrize("script", ["side_by_side.py", "micro.py", "client.py", "cluster.py"])
 def test_bench_scripts_import_the_harness_as_a_package(script, tmp_path):
     """Each script runs by path from any folder: it imports `harness.*`, never another bench file."""
-    proc = subprocess.run([sys.executable, str(REPO / "benches" / script), "--help"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=30, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benches" / script), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage:"), proc.stdout

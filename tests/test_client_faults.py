@@ -13,8 +13,14 @@ FaultSchedule, FaultProxy = faults.FaultSchedule, proxy_module.FaultProxy
 
 TIMEOUT = 20
 CLIENT = {
-    "request_timeout": 0.3, "connect_timeout": 1.0, "heartbeat_interval": 0.3, "heartbeat_timeout": 0.3,
-    "backoff_base": 0.01, "backoff_max": 0.1, "publish_backoff_max": 0.3, "max_reconnects": 30,
+    "request_timeout": 0.3,
+    "connect_timeout": 1.0,
+    "heartbeat_interval": 0.3,
+    "heartbeat_timeout": 0.3,
+    "backoff_base": 0.01,
+    "backoff_max": 0.1,
+    "publish_backoff_max": 0.3,
+    "max_reconnects": 30,
 }
 SERVER = {"ack_timeout": 0.2, "ack_max_timeout": 1.0}
 
@@ -63,15 +69,19 @@ async def test_stalled_link_is_dropped_by_the_heartbeat(nursery, start_server):
 @pytest.mark.parametrize("seed", [11, 12])
 async def test_random_faults_exactly_once_in_order(nursery, start_server, seed):
     schedule = FaultSchedule(
-        seed=seed, failure_rate=0.03, kinds={"drop", "duplicate", "delay", "reset", "slice"},
+        seed=seed,
+        failure_rate=0.03,
+        kinds={"drop", "duplicate", "delay", "reset", "slice"},
         delay_spike=0.05,
     )
     proxy, url = await _proxied(nursery, start_server, schedule)
     count = 300
     channel = f"chaos.{seed}"
     with anyio.fail_after(TIMEOUT):
-        async with wc.connect(url, seed=seed, **CLIENT) as subscriber, \
-                wc.connect(url, seed=seed + 100, encoding="json", **CLIENT) as publisher:
+        async with (
+            wc.connect(url, seed=seed, **CLIENT) as subscriber,
+            wc.connect(url, seed=seed + 100, encoding="json", **CLIENT) as publisher,
+        ):
             async with subscriber.subscribe(channel) as messages:
                 confirmed = []
 

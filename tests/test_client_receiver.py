@@ -21,9 +21,7 @@ from wsnursery.client.receiver import (
 from wsnursery.protocol import Position
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-settings.register_profile(
-    "reliability-core-ci", max_examples=1000, derandomize=True, database=None, deadline=None
-)
+settings.register_profile("reliability-core-ci", max_examples=1000, derandomize=True, database=None, deadline=None)
 settings.register_profile("reliability-core-dev", max_examples=100, deadline=None)
 PROFILE = settings.get_profile("reliability-core-ci" if CI else "reliability-core-dev")
 

@@ -22,8 +22,10 @@ async def _exactly_once_under_kills(url, *, seed, count, publishers, kill, ack=T
     channel = f"kills.{seed}"
     per_publisher = count // publishers
     with anyio.fail_after(TIMEOUT):
-        async with wc.connect(url, seed=seed, encoding=encoding, **FAST) as subscriber, \
-                wc.connect(url, seed=seed + 1, encoding=encoding, **FAST) as publisher:
+        async with (
+            wc.connect(url, seed=seed, encoding=encoding, **FAST) as subscriber,
+            wc.connect(url, seed=seed + 1, encoding=encoding, **FAST) as publisher,
+        ):
             async with subscriber.subscribe(channel, ack=ack) as messages:
                 confirmed: list[wc.Published] = []
                 next_publisher_kill = rng.randint(5, 40)
@@ -66,9 +68,7 @@ async def _abort(client: wc.Client, rng: random.Random) -> None:
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_aborts_under_subscriber_and_publisher_lose_nothing(start_server, seed):
     server = await start_server()
-    sub_stats, pub_stats = await _exactly_once_under_kills(
-        server.url, seed=seed, count=500, publishers=4, kill=_abort
-    )
+    sub_stats, pub_stats = await _exactly_once_under_kills(server.url, seed=seed, count=500, publishers=4, kill=_abort)
     assert sub_stats.aborts >= 10 and pub_stats.aborts >= 10
     # Every abort reconnected (nothing gave up), but the last one may still be reconnecting when
     # the last message, already buffered by the client before that abort, completes the stream.

@@ -113,10 +113,14 @@ async def test_bytes_cross_encoding(start_server):
     """Bytes published over CBOR reach a JSON subscriber as bytes again (and back)."""
     server = await start_server()
     with anyio.fail_after(TIMEOUT):
-        async with wc.connect(server.url, encoding="json") as json_client, \
-                wc.connect(server.url, encoding="cbor") as cbor_client:
-            async with json_client.subscribe("x.bytes") as json_messages, \
-                    cbor_client.subscribe("x.bytes") as cbor_messages:
+        async with (
+            wc.connect(server.url, encoding="json") as json_client,
+            wc.connect(server.url, encoding="cbor") as cbor_client,
+        ):
+            async with (
+                json_client.subscribe("x.bytes") as json_messages,
+                cbor_client.subscribe("x.bytes") as cbor_messages,
+            ):
                 await cbor_client.publish("x.bytes", {"b": b"\x00\x01"})
                 await json_client.publish("x.bytes", [b"\xfe"])
                 for messages in (json_messages, cbor_messages):
@@ -248,9 +252,7 @@ async def test_http_403_on_handshake_raises_forbidden(nursery):
         request = b""
         while b"\r\n\r\n" not in request:
             request += await stream.receive_some(4096)
-        await stream.send_all(
-            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\nConnection: close\r\n\r\nno\n"
-        )
+        await stream.send_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\nConnection: close\r\n\r\nno\n")
         await stream.aclose()
 
     listeners = await nursery.start(functools.partial(trio.serve_tcp, refuse, 0, host="127.0.0.1"))

@@ -71,8 +71,8 @@ def subscribed(s: ClientSession, channel: str = "room", now: float = 0.0, since=
     (request,) = frames(s.tick(now))
     assert request["type"] == "subscribe"
     return s.frame_received(
-        {"type": "subscribed", "id": request["id"], "channel": channel, "epoch": "e1",
-         "seq": head, "recovered": True}, now,
+        {"type": "subscribed", "id": request["id"], "channel": channel, "epoch": "e1", "seq": head, "recovered": True},
+        now,
     )
 
 
@@ -150,8 +150,10 @@ def test_a_gap_the_server_cannot_repair_is_handed_over():
     up(s)
     s.add_subscription("room", True, Position("e1", 3))
     (request,) = frames(s.tick(0.0))
-    s.frame_received({"type": "subscribed", "id": request["id"], "channel": "room",
-                      "epoch": "e1", "seq": 20, "recovered": False}, 0.0)
+    s.frame_received(
+        {"type": "subscribed", "id": request["id"], "channel": "room", "epoch": "e1", "seq": 20, "recovered": False},
+        0.0,
+    )
     items = [e.item for e in s.frame_received(message(13), 0.0) if isinstance(e, ToApp)]
     assert items[0] == Gap("room", 4, 13, "history_exceeded")
 
@@ -172,8 +174,9 @@ def test_acks_never_pass_the_since_of_an_unanswered_replay():
     # replay, so nothing past 2 may be acked until the replay is answered.
     effects = s.frame_received(message(3), 0.0) + s.tick(1.0)
     assert all(f["seq"] <= 2 for f in frames(effects) if f["type"] == "ack")
-    s.frame_received({"type": "replaying", "id": replay["id"], "channel": "room",
-                      "epoch": "e1", "seq": 4, "recovered": True}, 1.0)
+    s.frame_received(
+        {"type": "replaying", "id": replay["id"], "channel": "room", "epoch": "e1", "seq": 4, "recovered": True}, 1.0
+    )
     effects = []
     for seq in (3, 4):  # the replay's resends: repeats, and proof of what the server sent
         effects += s.frame_received(message(seq), 1.0)
@@ -201,15 +204,21 @@ def test_publish_is_sent_confirmed_and_resent_with_the_same_key_after_reconnect(
     up(s)
     pending = s.publish("room", {"x": 1}, 0.0)
     (frame,) = frames(s.tick(0.0))
-    assert frame == {"type": "publish", "id": pending.request_id, "channel": "room",
-                     "data": {"x": 1}, "key": pending.key}
+    assert frame == {
+        "type": "publish",
+        "id": pending.request_id,
+        "channel": "room",
+        "data": {"x": 1},
+        "key": pending.key,
+    }
     s.connection_lost(TransportClosed(1006))
     s.next_attempt()
     up(s, 3.0)
     (again,) = frames(s.tick(3.0))
     assert (again["key"], again["id"]) == (pending.key, pending.request_id)
-    effects = s.frame_received({"type": "published", "id": pending.request_id, "channel": "room",
-                                "epoch": "e1", "seq": 7}, 3.0)
+    effects = s.frame_received(
+        {"type": "published", "id": pending.request_id, "channel": "room", "epoch": "e1", "seq": 7}, 3.0
+    )
     (done,) = of_type(effects, PublishConfirmed)
     assert (done.key, done.published.seq, done.published.epoch) == (pending.key, 7, "e1")
     assert s.pending_publishes == 0 and s.stats.published == 1
@@ -314,8 +323,7 @@ def test_a_good_connection_resets_the_failure_count():
 
 @pytest.mark.parametrize(
     ("code", "error_type"),
-    [(1008, Forbidden), (4003, Disconnected), (4001, TokenExpired), (1002, ConnectionClosed),
-     (1009, ConnectionClosed)],
+    [(1008, Forbidden), (4003, Disconnected), (4001, TokenExpired), (1002, ConnectionClosed), (1009, ConnectionClosed)],
 )
 def test_close_codes_that_end_the_client(code, error_type):
     s = session(token="a.b.c")
@@ -373,8 +381,16 @@ QUIET = {"heartbeat_interval": 1e6, "heartbeat_timeout": 1e6}  # no pings in the
 
 def test_token_expiry_reads_exp_without_verifying():
     assert token_expiry(jwt({"sub": "alice", "exp": 1_700_000_000})) == 1_700_000_000.0
-    for bad in ("", "abc", "a.b", "a.!!!.c", jwt({"sub": "alice"}), jwt({"exp": "soon"}),
-                jwt({"exp": True}), "x." + base64.urlsafe_b64encode(b"[1]").decode() + ".y"):
+    for bad in (
+        "",
+        "abc",
+        "a.b",
+        "a.!!!.c",
+        jwt({"sub": "alice"}),
+        jwt({"exp": "soon"}),
+        jwt({"exp": True}),
+        "x." + base64.urlsafe_b64encode(b"[1]").decode() + ".y",
+    ):
         assert token_expiry(bad) is None, bad
 
 

@@ -43,8 +43,7 @@ from .test_reliability_stateful import (
     ReliabilityMachine,
 )
 
-WELCOME = {"type": "welcome", "protocol": 1, "server": "model", "heartbeat": 1e6,
-           "max_message_size": 2**20}
+WELCOME = {"type": "welcome", "protocol": 1, "server": "model", "heartbeat": 1e6, "max_message_size": 2**20}
 
 
 class SessionMachine(ReliabilityMachine):
@@ -58,25 +57,23 @@ class SessionMachine(ReliabilityMachine):
         first_publishes=st.integers(0, 6),
         seed=st.integers(0, 2**32 - 1),
     )
-    def setup(
-        self, history_size, max_unacked, max_pending, restarts, first_publishes, seed
-    ) -> None:
+    def setup(self, history_size, max_unacked, max_pending, restarts, first_publishes, seed) -> None:
         self.restarts_allowed = restarts
         self.hub = Hub(self, history_size, max_unacked)
 
         def new_receiver(channel: str, ack: bool) -> ChannelReceiver:
-            self.receiver = ChannelReceiver(
-                channel, ack=ack, max_pending=max_pending, ack_every=4, replay_timeout=1.0
-            )
+            self.receiver = ChannelReceiver(channel, ack=ack, max_pending=max_pending, ack_every=4, replay_timeout=1.0)
             return self.receiver
 
         options = Options(
-            request_timeout=1.0, heartbeat_interval=1e6, heartbeat_timeout=1e6,
-            max_pending_publishes=8, max_reconnects=10**6, seed=seed,
+            request_timeout=1.0,
+            heartbeat_interval=1e6,
+            heartbeat_timeout=1e6,
+            max_pending_publishes=8,
+            max_reconnects=10**6,
+            seed=seed,
         )
-        self.session = ClientSession(
-            ["ws://model/"], options, rng=random.Random(seed), new_receiver=new_receiver
-        )
+        self.session = ClientSession(["ws://model/"], options, rng=random.Random(seed), new_receiver=new_receiver)
         self.published_data: dict[str, Any] = {}
         self.session.add_subscription(CHANNEL, True, None)
         self.connect()
@@ -113,8 +110,7 @@ class SessionMachine(ReliabilityMachine):
                     assert isinstance(item, Gap)
                     epoch_now = self.session.position(CHANNEL).epoch
                     assert item.expected_seq == self.expect[1], (item, self.expect)
-                    self.gaps.append((self.expect[0], item.expected_seq, epoch_now,
-                                      item.resumed_at_seq, item.reason))
+                    self.gaps.append((self.expect[0], item.expected_seq, epoch_now, item.resumed_at_seq, item.reason))
                     self.expect = (epoch_now, item.resumed_at_seq)
             elif isinstance(effect, PublishConfirmed):
                 p = effect.published
@@ -173,8 +169,7 @@ def _never_acks_again(self: ChannelRecord, seq: int) -> None:
 def _lost_ack_steps() -> SessionMachine:
     """The steps the property found (replayed as written): one message, its ack lost."""
     state = SessionMachine()
-    state.setup(history_size=2, max_unacked=3, max_pending=1, restarts=False,
-                first_publishes=1, seed=0)
+    state.setup(history_size=2, max_unacked=3, max_pending=1, restarts=False, first_publishes=1, seed=0)
     state.deliver_everything_in_order()
     state.advance_clock(dt=0.06)  # the batched ack goes out...
     assert [f["type"] for f in state.to_server] == ["ack"]

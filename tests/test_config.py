@@ -73,13 +73,9 @@ def test_cli_bad_setting_prints_one_line_and_exits_2(capsys):
     assert err.startswith("wsnursery: max_connections=-5 (from --max-connections)")
 
 
-@pytest.mark.parametrize(
-    "argv", [["serve", "--no-such-flag"], ["bogus"], []]
-)
+@pytest.mark.parametrize("argv", [["serve", "--no-such-flag"], ["bogus"], []])
 def test_cli_usage_errors_print_one_line_and_exit_2(argv):
-    result = subprocess.run(
-        [sys.executable, "-m", "wsnursery", *argv], capture_output=True, text=True, timeout=30
-    )
+    result = subprocess.run([sys.executable, "-m", "wsnursery", *argv], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr

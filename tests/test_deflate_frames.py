@@ -57,9 +57,7 @@ def test_compressed_and_plain_messages_mix_and_context_carries_over() -> None:
     second = client_compress(b"abcdefgh" * 50, compressor)  # refers back to the first message
     assert len(second) < len(first)
     data = (
-        masked(Opcode.BINARY, first, rsv=RSV1)
-        + masked(Opcode.TEXT, b"plain")
-        + masked(Opcode.BINARY, second, rsv=RSV1)
+        masked(Opcode.BINARY, first, rsv=RSV1) + masked(Opcode.TEXT, b"plain") + masked(Opcode.BINARY, second, rsv=RSV1)
     )
     assert pull(frames, data) == [b"abcdefgh" * 50, "plain", b"abcdefgh" * 50]
 
@@ -102,10 +100,17 @@ def test_a_final_block_ends_the_stream_and_the_next_message_starts_a_new_one() -
         ([masked(Opcode.TEXT, b"x", rsv=RSV2)], "RSV2"),
         ([masked(Opcode.TEXT, b"x", rsv=RSV3)], "RSV3"),
         ([masked(Opcode.PING, b"x", rsv=RSV1)], "RSV1 on a control frame"),
-        ([masked(Opcode.TEXT, client_compress(b"ab")[:1], fin=False, rsv=RSV1),
-          masked(Opcode.CONTINUATION, client_compress(b"ab")[1:], rsv=RSV1)], "RSV1 on a continuation"),
-        ([masked(Opcode.TEXT, b"ab", fin=False), masked(Opcode.CONTINUATION, b"cd", rsv=RSV1)],
-         "RSV1 on a continuation of a plain message"),
+        (
+            [
+                masked(Opcode.TEXT, client_compress(b"ab")[:1], fin=False, rsv=RSV1),
+                masked(Opcode.CONTINUATION, client_compress(b"ab")[1:], rsv=RSV1),
+            ],
+            "RSV1 on a continuation",
+        ),
+        (
+            [masked(Opcode.TEXT, b"ab", fin=False), masked(Opcode.CONTINUATION, b"cd", rsv=RSV1)],
+            "RSV1 on a continuation of a plain message",
+        ),
     ],
 )
 def test_misplaced_reserved_bits_are_protocol_errors(frames: list[bytes], why: str) -> None:

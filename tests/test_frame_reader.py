@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.frame_protocol import FrameProtocol
 
-from wsnursery.wire import CloseCode
 from wsnursery.frame_reader import Control, FrameError, FrameReader, unmask
+from wsnursery.wire import CloseCode
 
 from .wsclient import masked_frame
 
@@ -108,7 +108,7 @@ def test_unmask_is_its_own_inverse(size):
 
 def test_close_frames():
     assert (read_all(masked(0x8, b""), [])[0].code) == CloseCode.NO_STATUS
-    event = read_all(masked(0x8, struct.pack("!H", 4008) + "lent".encode()), [])[0]
+    event = read_all(masked(0x8, struct.pack("!H", 4008) + b"lent"), [])[0]
     assert (event.code, event.reason) == (4008, "lent")
 
 
@@ -152,10 +152,13 @@ def test_violations_raise_their_close_code_and_stay_raised(wire, code):
     assert again.value is first.value
 
 
-@pytest.mark.parametrize("length, code", [
-    pytest.param(2**40, 1009, id="oversize-refused-from-the-header-before-the-payload-arrives"),
-    pytest.param(2**63, 1002, id="top-bit-of-a-64-bit-length-is-a-protocol-error"),
-])
+@pytest.mark.parametrize(
+    "length, code",
+    [
+        pytest.param(2**40, 1009, id="oversize-refused-from-the-header-before-the-payload-arrives"),
+        pytest.param(2**63, 1002, id="top-bit-of-a-64-bit-length-is-a-protocol-error"),
+    ],
+)
 def test_a_64_bit_length_is_judged_from_the_header_alone(length, code):
     reader = FrameReader(MAX)
     reader.feed(struct.pack("!BBQ", 0x82, 0x80 | 127, length))

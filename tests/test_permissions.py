@@ -135,8 +135,10 @@ claim_like = st.dictionaries(
 @given(json_values | claim_like, st.text(alphabet="ab.", max_size=8))
 def test_the_claim_parser_accepts_only_the_documented_shape(claim: object, channel: str) -> None:
     def valid_list(value: object) -> bool:
-        return isinstance(value, list) and len(value) <= MAX_PATTERNS and all(
-            isinstance(p, str) and 0 < len(p) <= MAX_PATTERN_LENGTH for p in value
+        return (
+            isinstance(value, list)
+            and len(value) <= MAX_PATTERNS
+            and all(isinstance(p, str) and 0 < len(p) <= MAX_PATTERN_LENGTH for p in value)
         )
 
     well_formed = claim is None or (

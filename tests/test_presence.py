@@ -80,8 +80,11 @@ def test_frames_are_encoded_once_per_encoding() -> None:
 def test_presence_reply_and_connection_ids() -> None:
     reply = presence_reply(5, "chat.room1", [Member("alice", "c-8f2")], True)
     assert reply == {
-        "type": "presence", "id": 5, "channel": "chat.room1",
-        "members": [{"user": "alice", "conn": "c-8f2"}], "complete": True,
+        "type": "presence",
+        "id": 5,
+        "channel": "chat.room1",
+        "members": [{"user": "alice", "conn": "c-8f2"}],
+        "complete": True,
     }
     ids = connection_ids("ab")
     assert [next(ids) for _ in range(3)] == ["c-ab1", "c-ab2", "c-ab3"]

@@ -83,9 +83,18 @@ def test_the_channel_pattern_is_the_configured_one():
     assert refused({"type": "unsubscribe", "channel": "a"}, strict) == ("invalid_channel", None)
 
 
-@given(st.dictionaries(st.sampled_from(["type", "id", "channel", "data", "seq", "since", "ack", "key"]),
-                       st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5),
-                                 st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))))
+@given(
+    st.dictionaries(
+        st.sampled_from(["type", "id", "channel", "data", "seq", "since", "ack", "key"]),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.text(max_size=5),
+            st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+        ),
+    )
+)
 def test_any_frame_map_is_a_request_or_a_protocol_error(frame):
     """Never another exception: whatever a client sends gets an answer."""
     try:
@@ -99,17 +108,41 @@ def test_any_frame_map_is_a_request_or_a_protocol_error(frame):
 def test_reply_frames_carry_the_contract_field_names():
     position = Position("ep", 9)
     assert protocol.subscribed_frame(1, "a", position, True) == {
-        "type": "subscribed", "id": 1, "channel": "a", "epoch": "ep", "seq": 9, "recovered": True
+        "type": "subscribed",
+        "id": 1,
+        "channel": "a",
+        "epoch": "ep",
+        "seq": 9,
+        "recovered": True,
     }
     assert protocol.replaying_frame(None, "a", position, False) == {
-        "type": "replaying", "channel": "a", "epoch": "ep", "seq": 9, "recovered": False
+        "type": "replaying",
+        "channel": "a",
+        "epoch": "ep",
+        "seq": 9,
+        "recovered": False,
     }
-    assert protocol.published_frame(2, "a", position) == {"type": "published", "id": 2, "channel": "a", "epoch": "ep", "seq": 9}
+    assert protocol.published_frame(2, "a", position) == {
+        "type": "published",
+        "id": 2,
+        "channel": "a",
+        "epoch": "ep",
+        "seq": 9,
+    }
     assert protocol.unsubscribed_frame(3, "a") == {"type": "unsubscribed", "id": 3, "channel": "a"}
     assert protocol.error_frame("bad_request", "why") == {"type": "error", "code": "bad_request", "reason": "why"}
     assert protocol.message_frame("a", "ep", 9, [1], 5) == {
-        "type": "message", "channel": "a", "epoch": "ep", "seq": 9, "data": [1], "ts": 5
+        "type": "message",
+        "channel": "a",
+        "epoch": "ep",
+        "seq": 9,
+        "data": [1],
+        "ts": 5,
     }
     assert protocol.welcome_frame("s/1", 20.0, 100) == {
-        "type": "welcome", "protocol": 1, "server": "s/1", "heartbeat": 20.0, "max_message_size": 100
+        "type": "welcome",
+        "protocol": 1,
+        "server": "s/1",
+        "heartbeat": 20.0,
+        "max_message_size": 100,
     }

@@ -40,8 +40,12 @@ def test_unsubscribe(request_id, channel):
     assert PARSER.parse(frame) == Unsubscribe(request_id, channel)
 
 
-@given(ids, channels, st.text(min_size=1, max_size=protocol.MAX_KEY_LENGTH) | st.none(),
-       st.integers() | st.text() | st.none())
+@given(
+    ids,
+    channels,
+    st.text(min_size=1, max_size=protocol.MAX_KEY_LENGTH) | st.none(),
+    st.integers() | st.text() | st.none(),
+)
 def test_publish(request_id, channel, key, data):
     frame = protocol.publish_request(request_id, channel, data, key)
     assert PARSER.parse(frame) == Publish(request_id, channel, data, key)

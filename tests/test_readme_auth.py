@@ -22,7 +22,12 @@ def _block_after(marker: str) -> str:
 def test_the_embedding_example_runs() -> None:
     code = _block_after("**Embedding.**").replace("port=8765", "port=0")
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         env=os.environ | {"PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 0, result.stderr
@@ -33,6 +38,6 @@ def test_the_minting_recipe_gives_a_token_the_server_accepts() -> None:
     from wsnursery.tokens import KeySet, secret_key
 
     namespace: dict[str, object] = {}
-    exec(_block_after("Minting a token in your backend"), namespace)  # noqa: S102 (our own README)
+    exec(_block_after("Minting a token in your backend"), namespace)
     identity = KeySet([secret_key("the-same-secret-of-at-least-32-bytes!!")]).verify(str(namespace["token"]))
     assert identity.sub == "alice" and identity.grants.may_publish("chat.room1")

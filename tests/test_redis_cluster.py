@@ -210,8 +210,10 @@ async def test_the_server_api_publishes_into_the_cluster(cluster):
 
         async def post(port, body):
             payload = json.dumps(body).encode()
-            head = (f"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: apikey {'k' * 32}\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\nConnection: close")
+            head = (
+                f"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: apikey {'k' * 32}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\nConnection: close"
+            )
             return await http_request(port, head, payload)
 
         first = await post(port_a, {"channel": "api.room", "data": {"n": 1}, "key": "api-1"})

@@ -119,9 +119,10 @@ async def test_a_lost_stream_resets_to_the_new_epoch(stores, nursery):
 async def test_the_reader_survives_redis_going_away_and_sees_the_lost_data(nursery, private_redis):
     private = private_redis
     sink = Sink()
-    async with redis_store.connect(private.url, timeout=2) as reader, redis_store.connect(
-        private.url, timeout=2
-    ) as writer:
+    async with (
+        redis_store.connect(private.url, timeout=2) as reader,
+        redis_store.connect(private.url, timeout=2) as writer,
+    ):
         fanin = FanIn(reader, sink, block=60, backoff_min=0.02, backoff_max=0.2)
         first = await writer.publish("x", "one")
         fanin.watch("x", first.epoch, 0)
@@ -145,9 +146,10 @@ async def test_the_reader_survives_redis_going_away_and_sees_the_lost_data(nurse
 async def test_a_dropped_connection_resumes_from_the_last_seq(nursery, private_redis):
     private = private_redis
     sink = Sink()
-    async with redis_store.connect(private.url, timeout=2) as reader, redis_store.connect(
-        private.url, timeout=2
-    ) as writer:
+    async with (
+        redis_store.connect(private.url, timeout=2) as reader,
+        redis_store.connect(private.url, timeout=2) as writer,
+    ):
         fanin = FanIn(reader, sink, block=60, backoff_min=0.02, backoff_max=0.2)
         epoch = (await writer.snapshot("y", 0)).epoch
         fanin.watch("y", epoch, 0)

@@ -60,6 +60,7 @@ async def test_two_stores_share_one_count(open_store):
     async with open_store() as a, open_store() as b:
         seqs = []
         async with trio.open_nursery() as nursery:
+
             async def publish(store, n):
                 seqs.append((await store.publish("shared", n)).seq)
 

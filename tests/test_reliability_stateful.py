@@ -67,9 +67,7 @@ settings.register_profile(
     deadline=None,
     print_blob=True,
 )
-settings.register_profile(
-    "reliability-dev", max_examples=150, stateful_step_count=50, deadline=None, print_blob=True
-)
+settings.register_profile("reliability-dev", max_examples=150, stateful_step_count=50, deadline=None, print_blob=True)
 PROFILE = settings.get_profile("reliability-ci" if CI else "reliability-dev")
 
 CHANNEL = "room"
@@ -149,8 +147,14 @@ class Hub:
         assert self.tracker is not None
         self.tracker.reset_to(start)
         self.machine.server_send(
-            {"type": "subscribed", "id": frame["id"], "channel": CHANNEL, "epoch": self.epoch,
-             "seq": self.head, "recovered": recovered}
+            {
+                "type": "subscribed",
+                "id": frame["id"],
+                "channel": CHANNEL,
+                "epoch": self.epoch,
+                "seq": self.head,
+                "recovered": recovered,
+            }
         )
         self.pump()
 
@@ -165,8 +169,7 @@ class Hub:
             self.dedup.remember(frame["key"], self.epoch, self.head, self.now)
             found = (self.epoch, self.head)
         self.machine.server_send(
-            {"type": "published", "id": frame["id"], "channel": CHANNEL, "epoch": found[0],
-             "seq": found[1]}
+            {"type": "published", "id": frame["id"], "channel": CHANNEL, "epoch": found[0], "seq": found[1]}
         )
         self.pump()
 
@@ -201,14 +204,11 @@ class Hub:
     def _send_message(self, seq: int) -> None:
         data = self.history[seq - self.oldest][1]
         self.machine.server_send(
-            {"type": "message", "channel": CHANNEL, "epoch": self.epoch, "seq": seq,
-             "data": data, "ts": 0}
+            {"type": "message", "channel": CHANNEL, "epoch": self.epoch, "seq": seq, "data": data, "ts": 0}
         )
 
     def _error(self, frame: dict[str, Any], code: str, reason: str | None) -> None:
-        self.machine.server_send(
-            {"type": "error", "id": frame.get("id"), "code": code, "reason": reason}
-        )
+        self.machine.server_send({"type": "error", "id": frame.get("id"), "code": code, "reason": reason})
 
 
 class ReliabilityMachine(RuleBasedStateMachine):
@@ -240,14 +240,10 @@ class ReliabilityMachine(RuleBasedStateMachine):
         first_publishes=st.integers(0, 6),
         seed=st.integers(0, 2**32 - 1),
     )
-    def setup(
-        self, history_size, max_unacked, max_pending, restarts, first_publishes, seed
-    ) -> None:
+    def setup(self, history_size, max_unacked, max_pending, restarts, first_publishes, seed) -> None:
         self.restarts_allowed = restarts
         self.hub = Hub(self, history_size, max_unacked)
-        self.receiver = self.receiver_class(
-            CHANNEL, ack=True, max_pending=max_pending, ack_every=4
-        )
+        self.receiver = self.receiver_class(CHANNEL, ack=True, max_pending=max_pending, ack_every=4)
         self.publisher = PublishTracker(rng=random.Random(seed), max_pending=8)
         self.connect()
         self.deliver_frame(False, 0)  # the first subscribe is answered before anything else
@@ -261,8 +257,13 @@ class ReliabilityMachine(RuleBasedStateMachine):
         request_id = next(self.request_ids)
         self.requested_since[request_id] = since
         self.client_send(
-            {"type": "subscribe", "id": request_id, "channel": CHANNEL, "ack": True,
-             **({"since": {"epoch": since.epoch, "seq": since.seq}} if since else {})}
+            {
+                "type": "subscribe",
+                "id": request_id,
+                "channel": CHANNEL,
+                "ack": True,
+                **({"since": {"epoch": since.epoch, "seq": since.seq}} if since else {}),
+            }
         )
         self.publisher.on_reconnect(self.now)
         self.send_due_publishes()
@@ -309,16 +310,10 @@ class ReliabilityMachine(RuleBasedStateMachine):
         kind = frame["type"]
         if kind == "subscribed":
             since = self.requested_since[frame["id"]]
-            self.apply(
-                lambda: self.receiver.on_subscribed(
-                    frame["epoch"], frame["seq"], frame["recovered"], since
-                )
-            )
+            self.apply(lambda: self.receiver.on_subscribed(frame["epoch"], frame["seq"], frame["recovered"], since))
         elif kind == "message":
             self.apply(
-                lambda: self.receiver.on_message(
-                    frame["epoch"], frame["seq"], frame["data"], frame["ts"], self.now
-                )
+                lambda: self.receiver.on_message(frame["epoch"], frame["seq"], frame["data"], frame["ts"], self.now)
             )
         elif kind == "published":
             done = self.publisher.on_published(frame["id"], frame["epoch"], frame["seq"])
@@ -337,10 +332,7 @@ class ReliabilityMachine(RuleBasedStateMachine):
             elif isinstance(effect, Gap):
                 assert effect.expected_seq == self.expect[1], (effect, self.expect)
                 assert effect.reason in ("epoch_changed", "history_exceeded"), effect
-                self.gaps.append(
-                    (self.expect[0], effect.expected_seq, epoch_now, effect.resumed_at_seq,
-                     effect.reason)
-                )
+                self.gaps.append((self.expect[0], effect.expected_seq, epoch_now, effect.resumed_at_seq, effect.reason))
                 self.expect = (epoch_now, effect.resumed_at_seq)
             elif isinstance(effect, SendAck):
                 self.client_send({"type": "ack", "channel": CHANNEL, "seq": effect.seq})
@@ -349,8 +341,7 @@ class ReliabilityMachine(RuleBasedStateMachine):
                 self.requested_since[request_id] = effect.since
                 epoch, seq = effect.since.epoch, effect.since.seq
                 self.client_send(
-                    {"type": "replay", "id": request_id, "channel": CHANNEL,
-                     "since": {"epoch": epoch, "seq": seq}}
+                    {"type": "replay", "id": request_id, "channel": CHANNEL, "since": {"epoch": epoch, "seq": seq}}
                 )
             else:  # pragma: no cover
                 raise AssertionError(f"unknown effect {effect!r}")
@@ -368,8 +359,13 @@ class ReliabilityMachine(RuleBasedStateMachine):
             return
         for publish in self.publisher.due(self.now):
             self.client_send(
-                {"type": "publish", "id": publish.request_id, "channel": CHANNEL,
-                 "data": publish.data, "key": publish.key}
+                {
+                    "type": "publish",
+                    "id": publish.request_id,
+                    "channel": CHANNEL,
+                    "data": publish.data,
+                    "key": publish.key,
+                }
             )
 
     def fire_timers(self) -> None:
@@ -477,9 +473,7 @@ class ReliabilityMachine(RuleBasedStateMachine):
                 self.deliver_frame(False, 0)
                 self.deliver_frame(True, 0)
                 continue
-            deadlines = [
-                d for d in (self.hub.next_deadline(), self.client_deadline()) if d is not None
-            ]
+            deadlines = [d for d in (self.hub.next_deadline(), self.client_deadline()) if d is not None]
             if not deadlines:
                 return
             self.now = max(self.now, min(deadlines))
@@ -529,9 +523,7 @@ class ReliabilityMachine(RuleBasedStateMachine):
             if old == new == epoch and expected <= seq < resumed_at:
                 return True
             if old != new and (
-                (epoch == old and seq >= expected)
-                or old < epoch < new
-                or (epoch == new and seq < resumed_at)
+                (epoch == old and seq >= expected) or old < epoch < new or (epoch == new and seq < resumed_at)
             ):
                 return True
         return False

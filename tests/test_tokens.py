@@ -126,7 +126,11 @@ def test_audience_and_issuer_when_configured() -> None:
     keys = KeySet([secret_key(SECRET)], audience="chat-app", issuer="https://issuer.test")
     good = claims(aud="chat-app", iss="https://issuer.test")
     assert keys.verify(mint(good)).sub == "alice"
-    for bad in (claims(aud="other", iss="https://issuer.test"), claims(aud="chat-app"), claims(iss="https://issuer.test")):
+    for bad in (
+        claims(aud="other", iss="https://issuer.test"),
+        claims(aud="chat-app"),
+        claims(iss="https://issuer.test"),
+    ):
         with pytest.raises(TokenError):
             keys.verify(mint(bad))
 
@@ -135,8 +139,12 @@ def test_rotation_with_a_key_set_file(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         "jwks.json",
-        jwks(oct_jwk("old", SECRET), oct_jwk("new", OTHER_SECRET), public_jwk("rsa1", RSA_KEY, "RS256"),
-             public_jwk("ec1", EC_KEY, "ES256")),
+        jwks(
+            oct_jwk("old", SECRET),
+            oct_jwk("new", OTHER_SECRET),
+            public_jwk("rsa1", RSA_KEY, "RS256"),
+            public_jwk("ec1", EC_KEY, "ES256"),
+        ),
     )
     keys = KeySet(load_jwks(path))
     assert keys.verify(mint(claims("a"), SECRET, kid="old")).sub == "a"

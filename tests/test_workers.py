@@ -24,7 +24,11 @@ STARTED = re.compile(rb"worker (\d+) started \(pid (\d+)\)")
 def test_memory_engine_with_workers_exits_2_in_one_line():
     result = subprocess.run(
         [sys.executable, "-m", "wsnursery", "serve", "--workers", "2"],
-        check=False, capture_output=True, text=True, timeout=30, cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
     )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -57,9 +61,24 @@ def test_engine_and_workers_settings():
 async def test_workers_share_the_port_restart_and_drain(nursery, redis_test_url):
     engine = redis_test_url
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "wsnursery", "serve", "--port", "0", "--workers", "2", "--engine", engine,
-         "--shutdown-timeout", "2"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "wsnursery",
+            "serve",
+            "--port",
+            "0",
+            "--workers",
+            "2",
+            "--engine",
+            engine,
+            "--shutdown-timeout",
+            "2",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
     )
     stderr = bytearray()
 
@@ -69,8 +88,11 @@ async def test_workers_share_the_port_restart_and_drain(nursery, redis_test_url)
 
     nursery.start_soon(pump)
     try:
-        await wait_until(lambda: len(LISTENING.findall(stderr)) >= 2 or process.poll() is not None,
-                         timeout=30, what="two workers to listen")
+        await wait_until(
+            lambda: len(LISTENING.findall(stderr)) >= 2 or process.poll() is not None,
+            timeout=30,
+            what="two workers to listen",
+        )
         ports = set(LISTENING.findall(stderr))
         assert len(ports) == 1, stderr.decode(errors="replace")  # one port for both
         port = int(ports.pop())
@@ -106,9 +128,23 @@ def test_a_taken_port_is_one_line_and_status_1():
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "wsnursery", "serve", "--port", str(port), "--workers", "2",
-             "--engine", "redis://127.0.0.1:6379/15"],
-            check=False, capture_output=True, text=True, timeout=30, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "wsnursery",
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                "--engine",
+                "redis://127.0.0.1:6379/15",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
         )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"wsnursery: cannot listen on 127.0.0.1:{port}")

@@ -69,9 +69,7 @@ class Client:
 
 
 @contextlib.asynccontextmanager
-async def connect(
-    url: str, encoding: Encoding = Encoding.JSON, offer: bool = True
-) -> AsyncIterator[Client]:
+async def connect(url: str, encoding: Encoding = Encoding.JSON, offer: bool = True) -> AsyncIterator[Client]:
     """``async with connect(url, Encoding.CBOR) as client`` — reads the welcome first."""
     subprotocols = [encoding.subprotocol] if offer else None
     async with trio_websocket.open_websocket_url(

@@ -148,7 +148,9 @@ class ApiHandler:
             raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: apikey KEY)")
         return body_length(headers, self.max_body)
 
-    async def handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+    async def handle(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
         try:
             self.check_head(method, target, headers)
             split = urlsplit(target)

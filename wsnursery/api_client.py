@@ -59,10 +59,14 @@ class _Endpoint:
         self.tls = scheme == "https"
         self.host = parts.hostname
         self.port = parts.port or (443 if self.tls else 80)
-        self.ssl_context = ssl_context if ssl_context is not None else (ssl.create_default_context() if self.tls else None)
+        self.ssl_context = (
+            ssl_context if ssl_context is not None else (ssl.create_default_context() if self.tls else None)
+        )
         self.api_key = api_key
 
-    def request(self, method: str, path: str, query: dict[str, Any] | None, body: Any) -> tuple[str, str, dict[str, str], bytes]:
+    def request(
+        self, method: str, path: str, query: dict[str, Any] | None, body: Any
+    ) -> tuple[str, str, dict[str, str], bytes]:
         target = "/api/" + path
         if query:
             target += "?" + urlencode({k: v for k, v in query.items() if v is not None})
@@ -149,7 +153,9 @@ def _disconnect(user: str) -> _Call[int]:
 class ApiClient:
     """The server API from synchronous code (``http.client``)."""
 
-    def __init__(self, url: str, api_key: str, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, url: str, api_key: str, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._endpoint = _Endpoint(url, api_key, ssl_context)
         self.timeout = timeout
 
@@ -164,7 +170,9 @@ class ApiClient:
         method, target, headers, payload = endpoint.request(call.method, call.path, call.query, call.body)
         connection: http.client.HTTPConnection
         if endpoint.tls:
-            connection = http.client.HTTPSConnection(endpoint.host, endpoint.port, timeout=self.timeout, context=endpoint.ssl_context)
+            connection = http.client.HTTPSConnection(
+                endpoint.host, endpoint.port, timeout=self.timeout, context=endpoint.ssl_context
+            )
         else:
             connection = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout)
         try:
@@ -201,14 +209,18 @@ class ApiClient:
 class AsyncApiClient:
     """The server API from async code, under trio or asyncio (anyio streams)."""
 
-    def __init__(self, url: str, api_key: str, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, url: str, api_key: str, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._endpoint = _Endpoint(url, api_key, ssl_context)
         self.timeout = timeout
 
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         return None
 
     async def _call(self, call: _Call[T]) -> T:

@@ -153,9 +153,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} has no JSON form")
 
 
-_json_encoder = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_default
-)
+_json_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_default)
 
 
 def encode(frame: dict[str, Any], encoding: Encoding) -> bytes:
@@ -351,7 +349,7 @@ def decode(payload: str | bytes, encoding: Encoding) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError, cbor2.CBORDecodeError) as exc:
         kind = "JSON" if encoding is Encoding.JSON else "CBOR"
         raise DecodeError(f"malformed {kind}: {_first_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - cbor2 can raise odd types on hostile input
+    except Exception as exc:
         raise DecodeError(f"malformed frame: {_first_line(exc)}") from None
     if not isinstance(value, dict):
         raise DecodeError("a frame must be a map with a 'type'")

@@ -71,7 +71,7 @@ def _host(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise ValueError("must be a host name or address")
 
 
-def _engine(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _engine(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value == "memory":
         return
     parts = urllib.parse.urlsplit(value) if isinstance(value, str) else None
@@ -133,9 +133,7 @@ class Config:
 
     host: str = _setting("127.0.0.1", _host, "address to listen on")
     port: int = _setting(8765, _port, "port to listen on (0 picks a free one)")
-    log_level: str = _setting(
-        "info", _choice("debug", "info", "warning", "error"), "log level"
-    )
+    log_level: str = _setting("info", _choice("debug", "info", "warning", "error"), "log level")
     log_format: str = _setting("text", _choice("text", "json"), "log line format")
 
     max_connections: int = _setting(
@@ -148,23 +146,21 @@ class Config:
         1024, _positive_int(), "frames one message may come in (empty continuation frames count); more closes 1009"
     )
     handshake_timeout: float = _setting(
-        10.0, _positive_seconds, "seconds for a client to finish the HTTP/WebSocket handshake; then the socket is closed"
+        10.0,
+        _positive_seconds,
+        "seconds for a client to finish the HTTP/WebSocket handshake; then the socket is closed",
     )
     max_subscriptions: int = _setting(
         100, _positive_int(), "subscriptions per connection; more get error too_many_subscriptions"
     )
-    max_errors: int = _setting(
-        20, _positive_int(), "error frames a connection may earn before it is closed with 1008"
-    )
+    max_errors: int = _setting(20, _positive_int(), "error frames a connection may earn before it is closed with 1008")
     channel_pattern: str = _setting(
         DEFAULT_CHANNEL_PATTERN, _regex, "regular expression a channel name must match (else invalid_channel)"
     )
     max_channels: int = _setting(
         10_000, _positive_int(), "channels held; a new one evicts an idle one, else error too_many_channels"
     )
-    heartbeat_interval: float = _setting(
-        20.0, _positive_seconds, "seconds between WebSocket pings to each client"
-    )
+    heartbeat_interval: float = _setting(20.0, _positive_seconds, "seconds between WebSocket pings to each client")
     heartbeat_timeout: float = _setting(
         10.0, _positive_seconds, "seconds to wait for a pong (or any frame) after a ping; then close 4000"
     )
@@ -175,31 +171,25 @@ class Config:
         "close", _choice("close", "block"), "close: close a slow subscriber with 4008; block: the publisher waits"
     )
     block_timeout: float = _setting(
-        5.0, _positive_seconds,
+        5.0,
+        _positive_seconds,
         "policy block: seconds a publisher waits for a lagging subscriber; then that subscriber is closed 4008",
     )
     history_size: int = _setting(
         4096, _positive_int(), "messages kept per channel for resume and replay (at least the queue and unacked limits)"
     )
     history_bytes: int = _setting(
-        64 * 2**20, _positive_int(2**40),
+        64 * 2**20,
+        _positive_int(2**40),
         "bytes of history kept per channel (a message counts its decoded size in memory, or the bytes sent if more); the oldest are dropped",
     )
-    history_age: float = _setting(
-        300.0, _positive_seconds, "seconds a message is kept in a channel's history"
-    )
-    dedup_size: int = _setting(
-        10_000, _positive_int(), "idempotency keys remembered per channel"
-    )
-    dedup_age: float = _setting(
-        300.0, _positive_seconds, "seconds an idempotency key is remembered"
-    )
+    history_age: float = _setting(300.0, _positive_seconds, "seconds a message is kept in a channel's history")
+    dedup_size: int = _setting(10_000, _positive_int(), "idempotency keys remembered per channel")
+    dedup_age: float = _setting(300.0, _positive_seconds, "seconds an idempotency key is remembered")
     ack_timeout: float = _setting(
         1.0, _positive_seconds, "seconds before an unacknowledged delivery is re-sent (doubles each time)"
     )
-    ack_max_timeout: float = _setting(
-        30.0, _positive_seconds, "cap on the re-send backoff, in seconds"
-    )
+    ack_max_timeout: float = _setting(30.0, _positive_seconds, "cap on the re-send backoff, in seconds")
     max_unacked: int = _setting(
         1024, _positive_int(), "unacknowledged messages per acking subscription; past it close 4008"
     )
@@ -207,15 +197,14 @@ class Config:
         256, _positive_int(), "replies queued to a client before the server stops reading its requests"
     )
     max_control_bytes: int = _setting(
-        1_048_576, _positive_int(2**40),
+        1_048_576,
+        _positive_int(2**40),
         "bytes of replies, pongs and /echo echoes queued to a client before the server stops reading it",
     )
     close_timeout: float = _setting(
         2.0, _positive_seconds, "seconds to wait for a close handshake before the socket is dropped"
     )
-    shutdown_timeout: float = _setting(
-        5.0, _positive_seconds, "seconds to drain clients on shutdown before exiting"
-    )
+    shutdown_timeout: float = _setting(5.0, _positive_seconds, "seconds to drain clients on shutdown before exiting")
     compression: str = _setting(
         "on", _choice("on", "off"), "on: accept a client's permessage-deflate offer (RFC 7692); off: never compress"
     )
@@ -226,19 +215,25 @@ class Config:
         6, _whole_number(1, 9), "zlib level for what the server compresses: 1 is fastest, 9 smallest"
     )
     compression_client_context: str = _setting(
-        "off", _choice("on", "off"),
+        "off",
+        _choice("on", "off"),
         "on: a client may keep its deflate context between messages (an inflater per connection, 2**bits "
         "bytes + ~7 KiB); off: the 101 asks every client for client_no_context_takeover",
     )
     compression_client_window_bits: int = _setting(
-        15, _whole_number(8, 15),
+        15,
+        _whole_number(8, 15),
         "largest deflate window (bits) a client that allows it may compress with; its inflater holds 2**bits bytes",
     )
     engine: str = _setting(
-        "memory", _engine, "where channels live: memory (this process only) or redis://HOST:PORT/DB (every process naming it shares them)"
+        "memory",
+        _engine,
+        "where channels live: memory (this process only) or redis://HOST:PORT/DB (every process naming it shares them)",
     )
     workers: int = _setting(
-        1, _positive_int(256), "server processes on one port (SO_REUSEPORT), restarted when they die; more than 1 needs a shared engine"
+        1,
+        _positive_int(256),
+        "server processes on one port (SO_REUSEPORT), restarted when they die; more than 1 needs a shared engine",
     )
 
     # -- identity, permissions, server API, exposure (issue 13; all off by default) --------
@@ -249,7 +244,8 @@ class Config:
         _optional_text, "PEM file of RSA (RS256) / P-256 (ES256) public keys for tokens without a kid; turns tokens on"
     )
     jwt_keys: str | None = _optional(
-        _optional_text, "JSON Web Key Set file, every key with kid and alg, chosen by the token's kid (rotation); turns tokens on"
+        _optional_text,
+        "JSON Web Key Set file, every key with kid and alg, chosen by the token's kid (rotation); turns tokens on",
     )
     jwt_audience: str | None = _optional(_optional_text, "audience (aud) every token must name")
     jwt_issuer: str | None = _optional(_optional_text, "issuer (iss) every token must name")
@@ -264,13 +260,20 @@ class Config:
         default=(),
         validator=_globs,
         converter=tuple,
-        metadata={"help": "browser Origin glob allowed to connect (repeatable; env: comma-separated); others get 403", "repeat": True},
+        metadata={
+            "help": "browser Origin glob allowed to connect (repeatable; env: comma-separated); others get 403",
+            "repeat": True,
+        },
     )
     publish_rate: float = _setting(
-        0.0, _rate, "publishes per second per connection, bursts of one second's worth; more get error rate_limited (0: off)"
+        0.0,
+        _rate,
+        "publishes per second per connection, bursts of one second's worth; more get error rate_limited (0: off)",
     )
     subscribe_rate: float = _setting(
-        0.0, _rate, "subscribes per second per connection, bursts of one second's worth; more get error rate_limited (0: off)"
+        0.0,
+        _rate,
+        "subscribes per second per connection, bursts of one second's worth; more get error rate_limited (0: off)",
     )
     max_connections_per_ip: int = _setting(
         0, _count_or_zero, "WebSocket connections per client address; past it the upgrade gets HTTP 429 (0: off)"
@@ -291,9 +294,7 @@ class Config:
                 f"history_size ({self.history_size}) must be at least outbound_queue_size ({self.outbound_queue_size})"
             )
         if self.history_size < self.max_unacked:
-            raise ValueError(
-                f"history_size ({self.history_size}) must be at least max_unacked ({self.max_unacked})"
-            )
+            raise ValueError(f"history_size ({self.history_size}) must be at least max_unacked ({self.max_unacked})")
         if not self.tokens_enabled:
             for name in ("jwt_audience", "jwt_issuer"):
                 if getattr(self, name) is not None:

@@ -165,7 +165,9 @@ class Connection:
             self._arm_expiry()
             return
         self.context.metrics.count(self.context.metrics.errors, "token_expired")
-        self.outbox.send_reply(protocol.error_frame("token_expired", "the connection token expired; connect with a new one"))
+        self.outbox.send_reply(
+            protocol.error_frame("token_expired", "the connection token expired; connect with a new one")
+        )
         self.request_close(CloseCode.TOKEN_EXPIRED, "token expired")
 
     # -- lifetime ---------------------------------------------------------------------

@@ -132,9 +132,7 @@ def _accept(params: list[str], client_window_limit: int, client_context: bool) -
     return Agreement(client_no_context_takeover, client_bits, server_bits)
 
 
-def negotiate(
-    header: str, client_window_limit: int = MAX_WINDOW_BITS, client_context: bool = True
-) -> Agreement | None:
+def negotiate(header: str, client_window_limit: int = MAX_WINDOW_BITS, client_context: bool = True) -> Agreement | None:
     """Accept the first acceptable permessage-deflate offer in a Sec-WebSocket-Extensions value.
 
     ``header`` is every ``Sec-WebSocket-Extensions`` line of the request joined with ", ".

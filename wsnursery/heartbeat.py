@@ -50,9 +50,7 @@ class PongDeadline:
 
     __slots__ = ("clock", "excused", "pending", "scope", "timeout")
 
-    def __init__(
-        self, scope: trio.CancelScope, timeout: float, clock: Callable[[], float] = trio.current_time
-    ) -> None:
+    def __init__(self, scope: trio.CancelScope, timeout: float, clock: Callable[[], float] = trio.current_time) -> None:
         self.scope = scope
         self.timeout = timeout
         self.clock = clock

@@ -165,9 +165,7 @@ class MemoryHub:
                 del self._channels[name]
                 del self._dedup[name]
                 return
-        raise ProtocolError(
-            "too_many_channels", f"the server holds its limit of {self._max_channels} channels"
-        )
+        raise ProtocolError("too_many_channels", f"the server holds its limit of {self._max_channels} channels")
 
     async def publish(self, channel: str, data: Any, key: str | None = None, size: int = 0) -> Published:
         broadcast = self._channel(channel)

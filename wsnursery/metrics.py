@@ -30,9 +30,7 @@ class Metrics:
         self.connections_opened = Counter(
             "wsnursery_connections", "WebSocket connections accepted", ["endpoint"], registry=r
         )
-        self.connections_active = Gauge(
-            "wsnursery_connections_active", "WebSocket connections open now", registry=r
-        )
+        self.connections_active = Gauge("wsnursery_connections_active", "WebSocket connections open now", registry=r)
         self.connections_rejected = Counter(
             "wsnursery_connections_rejected", "Handshakes refused", ["reason"], registry=r
         )
@@ -52,9 +50,7 @@ class Metrics:
         self.slow_consumer_closes = Counter(
             "wsnursery_slow_consumer_closes", "Subscribers closed with 4008", registry=r
         )
-        self.heartbeat_timeouts = Counter(
-            "wsnursery_heartbeat_timeouts", "Connections closed with 4000", registry=r
-        )
+        self.heartbeat_timeouts = Counter("wsnursery_heartbeat_timeouts", "Connections closed with 4000", registry=r)
         self.errors = Counter("wsnursery_errors", "Error frames sent, by code", ["code"], registry=r)
         self.queue_depth = Gauge(
             "wsnursery_queue_depth", "Messages waiting to be written, over all subscribers", registry=r

@@ -71,9 +71,7 @@ class Matcher:
         self._everything = "" in prefixes
         self._exact = frozenset(exact)
         self._prefixes = tuple(prefixes)
-        self._regex = (
-            re.compile("|".join(f"(?:{glob_regex(p)})" for p in others), re.DOTALL) if others else None
-        )
+        self._regex = re.compile("|".join(f"(?:{glob_regex(p)})" for p in others), re.DOTALL) if others else None
 
     def __call__(self, channel: str) -> bool:
         if self._everything or channel in self._exact:
@@ -130,9 +128,7 @@ def parse_channels_claim(claim: Any) -> Grants:
             raise ClaimError(f"channels.{action} holds more than {MAX_PATTERNS} patterns")
         for pattern in patterns:
             if not isinstance(pattern, str) or not (0 < len(pattern) <= MAX_PATTERN_LENGTH):
-                raise ClaimError(
-                    f"channels.{action} patterns must be strings of 1 to {MAX_PATTERN_LENGTH} characters"
-                )
+                raise ClaimError(f"channels.{action} patterns must be strings of 1 to {MAX_PATTERN_LENGTH} characters")
         lists.append(tuple(patterns))
     return _compiled(lists[0], lists[1])
 

@@ -124,9 +124,7 @@ class RequestParser:
         if not isinstance(channel, str):
             raise ProtocolError("bad_request", "channel must be a string", request_id)
         if not self._channel_re.match(channel) or channel.endswith("\n"):
-            raise ProtocolError(
-                "invalid_channel", f"channel {channel[:140]!r} is not a valid name", request_id
-            )
+            raise ProtocolError("invalid_channel", f"channel {channel[:140]!r} is not a valid name", request_id)
         return channel
 
 
@@ -185,9 +183,7 @@ def _parse_publish(frame: dict[str, Any], request_id: int | None, channel: str) 
         raise ProtocolError("bad_request", "publish needs data", request_id)
     key = frame.get("key")
     if key is not None and (not isinstance(key, str) or not (0 < len(key) <= MAX_KEY_LENGTH)):
-        raise ProtocolError(
-            "bad_request", f"key must be a string of 1 to {MAX_KEY_LENGTH} characters", request_id
-        )
+        raise ProtocolError("bad_request", f"key must be a string of 1 to {MAX_KEY_LENGTH} characters", request_id)
     return Publish(request_id, channel, frame["data"], key)
 
 
@@ -238,9 +234,7 @@ def _position_frame(
     return frame
 
 
-def subscribed_frame(
-    request_id: int | None, channel: str, position: Position, recovered: bool
-) -> dict[str, Any]:
+def subscribed_frame(request_id: int | None, channel: str, position: Position, recovered: bool) -> dict[str, Any]:
     return _position_frame("subscribed", request_id, channel, position, recovered)
 
 
@@ -254,9 +248,7 @@ def published_frame(request_id: int | None, channel: str, position: Position) ->
     return frame
 
 
-def replaying_frame(
-    request_id: int | None, channel: str, position: Position, recovered: bool
-) -> dict[str, Any]:
+def replaying_frame(request_id: int | None, channel: str, position: Position, recovered: bool) -> dict[str, Any]:
     """The answer to ``replay``: like ``subscribed``, the head and whether nothing was lost."""
     return _position_frame("replaying", request_id, channel, position, recovered)
 
@@ -300,9 +292,7 @@ def unsubscribe_request(request_id: int, channel: str) -> dict[str, Any]:
     return {"type": "unsubscribe", "id": request_id, "channel": channel}
 
 
-def publish_request(
-    request_id: int, channel: str, data: Any, key: str | None = None
-) -> dict[str, Any]:
+def publish_request(request_id: int, channel: str, data: Any, key: str | None = None) -> dict[str, Any]:
     frame = {"type": "publish", "id": request_id, "channel": channel, "data": data}
     if key is not None:
         frame["key"] = key

@@ -213,7 +213,10 @@ class FanIn:
         if current is watch and snapshot.epoch != watch.epoch:
             log.warning(
                 "channel %s: redis holds a new epoch %s (was %s at seq %d); reading it from the start",
-                channel, snapshot.epoch, watch.epoch, watch.after,
+                channel,
+                snapshot.epoch,
+                watch.epoch,
+                watch.after,
             )
             watch.epoch, watch.after = snapshot.epoch, 0
             self.sink.reset(channel, snapshot.epoch)
@@ -246,4 +249,3 @@ class FanIn:
                 await self.store.guard(poke)
             except (Unavailable, coredis.exceptions.RedisError):
                 pass  # the reader is failing too and re-reads the set when it retries
-

@@ -253,9 +253,7 @@ class RedisHub:
                 if self.fanin is not None:
                     self.fanin.unwatch(name)
                 return
-        raise ProtocolError(
-            "too_many_channels", f"the server holds its limit of {self._max_channels} channels"
-        )
+        raise ProtocolError("too_many_channels", f"the server holds its limit of {self._max_channels} channels")
 
     def _gap(self, broadcast: Broadcast, seq: int) -> None:
         """Messages before ``seq`` are gone from Redis: drop the window so subscribers see the loss."""
@@ -265,7 +263,9 @@ class RedisHub:
         self.resets += 1
         log.warning(
             "channel %s: messages %d..%d are no longer in redis; subscribers resume with since",
-            broadcast.name, broadcast.head + 1, seq - 1,
+            broadcast.name,
+            broadcast.head + 1,
+            seq - 1,
         )
         broadcast.expire(float("inf"))  # drop every message held
         _start_at(broadcast, seq)

@@ -117,7 +117,9 @@ local function ensure()
 end
 """
 
-PUBLISH = _ENSURE + """
+PUBLISH = (
+    _ENSURE
+    + """
 local now, data, has_key, key = tonumber(ARGV[6]), ARGV[7], ARGV[8] == '1', ARGV[9]
 local size, age = tonumber(ARGV[10]), tonumber(ARGV[11])
 local dedup_size, dedup_age = tonumber(ARGV[12]), tonumber(ARGV[13])
@@ -159,14 +161,18 @@ if has_key then
 end
 return {epoch, seq, 0, made}
 """
+)
 
-SNAPSHOT = _ENSURE + """
+SNAPSHOT = (
+    _ENSURE
+    + """
 local limit = tonumber(ARGV[6])
 local epoch, seq, made = ensure()
 local entries = {}
 if limit > 0 then entries = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', limit) end
 return {epoch, seq, made, entries}
 """
+)
 
 
 class RedisStore:
@@ -245,9 +251,7 @@ class RedisStore:
         epoch, seq, duplicate, _made = reply
         return Stored(_text(epoch), int(seq), bool(duplicate), now)
 
-    async def snapshot(
-        self, channel: str, limit: int, *, floor: Position | None = None
-    ) -> Snapshot:
+    async def snapshot(self, channel: str, limit: int, *, floor: Position | None = None) -> Snapshot:
         """The channel's epoch and head (made when missing) and its newest ``limit`` entries."""
         args = self._ensure_args(channel, floor) + [limit]
         epoch, head, made, raw = await self._call(self._snapshot, self._keys(channel), args)
@@ -256,6 +260,7 @@ class RedisStore:
 
     async def position(self, channel: str) -> Position | None:
         """The channel's epoch and head seq, or None when Redis holds no such channel."""
+
         async def read() -> Any:
             return await self.client.hmget(self._keys(channel)[0], ["epoch", "seq"])
 
@@ -264,6 +269,7 @@ class RedisStore:
 
     async def read_after(self, channel: str, seq: int, limit: int) -> list[Entry]:
         """Up to ``limit`` entries after ``seq`` (any epoch: check ``Entry.epoch``)."""
+
         async def read() -> Any:
             return await self.client.xrange(self.stream_key(channel), f"{seq + 1}-0", "+", count=limit)
 
@@ -295,9 +301,7 @@ async def connect(url: str, **settings: Any) -> AsyncIterator[RedisStore]:
     until it is back). The client does not retry on its own: callers decide.
     """
     timeout = settings.get("timeout", 5.0)
-    client: coredis.Redis[bytes] = coredis.Redis.from_url(
-        url, connect_timeout=timeout, retry_policy=NoRetryPolicy()
-    )
+    client: coredis.Redis[bytes] = coredis.Redis.from_url(url, connect_timeout=timeout, retry_policy=NoRetryPolicy())
     async with client:
         yield RedisStore(client, **settings)
 

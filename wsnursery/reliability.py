@@ -76,9 +76,7 @@ class AckTracker:
     sent: int = attrs.field(default=0, init=False)
     highest_sent: int = attrs.field(default=0, init=False)
     retransmits: int = attrs.field(default=0, init=False)
-    timeout: float = attrs.field(
-        default=attrs.Factory(lambda self: self.ack_timeout, takes_self=True), init=False
-    )
+    timeout: float = attrs.field(default=attrs.Factory(lambda self: self.ack_timeout, takes_self=True), init=False)
     # (highest seq of one send, when it went out), oldest first; only unacked sends.
     _inflight: deque[tuple[int, float]] = attrs.field(factory=deque, init=False)
 
@@ -165,9 +163,7 @@ class DedupWindow:
     max_keys: int = attrs.field(default=10_000, validator=_positive)
     max_age: float = attrs.field(default=300.0, validator=_positive)
     evicted: int = attrs.field(default=0, init=False)
-    _entries: OrderedDict[str, tuple[str, int, float]] = attrs.field(
-        factory=OrderedDict, init=False
-    )
+    _entries: OrderedDict[str, tuple[str, int, float]] = attrs.field(factory=OrderedDict, init=False)
 
     def __len__(self) -> int:
         return len(self._entries)

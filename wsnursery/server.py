@@ -124,9 +124,7 @@ class Server(ServerApiMixin):
         self.ports = sorted({listener.socket.getsockname()[1] for listener in listeners})
         return listeners
 
-    async def serve(
-        self, listeners: list[trio.SocketListener], *, task_status: Any = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def serve(self, listeners: list[trio.SocketListener], *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve on ``listeners`` until ``shutdown()`` has drained."""
         async with trio.open_nursery() as connections:
             await connections.start(self.hub.run)
@@ -321,7 +319,13 @@ class Server(ServerApiMixin):
                 else tls.TlsServerStream(stream, raw, len(after_head))  # type: ignore[arg-type]
             )
             session = Connection(
-                self.context, server_stream, after_head, encoding, remote, echo=endpoint == "echo", identity=identity,
+                self.context,
+                server_stream,
+                after_head,
+                encoding,
+                remote,
+                echo=endpoint == "echo",
+                identity=identity,
                 compression=compression,
             )
             self.metrics.count(self.metrics.connections_opened, endpoint)

@@ -67,7 +67,11 @@ class ServerApiMixin:
 
     def channels(self) -> list[ChannelInfo]:
         names = getattr(self.hub, "channel_names", None)  # a hub that can list its channels
-        found = names() if names is not None else sorted({c for conn in self.connections for c in conn.handlers.subscriptions})
+        found = (
+            names()
+            if names is not None
+            else sorted({c for conn in self.connections for c in conn.handlers.subscriptions})
+        )
         infos = []
         for name in found:
             stream = self._stream(name)

@@ -117,8 +117,10 @@ class Supervisor:
         try:
             port, held = reserve_port(self.config.host, self.config.port)
         except OSError as exc:
-            print(f"wsnursery: cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}",
-                  file=sys.stderr)
+            print(
+                f"wsnursery: cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
             return 1
         self.config = attrs.evolve(self.config, port=port)
         wake_read, wake_write = socket.socketpair()
@@ -127,8 +129,13 @@ class Supervisor:
         previous = {sig: signal.signal(sig, _noop) for sig in (signal.SIGINT, signal.SIGTERM)}
         old_fd = signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
         try:
-            log.info("supervisor: %d workers on %s:%d (engine %s)", len(self.slots), self.config.host, port,
-                     _redact(self.config.engine))
+            log.info(
+                "supervisor: %d workers on %s:%d (engine %s)",
+                len(self.slots),
+                self.config.host,
+                port,
+                _redact(self.config.engine),
+            )
             for slot in self.slots:
                 self._start(slot)
             self._loop(wake_read)
@@ -213,7 +220,10 @@ class Supervisor:
         delay = min(MAX_RESTART_DELAY, 0.1 * 2 ** (slot.quick_deaths - 1)) if quick else 0.0
         log.warning(
             "supervisor: worker %d (pid %d) died with status %s; restarting it in %.1fs",
-            slot.index, process.pid, status, delay,
+            slot.index,
+            process.pid,
+            status,
+            delay,
         )
         slot.restart_at = time.monotonic() + delay
 
@@ -250,4 +260,3 @@ def _redact(url: str) -> str:
         return url
     scheme, _, rest = url.partition("://")
     return f"{scheme}://***@{rest.rpartition('@')[2]}"
-

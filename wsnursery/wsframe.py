@@ -42,9 +42,7 @@ def data_frame(payload: bytes, *, binary: bool, compressed: bool = False) -> byt
     return header + payload
 
 
-def message_frame(
-    payload: bytes, *, binary: bool, window_bits: int | None, threshold: int, level: int = 6
-) -> bytes:
+def message_frame(payload: bytes, *, binary: bool, window_bits: int | None, threshold: int, level: int = 6) -> bytes:
     """The frame for ``payload`` on a connection that compresses with ``window_bits`` (None: not)."""
     if window_bits is None or len(payload) < threshold:
         return data_frame(payload, binary=binary)

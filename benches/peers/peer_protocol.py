@@ -43,8 +43,14 @@ class Registry:
             ch = req["channel"]
             seq = self.seqs[ch] = self.seqs.get(ch, 0) + 1
             frame = dumps(
-                {"type": "message", "channel": ch, "epoch": EPOCH, "seq": seq,
-                 "data": req.get("data"), "ts": int(time.time() * 1000)}
+                {
+                    "type": "message",
+                    "channel": ch,
+                    "epoch": EPOCH,
+                    "seq": seq,
+                    "data": req.get("data"),
+                    "ts": int(time.time() * 1000),
+                }
             )
             reply = dumps({"type": "published", "id": rid, "channel": ch, "epoch": EPOCH, "seq": seq})
             return reply, (list(self.subscribers.get(ch, ())), frame)
@@ -52,8 +58,9 @@ class Registry:
             ch = req["channel"]
             self.subscribers.setdefault(ch, set()).add(conn)
             self._channels_of.setdefault(conn, set()).add(ch)
-            return dumps({"type": "subscribed", "id": rid, "channel": ch, "epoch": EPOCH,
-                          "seq": self.seqs.get(ch, 0)}), None
+            return dumps(
+                {"type": "subscribed", "id": rid, "channel": ch, "epoch": EPOCH, "seq": self.seqs.get(ch, 0)}
+            ), None
         if kind == "unsubscribe":
             ch = req["channel"]
             self.subscribers.get(ch, set()).discard(conn)

@@ -59,8 +59,9 @@ async def main(host: str, port: int) -> None:
         loop.add_signal_handler(sig, stop.cancel)
     # compression=None: the wsnursery protocol has no permessage-deflate; the bench client
     # never offers it either, so this only makes the setting explicit.
-    async with serve(handler, host, port, compression=None, max_size=MAX_SIZE,
-                     ping_interval=HEARTBEAT, ping_timeout=HEARTBEAT) as server:
+    async with serve(
+        handler, host, port, compression=None, max_size=MAX_SIZE, ping_interval=HEARTBEAT, ping_timeout=HEARTBEAT
+    ) as server:
         print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
         try:
             await stop

@@ -59,8 +59,16 @@ async def main(host: str, port: int) -> None:
             # compression=None: the wsnursery protocol has no permessage-deflate; the bench
             # client never offers it either, so this only makes the setting explicit.
             server = await nursery.start(
-                functools.partial(serve, handler, port, host=host, compression=None, max_size=MAX_SIZE,
-                                  ping_interval=HEARTBEAT, ping_timeout=HEARTBEAT)
+                functools.partial(
+                    serve,
+                    handler,
+                    port,
+                    host=host,
+                    compression=None,
+                    max_size=MAX_SIZE,
+                    ping_interval=HEARTBEAT,
+                    ping_timeout=HEARTBEAT,
+                )
             )
             print(f"READY {server.listeners[0].socket.getsockname()[1]}", flush=True)
             async for _ in signals:

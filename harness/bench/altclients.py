@@ -39,8 +39,10 @@ def _frame(payload: bytes, opcode: int = 1) -> bytes:
 
 def message_frame(size: int) -> bytes:
     data = "x" * size
-    return (b'{"type":"message","channel":"bench.fanout","epoch":"p","seq":123456,"data":"%s","ts":1700000000000}'
-            % data.encode())
+    return (
+        b'{"type":"message","channel":"bench.fanout","epoch":"p","seq":123456,"data":"%s","ts":1700000000000}'
+        % data.encode()
+    )
 
 
 async def _blast(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, frames: int, size: int) -> None:
@@ -51,8 +53,10 @@ async def _blast(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, fra
         if k.strip().lower() == b"sec-websocket-key":
             key = v.strip()
     accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    writer.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
     chunk_n = 1000
     chunk = _frame(message_frame(size)) * chunk_n
     sent = 0
@@ -175,8 +179,7 @@ async def c_wsproto(port: int) -> int:
     return await done
 
 
-CLIENTS = {"rawws": c_rawws, "websockets": c_websockets, "websockets-bytes": c_websockets_bytes,
-           "wsproto": c_wsproto}
+CLIENTS = {"rawws": c_rawws, "websockets": c_websockets, "websockets-bytes": c_websockets_bytes, "wsproto": c_wsproto}
 
 
 def measure(name: str, frames: int, size: int) -> dict:
@@ -196,8 +199,14 @@ def measure(name: str, frames: int, size: int) -> dict:
         blaster.join(15)
         if blaster.is_alive():
             blaster.terminate()
-    return {"client": name, "frames": got, "wall_s": wall, "frames_per_s": got / wall, "cpu_s": cpu,
-            "us_cpu_per_frame": cpu / max(got, 1) * 1e6}
+    return {
+        "client": name,
+        "frames": got,
+        "wall_s": wall,
+        "frames_per_s": got / wall,
+        "cpu_s": cpu,
+        "us_cpu_per_frame": cpu / max(got, 1) * 1e6,
+    }
 
 
 def main(frames: int, size: int, repeat: int) -> list[dict]:
@@ -206,8 +215,10 @@ def main(frames: int, size: int, repeat: int) -> list[dict]:
     info = machine.describe()
     print("\n".join(machine.header_lines(info)))
     fl = len(_frame(message_frame(size)))
-    print(f"Settings: {frames} text frames of {fl} B on the wire (a `message` frame with {size} B data), "
-          f"one connection, blaster in its own process, best and median of {repeat} runs\n")
+    print(
+        f"Settings: {frames} text frames of {fl} B on the wire (a `message` frame with {size} B data), "
+        f"one connection, blaster in its own process, best and median of {repeat} runs\n"
+    )
     print(f"{'client':<18} {'frames/s (best)':>16} {'frames/s (median)':>18} {'CPU us/frame':>13}")
     out = []
     for name in CLIENTS:
@@ -215,7 +226,10 @@ def main(frames: int, size: int, repeat: int) -> list[dict]:
         bad = [r for r in runs if r["frames"] != frames]
         rates = [r["frames_per_s"] for r in runs]
         best = max(runs, key=lambda r: r["frames_per_s"])
-        print(f"{name:<18} {max(rates):>16,.0f} {statistics.median(rates):>18,.0f} {best['us_cpu_per_frame']:>13.2f}"
-              + (f"   (!) {len(bad)} runs lost frames" if bad else ""), flush=True)
+        print(
+            f"{name:<18} {max(rates):>16,.0f} {statistics.median(rates):>18,.0f} {best['us_cpu_per_frame']:>13.2f}"
+            + (f"   (!) {len(bad)} runs lost frames" if bad else ""),
+            flush=True,
+        )
         out.append({"client": name, "runs": runs})
     return out

@@ -28,9 +28,11 @@ def format_result(r: dict) -> str:
     if lat.get("count"):
         parts.append(f"p50 {lat['p50_us']} us, p99 {lat['p99_us']} us, max {lat['max_us']} us")
     if cpu:
-        parts.append(f"CPU (cores): server {cpu.get('server_cpu')}, client {cpu.get('client_cpu_total')} "
-                     f"(max proc {cpu.get('client_cpu_max_proc')}), other processes {cpu.get('other_cpu')}"
-                     f"{' CLIENT-BOUND' if cpu.get('client_bound') else ''}")
+        parts.append(
+            f"CPU (cores): server {cpu.get('server_cpu')}, client {cpu.get('client_cpu_total')} "
+            f"(max proc {cpu.get('client_cpu_max_proc')}), other processes {cpu.get('other_cpu')}"
+            f"{' CLIENT-BOUND' if cpu.get('client_bound') else ''}"
+        )
     if r.get("error"):
         parts.append(f"ERROR: {r['error']}")
     return " | ".join(parts) + f"\n  details: {json.dumps(r.get('details', {}))}"
@@ -45,9 +47,12 @@ def raise_keyboard_interrupt(signum, frame):
 
 def main(argv=None, prog: str | None = None) -> int:
     signal.signal(signal.SIGINT, raise_keyboard_interrupt)
-    ap = argparse.ArgumentParser(prog=prog, description="wsnursery bench load client",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__)
+    ap = argparse.ArgumentParser(
+        prog=prog,
+        description="wsnursery bench load client",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run scenarios against a running server")
     run.add_argument("--url", required=True, help="ws://127.0.0.1:PORT (loopback only)")
@@ -77,5 +82,3 @@ def main(argv=None, prog: str | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return 1 if any(r.get("error") for r in results) else 0
-
-

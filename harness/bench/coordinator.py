@@ -75,14 +75,19 @@ class CpuWatch:
             else:
                 clients.append(u)
         machine = (self._busy() - self.b0) / wall
-        res = {"window_s": round(wall, 3), "server_cpu": None if server is None else round(server, 3),
-               "client_cpu_total": round(sum(clients), 3), "client_cpu_max_proc": round(max(clients), 3),
-               "client_procs": len(clients), "machine_cpu": round(machine, 3),
-               "server_cpu_kernel": round(sys_["server"], 3), "client_cpu_kernel": round(sys_["client"], 3),
-               # CPU used by processes that are neither the server nor the bench client
-               "other_cpu": round(max(0.0, machine - (server or 0.0) - sum(clients)), 3)}
-        res["client_bound"] = bool(res["client_cpu_max_proc"] >= 0.9
-                                   and (server is None or server < 0.9))
+        res = {
+            "window_s": round(wall, 3),
+            "server_cpu": None if server is None else round(server, 3),
+            "client_cpu_total": round(sum(clients), 3),
+            "client_cpu_max_proc": round(max(clients), 3),
+            "client_procs": len(clients),
+            "machine_cpu": round(machine, 3),
+            "server_cpu_kernel": round(sys_["server"], 3),
+            "client_cpu_kernel": round(sys_["client"], 3),
+            # CPU used by processes that are neither the server nor the bench client
+            "other_cpu": round(max(0.0, machine - (server or 0.0) - sum(clients)), 3),
+        }
+        res["client_bound"] = bool(res["client_cpu_max_proc"] >= 0.9 and (server is None or server < 0.9))
         return res
 
 
@@ -149,8 +154,10 @@ async def _c_fanout(chans, host, port, p: Params, cpu: CpuWatch, server_pid) -> 
                 async with asyncio.timeout(p.stall_s):
                     await changed.wait()
             except TimeoutError:
-                raise RuntimeError(f"fan-out stalled: no batch delivered to every subscriber for {p.stall_s:g}s "
-                                   f"(publisher at batch {b}/{nb}, slowest worker at {min(progress)})") from None
+                raise RuntimeError(
+                    f"fan-out stalled: no batch delivered to every subscriber for {p.stall_s:g}s "
+                    f"(publisher at batch {b}/{nb}, slowest worker at {min(progress)})"
+                ) from None
 
     t_start = None
     b = 0
@@ -190,13 +197,17 @@ async def _c_fanout(chans, host, port, p: Params, cpu: CpuWatch, server_pid) -> 
     expected = max(0, sent - warm_b) * B * p.fanout_subs
     gaps = sum(r["gaps"] for r in results)
     lost = sum(r["lost_connections"] for r in results)
-    details = {"deliveries_measured": measured, "deliveries_expected": expected,
-               "deliveries_total": sum(r["deliveries"] for r in results),
-               "seq_gaps": gaps, "messages_published": sent * B,
-               "published_acks": published,  # `published` replies to the publisher
-               "lost_connections": lost,
-               "close_codes": sorted({c for r in results for c in r.get("close_codes", [])}),
-               "elapsed_s": round(elapsed, 3)}
+    details = {
+        "deliveries_measured": measured,
+        "deliveries_expected": expected,
+        "deliveries_total": sum(r["deliveries"] for r in results),
+        "seq_gaps": gaps,
+        "messages_published": sent * B,
+        "published_acks": published,  # `published` replies to the publisher
+        "lost_connections": lost,
+        "close_codes": sorted({c for r in results for c in r.get("close_codes", [])}),
+        "elapsed_s": round(elapsed, 3),
+    }
     acks_sent = sum(r.get("acks_sent", 0) for r in results)
     if acks_sent:
         # fanout_acks: subscriber acks over the whole run (warm-up included) and repeats received
@@ -212,9 +223,13 @@ async def _c_fanout(chans, host, port, p: Params, cpu: CpuWatch, server_pid) -> 
     if error is None and measured != expected:
         error = f"{measured} deliveries measured, {expected} expected"
     return {
-        "metric": "deliveries/s", "value": 0.0 if math.isnan(elapsed) else measured / elapsed,
-        "higher_is_better": True, "latency": hist_summary(hist), "cpu": cpu_res,
-        "details": details, "error": error,
+        "metric": "deliveries/s",
+        "value": 0.0 if math.isnan(elapsed) else measured / elapsed,
+        "higher_is_better": True,
+        "latency": hist_summary(hist),
+        "cpu": cpu_res,
+        "details": details,
+        "error": error,
     }
 
 
@@ -242,9 +257,15 @@ async def _c_timed(chans, p: Params, cpu: CpuWatch, metric: str) -> dict:
     samples = [e for r in results for e in r.get("error_samples", [])]
     if samples:
         details["error_samples"] = samples[:3]
-    return {"metric": metric, "value": count / p.duration_s, "higher_is_better": True,
-            "latency": hist_summary(hist), "cpu": cpu_res, "details": details,
-            "error": None if count else f"no successful operation (open errors: {errs[:3]}, {samples[:3]})"}
+    return {
+        "metric": metric,
+        "value": count / p.duration_s,
+        "higher_is_better": True,
+        "latency": hist_summary(hist),
+        "cpu": cpu_res,
+        "details": details,
+        "error": None if count else f"no successful operation (open errors: {errs[:3]}, {samples[:3]})",
+    }
 
 
 async def _c_idle(chans, host, port, p: Params, cpu: CpuWatch, server_pid) -> dict:
@@ -279,14 +300,24 @@ async def _c_idle(chans, host, port, p: Params, cpu: CpuWatch, server_pid) -> di
     rss1 = samples[-1]
     per_conn = (rss1 - rss0) / opened if opened else float("nan")
     return {
-        "metric": "bytes/idle conn", "value": per_conn, "higher_is_better": False, "latency": {"count": 0},
+        "metric": "bytes/idle conn",
+        "value": per_conn,
+        "higher_is_better": False,
+        "latency": {"count": 0},
         "cpu": cpu_res,
-        "details": {"connections": opened, "open_at_end": open_end, "open_errors": errs[:3],
-                    "rss_base_mib": round(rss0 / 2**20, 1), "rss_held_mib": round(rss1 / 2**20, 1),
-                    "rss_peak_mib": round(max(samples) / 2**20, 1), "open_s": round(open_s, 2),
-                    "pings_answered": sum(r["pings_answered"] for r in results)},
-        "error": None if opened == p.idle_conns and open_end == opened else
-        f"{opened}/{p.idle_conns} opened, {open_end} still open at the end; {errs[:2]}",
+        "details": {
+            "connections": opened,
+            "open_at_end": open_end,
+            "open_errors": errs[:3],
+            "rss_base_mib": round(rss0 / 2**20, 1),
+            "rss_held_mib": round(rss1 / 2**20, 1),
+            "rss_peak_mib": round(max(samples) / 2**20, 1),
+            "open_s": round(open_s, 2),
+            "pings_answered": sum(r["pings_answered"] for r in results),
+        },
+        "error": None
+        if opened == p.idle_conns and open_end == opened
+        else f"{opened}/{p.idle_conns} opened, {open_end} still open at the end; {errs[:2]}",
     }
 
 
@@ -308,14 +339,20 @@ def run_scenario(scenario: str, host: str, port: int, params: Params, server_pid
     else:
         shares = split(params.idle_conns, W)
         if max(shares) + 64 > nofile:
-            raise ValueError(f"{max(shares)} connections per worker exceed the fd limit {nofile}; "
-                             f"lower --idle-conns or raise --workers")
+            raise ValueError(
+                f"{max(shares)} connections per worker exceed the fd limit {nofile}; "
+                f"lower --idle-conns or raise --workers"
+            )
     ctx = mp.get_context("spawn")
     pipes, procs = [], []
     for wid, n in enumerate(shares):
         a, b = ctx.Pipe()
-        pr = ctx.Process(target=_worker_entry, args=(b, wid, scenario, host, port, dataclasses.asdict(params), n),
-                         daemon=True, name=f"bench-{scenario}-{wid}")
+        pr = ctx.Process(
+            target=_worker_entry,
+            args=(b, wid, scenario, host, port, dataclasses.asdict(params), n),
+            daemon=True,
+            name=f"bench-{scenario}-{wid}",
+        )
         pr.start()
         b.close()
         pipes.append(a)
@@ -342,9 +379,15 @@ def run_scenario(scenario: str, host: str, port: int, params: Params, server_pid
             # server CPU time per operation: much less sensitive to other load on the machine than
             # throughput (which needs the server to get a core)
             res["server_us_per_op"] = round(cpu["server_cpu"] * cpu["window_s"] / ops * 1e6, 2)
-    except Exception as e:  # noqa: BLE001 - whatever went wrong is the run's error, reported in the result
-        res = {"metric": None, "value": float("nan"), "latency": {"count": 0}, "cpu": {}, "details": {},
-               "error": f"{type(e).__name__}: {e}"}
+    except Exception as e:
+        res = {
+            "metric": None,
+            "value": float("nan"),
+            "latency": {"count": 0},
+            "cpu": {},
+            "details": {},
+            "error": f"{type(e).__name__}: {e}",
+        }
     finally:
         # after a normal end the workers close their connections and exit by themselves; after
         # an error or Ctrl-C they may be waiting for a message that will not come
@@ -356,7 +399,5 @@ def run_scenario(scenario: str, host: str, port: int, params: Params, server_pid
                 pr.join(5)
         for c in pipes:
             c.close()
-    res.update(scenario=scenario, settings=params.describe(scenario), wall_s=round(time.monotonic() - t0, 2),
-               workers=W)
+    res.update(scenario=scenario, settings=params.describe(scenario), wall_s=round(time.monotonic() - t0, 2), workers=W)
     return res
-

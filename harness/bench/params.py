@@ -53,33 +53,54 @@ class Params:
 
     @classmethod
     def quick(cls, **kw) -> Params:
-        base = {"fanout_subs": 500, "fanout_messages": 1000, "fanout_warmup": 40, "connect_concurrency": 20,
-                "idle_conns": 1000, "idle_settle": 0.5, "idle_hold": 1.0, "warmup_s": 0.5, "duration_s": 2.0,
-                "timeout_s": 45.0, "stall_s": 10.0}
+        base = {
+            "fanout_subs": 500,
+            "fanout_messages": 1000,
+            "fanout_warmup": 40,
+            "connect_concurrency": 20,
+            "idle_conns": 1000,
+            "idle_settle": 0.5,
+            "idle_hold": 1.0,
+            "warmup_s": 0.5,
+            "duration_s": 2.0,
+            "timeout_s": 45.0,
+            "stall_s": 10.0,
+        }
         base.update(kw)
         return cls(**base)
 
     def describe(self, scenario: str) -> str:
         if scenario in FANOUT_SCENARIOS:
-            acks = ("; every subscriber subscribes with `ack: true` and sends one cumulative `ack` (highest "
-                    "contiguous seq) per read of its socket, and drops repeats by seq"
-                    if scenario == "fanout_acks" else "")
-            return (f"1 publisher -> {self.fanout_subs} subscribers on one channel, {self.payload} B data, "
-                    f"published in batches of {self.fanout_batch}, at most {self.fanout_window} batches ahead of the "
-                    f"slowest subscriber; first {self.fanout_warmup} messages not measured, then publishing for "
-                    f"{self.duration_s:g} s (at most {self.fanout_messages} messages) and until every subscriber "
-                    f"got every message; subscriber processes poll every {self.fanout_read_interval * 1000:g} ms "
-                    f"(adds up to that to the latency){acks}")
+            acks = (
+                "; every subscriber subscribes with `ack: true` and sends one cumulative `ack` (highest "
+                "contiguous seq) per read of its socket, and drops repeats by seq"
+                if scenario == "fanout_acks"
+                else ""
+            )
+            return (
+                f"1 publisher -> {self.fanout_subs} subscribers on one channel, {self.payload} B data, "
+                f"published in batches of {self.fanout_batch}, at most {self.fanout_window} batches ahead of the "
+                f"slowest subscriber; first {self.fanout_warmup} messages not measured, then publishing for "
+                f"{self.duration_s:g} s (at most {self.fanout_messages} messages) and until every subscriber "
+                f"got every message; subscriber processes poll every {self.fanout_read_interval * 1000:g} ms "
+                f"(adds up to that to the latency){acks}"
+            )
         if scenario == "echo":
-            return (f"{self.echo_conns} connections on /echo, 1 request in flight each, {self.payload} B text, "
-                    f"{self.warmup_s:g} s warm-up + {self.duration_s:g} s measured")
+            return (
+                f"{self.echo_conns} connections on /echo, 1 request in flight each, {self.payload} B text, "
+                f"{self.warmup_s:g} s warm-up + {self.duration_s:g} s measured"
+            )
         if scenario == "connect":
-            return (f"{self.connect_concurrency} concurrent loops of connect + open handshake on "
-                    f"{self.connect_path} + closing handshake, {self.warmup_s:g} s warm-up + "
-                    f"{self.duration_s:g} s measured (cap {self.connect_max})")
+            return (
+                f"{self.connect_concurrency} concurrent loops of connect + open handshake on "
+                f"{self.connect_path} + closing handshake, {self.warmup_s:g} s warm-up + "
+                f"{self.duration_s:g} s measured (cap {self.connect_max})"
+            )
         if scenario == "idle":
-            return (f"{self.idle_conns} idle connections on / (each got `welcome`), RSS sampled for "
-                    f"{self.idle_hold:g} s after {self.idle_settle:g} s settle; baseline after 20 warm-up connections")
+            return (
+                f"{self.idle_conns} idle connections on / (each got `welcome`), RSS sampled for "
+                f"{self.idle_hold:g} s after {self.idle_settle:g} s settle; baseline after 20 warm-up connections"
+            )
         return scenario
 
 
@@ -90,10 +111,15 @@ def split(n: int, k: int) -> list[int]:
 def hist_summary(h: HdrHistogram) -> dict:
     if h.get_total_count() == 0:
         return {"count": 0}
-    return {"count": h.get_total_count(), "p50_us": h.get_value_at_percentile(50),
-            "p90_us": h.get_value_at_percentile(90), "p99_us": h.get_value_at_percentile(99),
-            "p999_us": h.get_value_at_percentile(99.9), "max_us": h.get_max_value(),
-            "mean_us": round(h.get_mean_value(), 1)}
+    return {
+        "count": h.get_total_count(),
+        "p50_us": h.get_value_at_percentile(50),
+        "p90_us": h.get_value_at_percentile(90),
+        "p99_us": h.get_value_at_percentile(99),
+        "p999_us": h.get_value_at_percentile(99.9),
+        "max_us": h.get_max_value(),
+        "mean_us": round(h.get_mean_value(), 1),
+    }
 
 
 def merge_hists(encoded: list[bytes]) -> HdrHistogram:
@@ -104,17 +130,22 @@ def merge_hists(encoded: list[bytes]) -> HdrHistogram:
     return h
 
 
-
 def add_param_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke test")
     for f in dataclasses.fields(Params):
         flag = "--" + f.name.replace("_", "-")
-        ap.add_argument(flag, type=type(f.default), default=None, dest=f.name, metavar=type(f.default).__name__.upper(),
-                        help=f"(default {f.default!r}; see Params.quick() for --quick)")
+        ap.add_argument(
+            flag,
+            type=type(f.default),
+            default=None,
+            dest=f.name,
+            metavar=type(f.default).__name__.upper(),
+            help=f"(default {f.default!r}; see Params.quick() for --quick)",
+        )
 
 
 def params_from_args(args) -> Params:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Params)
-                 if getattr(args, f.name, None) is not None}
+    overrides = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(Params) if getattr(args, f.name, None) is not None
+    }
     return Params.quick(**overrides) if args.quick else Params(**overrides)
-

@@ -60,7 +60,7 @@ class Chan:
     def close(self) -> None:
         try:
             self.loop.remove_reader(self.conn.fileno())
-        except Exception:  # noqa: BLE001, S110 - best effort: the pipe or the loop may be gone already
+        except Exception:
             pass
 
 
@@ -186,13 +186,17 @@ async def _w_fanout(ch: Chan, wid: int, host: str, port: int, p: Params, n: int,
                 reached[k] += 1
                 if reached[k] == n:
                     ch.put(("progress", wid, k))
+
         return cb
 
     def on_lost(sub: _Sub):
         def cb(_fut) -> None:
             code = sub.ws.close_code
-            fail(f"a subscriber's connection ended during the run "
-                 f"({'close code ' + str(code) if code is not None else 'no close frame'})")
+            fail(
+                f"a subscriber's connection ended during the run "
+                f"({'close code ' + str(code) if code is not None else 'no close frame'})"
+            )
+
         return cb
 
     async def opener():
@@ -253,7 +257,7 @@ async def _w_echo(ch: Chan, wid: int, host: str, port: int, p: Params, n: int) -
                 if t_meas <= t0 and t1 <= t_end:
                     st["count"] += 1
                     record(max(1, (t1 - t0) // 1000))
-        except Exception:  # noqa: BLE001 - a failed round trip is counted; the connection stops
+        except Exception:
             st["errors"] += 1
 
     async with asyncio.timeout((t_end - mono()) / 1e9 + 10):
@@ -278,7 +282,7 @@ async def _w_connect(ch: Chan, wid: int, host: str, port: int, p: Params, n: int
             try:
                 ws = await connect(host, port, p.connect_path, timeout=10)
                 await ws.close(timeout=5)
-            except Exception as e:  # noqa: BLE001 - counted, sampled and retried
+            except Exception as e:
                 st["errors"] += 1
                 if len(st["error_samples"]) < 3:
                     st["error_samples"].append(repr(e))
@@ -318,8 +322,7 @@ async def _w_idle(ch: Chan, wid: int, host: str, port: int, p: Params, n: int) -
     conns, errs = await open_many(n, p.open_concurrency, opener)
     ch.put(("ready", wid, len(conns), errs[:3]))
     await ch.get()  # ("stop",)
-    st = {"open_at_end": sum(1 for ws in conns if not ws.lost.done()),
-          "pings_answered": sum(ws.pings for ws in conns)}
+    st = {"open_at_end": sum(1 for ws in conns if not ws.lost.done()), "pings_answered": sum(ws.pings for ws in conns)}
     ch.put(("result", wid, st))
     await close_all(conns, timeout=5.0)
 
@@ -360,10 +363,10 @@ def _worker_entry(conn, wid: int, scenario: str, host: str, port: int, params: d
         try:
             async with asyncio.timeout(p.timeout_s + 60):  # never outlive the coordinator for long
                 await WORKERS[scenario](ch, wid, host, port, p, n)
-        except Exception as e:  # noqa: BLE001 - any failure goes to the coordinator, which reports it
+        except Exception as e:
             try:
                 ch.put(("error", wid, repr(e)))
-            except Exception:  # noqa: BLE001, S110 - the coordinator is gone: nobody left to tell
+            except Exception:
                 pass
 
     prof_dir = os.environ.get("BENCH_PROFILE_DIR")  # debugging aid: cProfile each worker

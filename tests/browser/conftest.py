@@ -28,8 +28,12 @@ REQUIRE = os.environ.get("WSNURSERY_REQUIRE_BROWSER") == "1"
 
 # Short timers (as the reliability harness uses) so faults heal within seconds.
 FAST_SERVER = {
-    "heartbeat_interval": 0.5, "heartbeat_timeout": 1.0, "ack_timeout": 0.25, "ack_max_timeout": 2.0,
-    "close_timeout": 0.5, "shutdown_timeout": 1.0,
+    "heartbeat_interval": 0.5,
+    "heartbeat_timeout": 1.0,
+    "ack_timeout": 0.25,
+    "ack_max_timeout": 2.0,
+    "close_timeout": 0.5,
+    "shutdown_timeout": 1.0,
 }
 
 
@@ -104,7 +108,7 @@ class TrioThread:
 
         try:
             trio.run(root)
-        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+        except BaseException as exc:
             self.error = exc
 
     def call(self, fn: Callable[..., Awaitable[Any]], *args: Any, timeout: float = 60.0) -> Any:

@@ -33,8 +33,19 @@ async def publish_steadily(url: str, seconds: float, rate: float) -> None:
 def main(out: str) -> int:
     loop = TrioThread()
     try:
-        config = Config(**({"host": "127.0.0.1", "port": 0, "log_level": "warning", "history_size": 8,
-                            "outbound_queue_size": 8, "max_unacked": 8} | FAST_SERVER))
+        config = Config(
+            **(
+                {
+                    "host": "127.0.0.1",
+                    "port": 0,
+                    "log_level": "warning",
+                    "history_size": 8,
+                    "outbound_queue_size": 8,
+                    "max_unacked": 8,
+                }
+                | FAST_SERVER
+            )
+        )
         server = Server(config)
         port = loop.start(server.run)[0]
         with sync_playwright() as playwright:
@@ -48,25 +59,31 @@ def main(out: str) -> int:
                 page.click("#subscribe")
                 page.wait_for_selector(f'#subscriptions li[data-channel="{channel}"][data-ready="1"]')
             publisher = trio.from_thread.run(_start, loop, f"ws://127.0.0.1:{port}/", trio_token=loop.token)
-            page.wait_for_function("() => document.querySelectorAll('#log tr.message').length > 150",
-                                   timeout=30_000)
+            page.wait_for_function("() => document.querySelectorAll('#log tr.message').length > 150", timeout=30_000)
             page.fill("#pub-channel", "chat.room1")
             page.fill("#pub-data", '{"user": "console", "text": "hello from the browser"}')
             page.click("#publish")
             page.wait_for_selector("#pub-result:text('seq')")
             # Lose the connection for about two seconds: more than the history is published meanwhile.
             page.click("#clear")  # so the picture shows the loss, the reconnect and the gap
-            page.evaluate("() => { const c = window.consoleClient; c.options.backoffBase = 2;"
-                          " c.options.backoffMax = 2; c.abort(); }")
+            page.evaluate(
+                "() => { const c = window.consoleClient; c.options.backoffBase = 2;"
+                " c.options.backoffMax = 2; c.abort(); }"
+            )
             page.wait_for_selector("#log tr.gap", timeout=30_000)
-            page.evaluate("() => { const c = window.consoleClient; c.options.backoffBase = 0.1;"
-                          " c.options.backoffMax = 5; }")
-            page.wait_for_function("""() => {  // the newest gap row a few rows down
+            page.evaluate(
+                "() => { const c = window.consoleClient; c.options.backoffBase = 0.1; c.options.backoffMax = 5; }"
+            )
+            page.wait_for_function(
+                """() => {  // the newest gap row a few rows down
               let n = 0;
               for (let row = document.querySelector('#log tr.gap'); row.previousElementSibling; n++)
                 row = row.previousElementSibling;
               return n >= 2;
-            }""", timeout=30_000, polling=20)
+            }""",
+                timeout=30_000,
+                polling=20,
+            )
             page.screenshot(path=out)
             trio.from_thread.run(publisher.wait, trio_token=loop.token)
             browser.close()

@@ -20,8 +20,14 @@ SEED = int(os.environ.get("WSNURSERY_BROWSER_SEED", "7"))
 MESSAGES = 150  # published from Python, read in the browser
 BROWSER_PUBLISHES = 30  # published from the browser, read from Python
 # The browser client's timers: short, like the reliability harness's CLIENT_SETTINGS.
-FAST_CLIENT = {"heartbeatInterval": 0.25, "heartbeatTimeout": 0.6, "requestTimeout": 0.5, "backoffMax": 0.5,
-               "maxReconnects": 100, "seed": SEED}
+FAST_CLIENT = {
+    "heartbeatInterval": 0.25,
+    "heartbeatTimeout": 0.6,
+    "requestTimeout": 0.5,
+    "backoffMax": 0.5,
+    "maxReconnects": 100,
+    "seed": SEED,
+}
 
 # Starts a client.js client in the page; everything it sees goes to window.seen.
 START_CLIENT = """async ([url, channel, options]) => {
@@ -81,7 +87,8 @@ def test_browser_client_behind_the_fault_proxy_sees_everything_once_in_order(
     assert page.evaluate(START_CLIENT, [faulty_url, "to.browser", FAST_CLIENT | {"ack": True}]) is True
 
     # The browser publishes through the faults too: each stored once, same key on retries.
-    page.evaluate("""(n) => {
+    page.evaluate(
+        """(n) => {
       window.published = [];
       window.publishErrors = [];
       (async () => {
@@ -90,7 +97,9 @@ def test_browser_client_behind_the_fault_proxy_sees_everything_once_in_order(
           catch (e) { window.publishErrors.push(String(e)); }
         }
       })();
-    }""", BROWSER_PUBLISHES)
+    }""",
+        BROWSER_PUBLISHES,
+    )
 
     items = [{"n": n} for n in range(1, MESSAGES + 1)]
     assert trio_thread.call(publish_all, server.ws, "to.browser", items) == list(range(1, MESSAGES + 1))
@@ -98,7 +107,8 @@ def test_browser_client_behind_the_fault_proxy_sees_everything_once_in_order(
     page.wait_for_function(
         "([n, m]) => window.seen.some(x => x.kind === 'gap' || x.seq >= n)"
         " && window.published.length + window.publishErrors.length >= m",
-        arg=[MESSAGES, BROWSER_PUBLISHES], timeout=90_000,
+        arg=[MESSAGES, BROWSER_PUBLISHES],
+        timeout=90_000,
     )
     seen = page.evaluate("() => window.seen")
     assert [x["kind"] for x in seen] == ["message"] * MESSAGES, [x for x in seen if x["kind"] == "gap"]
@@ -112,8 +122,10 @@ def test_browser_client_behind_the_fault_proxy_sees_everything_once_in_order(
     # The faults really fired, and the client really went through reconnects.
     faults = proxy.stats.as_dict()
     fired = {kind for direction in faults.values() for kind, n in direction.items() if n}
-    stats = page.evaluate("() => ({...window.client.stats, ...window.client.session.counters,"
-                          " retries: window.client.session.publishes.retries})")
+    stats = page.evaluate(
+        "() => ({...window.client.stats, ...window.client.session.counters,"
+        " retries: window.client.session.publishes.retries})"
+    )
     print("faults", faults, "client", stats, "closes", page.evaluate("() => window.closeCodes"))
     assert proxy.stats.total > 0 and {"drop", "duplicate"} <= fired, faults
     assert {"reset", "stall"} & fired, faults
@@ -131,9 +143,12 @@ def test_a_gap_is_reported_when_history_is_exceeded(page, start_server, trio_thr
     assert page.evaluate(START_CLIENT, [server.ws, "tiny", {"since": [epoch, 0], "ack": ack}]) is True
     page.wait_for_function("() => window.seen.length >= 2")
     assert page.evaluate("() => window.seen") == [
-        {"kind": "message", "seq": 1, "data": {"n": 1}}, {"kind": "message", "seq": 2, "data": {"n": 2}}]
-    position = page.evaluate("() => { const p = window.sub.position; window.sub.close(); window.client.close();"
-                             " return p; }")
+        {"kind": "message", "seq": 1, "data": {"n": 1}},
+        {"kind": "message", "seq": 2, "data": {"n": 2}},
+    ]
+    position = page.evaluate(
+        "() => { const p = window.sub.position; window.sub.close(); window.client.close(); return p; }"
+    )
     assert position == [epoch, 2]
 
     # Ten more while the page is away: the server holds only the last four (9..12).
@@ -156,12 +171,15 @@ async def _epoch_of(url: str, channel: str) -> str:
 def test_a_full_subscription_buffer_leaves_messages_on_the_server_and_loses_none(page, start_server, trio_thread):
     server = start_server()
     page.goto(server.http + "/")
-    page.evaluate("""async (url) => {
+    page.evaluate(
+        """async (url) => {
       const { connect } = await import('/client.js');
       window.client = connect(url);
       window.sub = window.client.subscribe('slow', { bufferSize: 4 });
       await window.sub.ready();
-    }""", server.ws)
+    }""",
+        server.ws,
+    )
     items = [{"n": n} for n in range(1, 41)]
     trio_thread.call(publish_all, server.ws, "slow", items)
     # Nobody reads: the buffer fills to its bound and further frames are left on the server.

@@ -117,8 +117,12 @@ def run_in_python(s: dict) -> dict:
             step.append(["send ack", sent])
         effects.append(step)
     position = [r.position.epoch, r.position.seq] if r.position else None
-    return {"effects": effects, "position": position, "deadline": r.next_deadline(),
-            "counters": [r.duplicates_dropped, r.stale_dropped, r.overflow_dropped, r.gaps_reported]}
+    return {
+        "effects": effects,
+        "position": position,
+        "deadline": r.next_deadline(),
+        "counters": [r.duplicates_dropped, r.stale_dropped, r.overflow_dropped, r.gaps_reported],
+    }
 
 
 def _effect(e) -> list:
@@ -163,5 +167,18 @@ def test_the_javascript_receiver_and_ack_clamp_mirror_the_python_ones(page, star
     print("paths reached", seen)
     # The scripts reach every path: deliveries, gaps, replays, acks owed, sent and sent again
     # (a lost one), acks held back by the clamp, repeats, stale and overflow.
-    assert all(seen.get(kind, 0) >= 10 for kind in ("deliver", "gap", "replay", "ack", "send ack", "ack again",
-                                                   "ack held back", "duplicate", "stale", "overflow")), seen
+    assert all(
+        seen.get(kind, 0) >= 10
+        for kind in (
+            "deliver",
+            "gap",
+            "replay",
+            "ack",
+            "send ack",
+            "ack again",
+            "ack held back",
+            "duplicate",
+            "stale",
+            "overflow",
+        )
+    ), seen

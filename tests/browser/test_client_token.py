@@ -32,8 +32,11 @@ class FakeServer:
         self.note("query", query.get("token", [""])[0])
         ws = await request.accept(subprotocol="wsnursery.v1.json")
         self.connections.append(ws)
-        await ws.send_message(json.dumps({"type": "welcome", "protocol": 1, "server": "fake/0",
-                                          "heartbeat": 30, "max_message_size": 65536}))
+        await ws.send_message(
+            json.dumps(
+                {"type": "welcome", "protocol": 1, "server": "fake/0", "heartbeat": 30, "max_message_size": 65536}
+            )
+        )
         try:
             while True:
                 frame = json.loads(await ws.get_message())
@@ -59,8 +62,10 @@ class FakeServer:
 
 def token(n: int, lifetime: float) -> str:
     """An unsigned JWT-shaped token whose exp is ``lifetime`` seconds away (the client reads exp only)."""
+
     def part(value: dict) -> str:
         return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
     return f"{part({'alg': 'none'})}.{part({'sub': 'ana', 'n': n, 'exp': time.time() + lifetime})}.sig"
 
 
@@ -70,11 +75,14 @@ def test_tokens_from_a_function_query_refresh_and_a_fresh_one_after_4001(page, s
     # The first token expires soon (refreshed half-way, 1.5 s in); the later ones last.
     tokens = [token(1, lifetime=3.0)] + [token(n, lifetime=600.0) for n in range(2, 6)]
     page.goto(server.http + "/")
-    page.evaluate("""async ([url, tokens]) => {
+    page.evaluate(
+        """async ([url, tokens]) => {
       const { connect } = await import('/client.js');
       let calls = 0;
       window.client = connect(url, { token: async () => tokens[calls++], refreshMargin: 30 });
-    }""", [f"ws://127.0.0.1:{port}/", tokens])
+    }""",
+        [f"ws://127.0.0.1:{port}/", tokens],
+    )
     # The first connection presents token 1; half-way to its exp the client refreshes with 2.
     seen = trio_thread.call(fake.wait_for, 2, timeout=20)
     assert seen == [("query", tokens[0]), ("refresh", tokens[1])]

@@ -35,8 +35,9 @@ def test_messages_published_from_python_arrive_in_the_page_in_order(page, start_
     items = [{"n": n, "text": f"order {n}"} for n in range(1, 31)]
     seqs = trio_thread.call(publish_all, server.ws, "orders", items)
     assert seqs == list(range(1, 31))
-    trio_thread.call(publish_all, server.ws, "chat.room1", [{"user": "ana", "text": "hello"},
-                                                             {"user": "bo", "text": "hi ana"}])
+    trio_thread.call(
+        publish_all, server.ws, "chat.room1", [{"user": "ana", "text": "hello"}, {"user": "bo", "text": "hi ana"}]
+    )
     page.wait_for_function(
         "() => document.querySelectorAll('#log tr[data-channel=\"orders\"]').length >= 30", timeout=15_000
     )

@@ -13,8 +13,15 @@ SCREENSHOTS = os.environ.get("WSNURSERY_REPORT_SCREENSHOTS")  # a directory to k
 
 def harness(*argv: str, timeout: float = 240) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "harness", *argv], check=False, capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *argv],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def open_report(page, path: Path) -> list[str]:
@@ -26,17 +33,36 @@ def open_report(page, path: Path) -> list[str]:
 
 
 def charts(page) -> list[dict]:
-    return page.eval_on_selector_all("figure.chart", """figures => figures.map(f => ({
+    return page.eval_on_selector_all(
+        "figure.chart",
+        """figures => figures.map(f => ({
       title: f.querySelector('figcaption').textContent,
       series: [...f.querySelectorAll('polyline.series')].map(p => ({
         label: p.dataset.label, points: p.points.numberOfItems })),
-    }))""")
+    }))""",
+    )
 
 
 def test_reliability_report_shows_all_four_scenarios(page, tmp_path):
     report = tmp_path / "report.html"
-    result = harness("reliability", "--scenario", "all", "--messages", "20", "--clients", "1",
-                     "--publishers", "1", "--channels", "1", "--seed", "4", "--quiet", "--html", str(report))
+    result = harness(
+        "reliability",
+        "--scenario",
+        "all",
+        "--messages",
+        "20",
+        "--clients",
+        "1",
+        "--publishers",
+        "1",
+        "--channels",
+        "1",
+        "--seed",
+        "4",
+        "--quiet",
+        "--html",
+        str(report),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert open_report(page, report) == [report.as_uri()]
     assert page.title() == "wsnursery reliability"
@@ -66,8 +92,18 @@ def test_reliability_report_shows_all_four_scenarios(page, tmp_path):
 def test_load_connect_and_stress_reports_render_with_their_charts(page, tmp_path):
     runs = {
         "load": ["--clients", "10", "--messages", "500"],  # long enough for a few samples
-        "connect": ["--hold", "20", "--hold-seconds", "0.5", "--heartbeat-interval", "0.2", "--broadcast", "3",
-                    "--churn", "5"],
+        "connect": [
+            "--hold",
+            "20",
+            "--hold-seconds",
+            "0.5",
+            "--heartbeat-interval",
+            "0.2",
+            "--broadcast",
+            "3",
+            "--churn",
+            "5",
+        ],
         "stress": ["--max-level", "light", "--max-connections", "20", "--max-ops", "3000"],
     }
     for command, argv in runs.items():
@@ -82,6 +118,8 @@ def test_load_connect_and_stress_reports_render_with_their_charts(page, tmp_path
         assert all(s["points"] >= 2 for chart in found for s in chart["series"]), (command, found)
         if command != "connect":
             assert {chart["title"] for chart in found} == {
-                "Latency distribution, round trip, per run", "Throughput over time: messages per second"}
+                "Latency distribution, round trip, per run",
+                "Throughput over time: messages per second",
+            }
         page.screenshot(path=str(Path(SCREENSHOTS or tmp_path) / f"{command}-report.png"), full_page=True)
     assert page.errors == []

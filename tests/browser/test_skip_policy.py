@@ -14,9 +14,22 @@ def run_one_browser_test(**env: str) -> subprocess.CompletedProcess:
     environment = {key: value for key, value in os.environ.items() if key != "WSNURSERY_REQUIRE_BROWSER"}
     environment |= {"PYTHONPATH": str(REPO), "WSNURSERY_CHROMIUM": "/nonexistent/chromium", **env}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-         "tests/browser/test_console.py::test_client_js_and_the_page_are_served_with_types_and_revalidation"],
-        cwd=REPO, env=environment, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            "tests/browser/test_console.py::test_client_js_and_the_page_are_served_with_types_and_revalidation",
+        ],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

@@ -15,10 +15,7 @@ from harness.faults import (
 )
 
 KEYS = [
-    (conn, direction, frame)
-    for conn in range(4)
-    for direction in ("upstream", "downstream")
-    for frame in range(200)
+    (conn, direction, frame) for conn in range(4) for direction in ("upstream", "downstream") for frame in range(200)
 ]
 
 
@@ -36,9 +33,7 @@ def test_same_seed_gives_the_same_schedule_in_any_query_order():
 
 
 def test_different_seeds_give_different_schedules():
-    assert _decisions(FaultSchedule(seed=1, failure_rate=0.3)) != _decisions(
-        FaultSchedule(seed=2, failure_rate=0.3)
-    )
+    assert _decisions(FaultSchedule(seed=1, failure_rate=0.3)) != _decisions(FaultSchedule(seed=2, failure_rate=0.3))
 
 
 def test_rate_zero_never_faults_and_rate_one_always_does():
@@ -49,10 +44,7 @@ def test_rate_zero_never_faults_and_rate_one_always_does():
 def test_failure_rate_is_met_within_tolerance():
     rate, frames = 0.1, 20_000
     schedule = FaultSchedule(seed=9, failure_rate=rate)
-    faults = sum(
-        schedule.decide(frame % 10, "downstream", frame) is not None
-        for frame in range(frames)
-    )
+    faults = sum(schedule.decide(frame % 10, "downstream", frame) is not None for frame in range(frames))
     sigma = math.sqrt(frames * rate * (1 - rate))
     assert abs(faults - frames * rate) < 5 * sigma
 
@@ -64,9 +56,7 @@ def test_every_kind_appears_by_default():
 
 
 def test_only_selected_kinds_and_directions_appear():
-    schedule = FaultSchedule(
-        seed=4, failure_rate=0.5, kinds={"drop", "slice"}, directions={"upstream"}
-    )
+    schedule = FaultSchedule(seed=4, failure_rate=0.5, kinds={"drop", "slice"}, directions={"upstream"})
     decided = _decisions(schedule)
     faults = [(key, fault) for key, fault in decided.items() if fault]
     assert {fault.kind for _, fault in faults} == {FaultKind.DROP, FaultKind.SLICE}
@@ -75,10 +65,7 @@ def test_only_selected_kinds_and_directions_appear():
 
 def test_fragments_are_never_dropped_or_duplicated():
     schedule = FaultSchedule(seed=6, failure_rate=1.0)
-    kinds = {
-        schedule.decide(0, "upstream", frame, whole_message=False).kind
-        for frame in range(500)
-    }
+    kinds = {schedule.decide(0, "upstream", frame, whole_message=False).kind for frame in range(500)}
     assert kinds == ALL_KINDS - {FaultKind.DROP, FaultKind.DUPLICATE}
     only_message_kinds = FaultSchedule(seed=6, failure_rate=1.0, kinds={"drop"})
     assert only_message_kinds.decide(0, "upstream", 0, whole_message=False) is None
@@ -104,9 +91,7 @@ def test_forced_fault_object_is_returned_as_is():
 
 
 def test_delay_carries_the_spike_and_slice_cuts_into_tiny_writes():
-    schedule = FaultSchedule(
-        seed=8, failure_rate=1.0, kinds={"delay", "slice"}, delay_spike=0.05
-    )
+    schedule = FaultSchedule(seed=8, failure_rate=1.0, kinds={"delay", "slice"}, delay_spike=0.05)
     faults = [schedule.decide(0, "downstream", frame) for frame in range(50)]
     assert {f.delay for f in faults if f.kind is FaultKind.DELAY} == {0.05}
     raw = bytes(range(256)) * 4

@@ -13,14 +13,31 @@ from harness.timeline import CURVE_PERCENTILES, Timeline, curve
 
 def _run(name: str, passed: bool = True, **extra) -> dict:
     return {
-        "scenario": name, "failure_rate": 0.15, "seed": 3, "passed": passed, "elapsed_s": 2.0,
-        "published": 10, "delivered": 20, "expected_deliveries": 20, "lost": 0, "duplicated": 0,
-        "reordered": 0, "corrupted": 0, "unconfirmed_publishes": 0, "gaps_reported": 0,
-        "session_success_rate": 1.0, "reconnects": 2, "replays": 1, "retransmits_dropped_by_clients": 0,
-        "server_retransmits": 0, "publish_retries": 1,
+        "scenario": name,
+        "failure_rate": 0.15,
+        "seed": 3,
+        "passed": passed,
+        "elapsed_s": 2.0,
+        "published": 10,
+        "delivered": 20,
+        "expected_deliveries": 20,
+        "lost": 0,
+        "duplicated": 0,
+        "reordered": 0,
+        "corrupted": 0,
+        "unconfirmed_publishes": 0,
+        "gaps_reported": 0,
+        "session_success_rate": 1.0,
+        "reconnects": 2,
+        "replays": 1,
+        "retransmits_dropped_by_clients": 0,
+        "server_retransmits": 0,
+        "publish_retries": 1,
         "faults_injected": {"upstream": {"reset": 1, "drop": 0}, "downstream": {"reset": 0, "drop": 2}},
-        "faults_total": 3, "latency_ms": {"p50": 1.0, "p95": 2.0, "p99": 3.0, "max": 4.0},
-        "timed_out": False, "examples": [],
+        "faults_total": 3,
+        "latency_ms": {"p50": 1.0, "p95": 2.0, "p99": 3.0, "max": 4.0},
+        "timed_out": False,
+        "examples": [],
         "latency_curve": [[0.0, 0.5], [50.0, 1.0], [99.0, 3.0], [100.0, 4.0]],
         "timeline": [
             {"t": 0.0, "delivered": 0, "published": 0, "reconnects": 0, "faults": {"reset": 0, "drop": 0}},
@@ -32,8 +49,10 @@ def _run(name: str, passed: bool = True, **extra) -> dict:
 
 
 def _polylines(page: str) -> list[tuple[str, int]]:
-    return [(label, len(points.split()))
-            for label, points in re.findall(r'<polyline class="series" data-label="([^"]*)" points="([^"]*)"', page)]
+    return [
+        (label, len(points.split()))
+        for label, points in re.findall(r'<polyline class="series" data-label="([^"]*)" points="([^"]*)"', page)
+    ]
 
 
 def test_a_reliability_report_has_the_verdict_curves_throughput_and_fault_timeline():

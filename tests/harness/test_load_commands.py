@@ -13,8 +13,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def harness(*argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness", *argv], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *argv], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def ordered(lat: dict) -> None:
@@ -48,8 +49,20 @@ def test_load_csv_output(tmp_path: Path) -> None:
 
 def test_connect_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "connect.json"
-    done = harness("connect", "--hold", "20", "--hold-seconds", "1.5", "--heartbeat-interval", "0.5",
-                   "--churn", "5", "--quiet", "--output", str(out))
+    done = harness(
+        "connect",
+        "--hold",
+        "20",
+        "--hold-seconds",
+        "1.5",
+        "--heartbeat-interval",
+        "0.5",
+        "--churn",
+        "5",
+        "--quiet",
+        "--output",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())["result"]
     assert result["connections_opened"] == 20 and result["held_open_at_end"] == 20
@@ -64,8 +77,21 @@ def test_connect_runs_end_to_end(tmp_path: Path) -> None:
 
 def test_connect_broadcast_reaches_every_held_connection(tmp_path: Path) -> None:
     out = tmp_path / "broadcast.json"
-    done = harness("connect", "--hold", "20", "--hold-seconds", "0.2", "--broadcast", "10",
-                   "--broadcast-timeout", "8", "--quiet", "--output", str(out), timeout=30)
+    done = harness(
+        "connect",
+        "--hold",
+        "20",
+        "--hold-seconds",
+        "0.2",
+        "--broadcast",
+        "10",
+        "--broadcast-timeout",
+        "8",
+        "--quiet",
+        "--output",
+        str(out),
+        timeout=30,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "broadcast: got all 10 in order" in done.stdout
     b = json.loads(out.read_text())["result"]["broadcast"]
@@ -80,8 +106,21 @@ def test_connect_broadcast_reaches_every_held_connection(tmp_path: Path) -> None
 def test_connect_broadcast_failure_is_loud_with_counts(tmp_path: Path) -> None:
     """A broadcast that cannot finish in its time (10,000 messages in 0.05 s) exits 1 and says how far it got."""
     out = tmp_path / "broadcast.json"
-    done = harness("connect", "--hold", "5", "--hold-seconds", "0.1", "--broadcast", "10000",
-                   "--broadcast-timeout", "0.05", "--quiet", "--output", str(out), timeout=30)
+    done = harness(
+        "connect",
+        "--hold",
+        "5",
+        "--hold-seconds",
+        "0.1",
+        "--broadcast",
+        "10000",
+        "--broadcast-timeout",
+        "0.05",
+        "--quiet",
+        "--output",
+        str(out),
+        timeout=30,
+    )
     assert done.returncode == 1
     assert "FAILED broadcast: 0 of 5 held connections got all 10000 messages in order" in done.stdout
     b = json.loads(out.read_text())["result"]["broadcast"]
@@ -90,8 +129,9 @@ def test_connect_broadcast_failure_is_loud_with_counts(tmp_path: Path) -> None:
 
 def test_stress_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "stress.json"
-    done = harness("stress", "--max-level", "light", "--max-connections", "20", "--max-ops", "200", "--quiet",
-                   "--output", str(out))
+    done = harness(
+        "stress", "--max-level", "light", "--max-connections", "20", "--max-ops", "200", "--quiet", "--output", str(out)
+    )
     assert done.returncode == 0, done.stderr
     assert "SCALED" in done.stdout and "scale factor" in done.stdout
     report = json.loads(out.read_text())
@@ -104,17 +144,20 @@ def test_stress_runs_end_to_end(tmp_path: Path) -> None:
     assert levels[0]["throughput_vs_first"] == 1.0
 
 
-@pytest.mark.parametrize("argv", [
-    ["load", "--clients", "0"],
-    ["load", "--mode", "bogus"],
-    ["load", "--no-such-flag"],
-    ["load", "--url", "ws://10.0.0.1:80/"],
-    ["connect", "--hold", "20000"],
-    ["connect", "--hold", "-3"],
-    ["connect", "--broadcast", "-1"],
-    ["stress", "--max-level", "ludicrous"],
-    ["stress", "--max-connections", "50000"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["load", "--clients", "0"],
+        ["load", "--mode", "bogus"],
+        ["load", "--no-such-flag"],
+        ["load", "--url", "ws://10.0.0.1:80/"],
+        ["connect", "--hold", "20000"],
+        ["connect", "--hold", "-3"],
+        ["connect", "--broadcast", "-1"],
+        ["stress", "--max-level", "ludicrous"],
+        ["stress", "--max-connections", "50000"],
+    ],
+)
 def test_bad_flags_exit_2_with_one_line(argv: list[str]) -> None:
     done = harness(*argv, timeout=15)
     assert done.returncode == 2
@@ -161,11 +204,16 @@ def test_connect_storm_retries_what_the_server_refuses_for_load(monkeypatch: pyt
                 writer.transport.abort()
                 return
             else:
-                key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"sec-websocket-key:"))
+                key = next(
+                    line.split(b":", 1)[1].strip()
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"sec-websocket-key:")
+                )
                 accept = base64.b64encode(hashlib.sha1(key + rawws.GUID).digest())
-                writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                writer.write(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+                )
             await writer.drain()
             await reader.read()  # until the client goes
             writer.close()
@@ -173,8 +221,7 @@ def test_connect_storm_retries_what_the_server_refuses_for_load(monkeypatch: pyt
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
-            got = await connect._open_all("127.0.0.1", port, "/", 3, 3, HdrHistogram(*HIST_ARGS), None, 5.0,
-                                          retry=True)
+            got = await connect._open_all("127.0.0.1", port, "/", 3, 3, HdrHistogram(*HIST_ARGS), None, 5.0, retry=True)
         finally:
             for ws in got[0]:
                 ws.abort()

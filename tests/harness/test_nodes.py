@@ -58,8 +58,14 @@ async def test_sdk_clients_that_fail_over_lose_nothing_when_nodes_are_killed(eng
     """Issue 14: a node killed mid-stream loses nothing for SDK clients that fail over."""
     nodes = Nodes(engine, 3, {"heartbeat_interval": 0.5, "heartbeat_timeout": 1.0, "ack_timeout": 0.25}, seed=5)
     urls = await nursery.start(nodes.run)
-    settings = {"heartbeat_interval": 0.25, "heartbeat_timeout": 0.6, "request_timeout": 0.5, "backoff_max": 0.3,
-                "max_reconnects": 50, "seed": 5}
+    settings = {
+        "heartbeat_interval": 0.25,
+        "heartbeat_timeout": 0.6,
+        "request_timeout": 0.5,
+        "backoff_max": 0.3,
+        "max_reconnects": 50,
+        "seed": 5,
+    }
     total = 60
     got: list[tuple[int, int]] = []
     gaps: list[object] = []
@@ -67,8 +73,10 @@ async def test_sdk_clients_that_fail_over_lose_nothing_when_nodes_are_killed(eng
     twenty, done = trio.Event(), trio.Event()
 
     async def subscriber(task_status=trio.TASK_STATUS_IGNORED):
-        async with sdk.connect([urls[1], urls[2]], **settings) as client, \
-                client.subscribe("failover", ack=True) as messages:
+        async with (
+            sdk.connect([urls[1], urls[2]], **settings) as client,
+            client.subscribe("failover", ack=True) as messages,
+        ):
             task_status.started()
             async for item in messages:
                 if isinstance(item, sdk.Gap):

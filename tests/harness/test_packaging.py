@@ -26,8 +26,19 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 #: what ``python -m harness --help`` must not import: each command's module and its heavy dependencies
-HEAVY = ("harness.load", "harness.connect", "harness.stress", "harness.reliability", "harness.bench",
-         "harness.proxy", "trio", "hypothesis", "psutil", "hdrh", "wsnursery")
+HEAVY = (
+    "harness.load",
+    "harness.connect",
+    "harness.stress",
+    "harness.reliability",
+    "harness.bench",
+    "harness.proxy",
+    "trio",
+    "hypothesis",
+    "psutil",
+    "hdrh",
+    "wsnursery",
+)
 
 
 def installed_packages() -> list[str]:
@@ -57,14 +68,23 @@ def run(argv: list[str], cwd: Path, site: Path, timeout: float = 60.0) -> subpro
     """``python argv`` with only ``site`` (and the interpreter's own site-packages) to import from."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(site)
-    return subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def check_installed(site: Path, empty: Path, tmp_path: Path) -> None:
-    where = run(["-c", ("import harness, wsnursery, importlib.util as u; "
-                        "print(harness.__file__); print(wsnursery.__file__); print(u.find_spec('benches'))")],
-                empty, site)
+    where = run(
+        [
+            "-c",
+            (
+                "import harness, wsnursery, importlib.util as u; "
+                "print(harness.__file__); print(wsnursery.__file__); print(u.find_spec('benches'))"
+            ),
+        ],
+        empty,
+        site,
+    )
     assert where.returncode == 0, where.stderr
     harness_file, wsnursery_file, benches = where.stdout.split()
     # the test means something only if the repository is not what is imported
@@ -82,8 +102,9 @@ def check_installed(site: Path, empty: Path, tmp_path: Path) -> None:
         assert sub.returncode == 0 and "--seed" in sub.stdout, (command, sub.stderr)
 
     out = tmp_path / "load.json"
-    loaded = run(["-m", "harness", "load", "--clients", "2", "--messages", "10", "--quiet", "--output", str(out)],
-                 empty, site)
+    loaded = run(
+        ["-m", "harness", "load", "--clients", "2", "--messages", "10", "--quiet", "--output", str(out)], empty, site
+    )
     assert loaded.returncode == 0, loaded.stdout + loaded.stderr
     result = json.loads(out.read_text())["result"]
     assert result["messages_received"] == 20 and result["error_rate"] == 0
@@ -113,34 +134,57 @@ def test_harness_runs_from_the_built_wheel(tmp_path: Path) -> None:
     src, dist, site, empty = (tmp_path / name for name in ("src", "dist", "site", "empty"))
     empty.mkdir()
     # a copy, so that the build leaves nothing (build/, *.egg-info) in the repository
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "build", "*.egg-info",
-                                                             "results", ".ruff_cache", ".mypy_cache"))
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "__pycache__", "build", "*.egg-info", "results", ".ruff_cache", ".mypy_cache"
+        ),
+    )
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
-    built = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(dist),
-                            str(src)], capture_output=True, text=True, timeout=120, check=False)
+    built = subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(dist), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     wheels = list(dist.glob("wsnursery-*.whl"))
     assert len(wheels) == 1, built.stdout
-    installed = subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheels[0])],
-                               capture_output=True, text=True, timeout=120, check=False)
+    installed = subprocess.run(
+        [*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheels[0])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert installed.returncode == 0, installed.stdout + installed.stderr
     check_installed(site, empty, tmp_path)
 
 
 def test_help_imports_no_command_module() -> None:
-    probe = ("import sys\nfrom harness import cli\n"
-             "try:\n    cli.main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
-             f"print(sorted(m for m in sys.modules if m.startswith({HEAVY!r})))")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
+    probe = (
+        "import sys\nfrom harness import cli\n"
+        "try:\n    cli.main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        f"print(sorted(m for m in sys.modules if m.startswith({HEAVY!r})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=30, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
 
 
 def test_a_command_imports_only_its_own_module() -> None:
-    probe = ("import sys\nfrom harness import cli\n"
-             "try:\n    cli.main(['stress', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
-             "print(sorted(m for m in sys.modules if m.startswith('harness.')))")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
+    probe = (
+        "import sys\nfrom harness import cli\n"
+        "try:\n    cli.main(['stress', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "print(sorted(m for m in sys.modules if m.startswith('harness.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=30, check=False
+    )
     assert done.returncode == 0, done.stderr
     loaded = done.stdout.strip().splitlines()[-1]
     assert "harness.stress" in loaded and "harness.reliability" not in loaded and "harness.connect" not in loaded
@@ -175,10 +219,14 @@ def test_harness_never_imports_benches_and_benches_edit_no_sys_path() -> None:
 @pytest.mark.parametrize(("command", "missing"), [("load", "psutil"), ("reliability", "hdrh.histogram")])
 def test_a_server_only_install_says_how_to_install_the_harness(command: str, missing: str) -> None:
     """``pip install wsnursery`` has no harness extra: a command says what to install, in one line, exit 2."""
-    probe = (f"import sys\nsys.modules[{missing!r}] = None  # as if not installed\n"
-             f"from harness import cli\nsys.exit(cli.main([{command!r}, '--quiet']))")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=30,
-                          check=False)
+    probe = (
+        f"import sys\nsys.modules[{missing!r}] = None  # as if not installed\n"
+        f"from harness import cli\nsys.exit(cli.main([{command!r}, '--quiet']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=30, check=False
+    )
     assert done.returncode == 2, done.stderr
-    assert done.stderr.strip() == (f"harness: no module named {missing!r}: install the harness with "
-                                   "pip install 'wsnursery[harness]'")
+    assert done.stderr.strip() == (
+        f"harness: no module named {missing!r}: install the harness with pip install 'wsnursery[harness]'"
+    )

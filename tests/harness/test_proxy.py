@@ -42,9 +42,7 @@ async def _start(nursery: trio.Nursery, schedule: FaultSchedule) -> FaultProxy:
 
 
 def _client(proxy: FaultProxy, **options):
-    return open_websocket(
-        HOST, proxy.port, "/", use_ssl=False, connect_timeout=TIMEOUT, **options
-    )
+    return open_websocket(HOST, proxy.port, "/", use_ssl=False, connect_timeout=TIMEOUT, **options)
 
 
 async def _round_trip(ws, messages: list) -> list:
@@ -97,9 +95,7 @@ async def test_drop_removes_exactly_one_message(nursery, direction):
 
 @pytest.mark.parametrize("direction", ["upstream", "downstream"])
 async def test_duplicate_delivers_exactly_one_message_twice(nursery, direction):
-    proxy = await _start(
-        nursery, FaultSchedule.forced({(0, direction, 5): "duplicate"})
-    )
+    proxy = await _start(nursery, FaultSchedule.forced({(0, direction, 5): "duplicate"}))
     messages = _numbered(8)
     async with _client(proxy) as ws:
         received = await _round_trip(ws, messages)
@@ -110,9 +106,7 @@ async def test_duplicate_delivers_exactly_one_message_twice(nursery, direction):
 async def test_slice_still_round_trips_exactly(nursery):
     messages = [*_numbered(4), b"z" * 70_000, "w" * 200, b""]
     forced = {
-        (0, direction, frame): "slice"
-        for direction in ("upstream", "downstream")
-        for frame in range(len(messages) + 1)
+        (0, direction, frame): "slice" for direction in ("upstream", "downstream") for frame in range(len(messages) + 1)
     }
     proxy = await _start(nursery, FaultSchedule.forced(forced))
     async with _client(proxy) as ws:
@@ -151,9 +145,7 @@ async def test_reset_aborts_the_client_connection(nursery):
 
 
 @pytest.mark.parametrize("direction", ["upstream", "downstream"])
-async def test_stall_is_detected_by_a_heartbeat_and_ends_when_a_side_closes(
-    nursery, direction
-):
+async def test_stall_is_detected_by_a_heartbeat_and_ends_when_a_side_closes(nursery, direction):
     proxy = await _start(nursery, FaultSchedule.forced({(0, direction, 0): "stall"}))
     with pytest.raises(DisconnectionTimeout):  # no close reply through a stall
         async with _client(proxy, disconnect_timeout=HEARTBEAT_TIMEOUT) as ws:
@@ -178,9 +170,7 @@ async def test_connections_are_indexed_in_accept_order(nursery):
 
 
 async def test_random_schedule_is_reproducible_across_concurrent_connections(nursery):
-    schedule = FaultSchedule(
-        seed=11, failure_rate=0.3, kinds={"slice", "delay"}, delay_spike=0.01
-    )
+    schedule = FaultSchedule(seed=11, failure_rate=0.3, kinds={"slice", "delay"}, delay_spike=0.01)
     proxy = await _start(nursery, schedule)
     messages = _numbered(30)
     clients = 3

@@ -27,12 +27,24 @@ def test_recovery_reconnects_replays_and_tail():
     # Connection 0 opens at 0 and is reset at 10; connection 1 opens at 11, stalls at 20;
     # connection 2 opens at 22. A delay at 30 on connection 2 heals at 30.5; a drop at 40 never does.
     events = [Event(10.0, 0, "reset"), Event(20.0, 1, "stall"), Event(30.0, 2, "delay"), Event(40.0, 2, "drop")]
-    deliveries = [(5.0, 4.9, 0, 0), (12.0, 9.0, 0, 0), (12.5, 10.5, 0, 0), (13.0, 12.9, 0, 0),
-                  (23.0, 19.0, 0, 1), (30.5, 30.4, 0, 0)]
+    deliveries = [
+        (5.0, 4.9, 0, 0),
+        (12.0, 9.0, 0, 0),
+        (12.5, 10.5, 0, 0),
+        (13.0, 12.9, 0, 0),
+        (23.0, 19.0, 0, 1),
+        (30.5, 30.4, 0, 0),
+    ]
     sub = subscriber(events, [0.0, 11.0, 22.0], deliveries)
     # The publisher's message 1, published at 19, is confirmed at 22 after a stall at 19.5.
-    publisher = ClientTrace("pub0", False, events=[Event(18.5, 0, "drop"), Event(19.5, 0, "stall")],
-                            opened=[0.0], progress=[4.9, 22.0], confirmed={0: 4.9, 1: 22.0})
+    publisher = ClientTrace(
+        "pub0",
+        False,
+        events=[Event(18.5, 0, "drop"), Event(19.5, 0, "stall")],
+        opened=[0.0],
+        progress=[4.9, 22.0],
+        confirmed={0: 4.9, 1: 22.0},
+    )
     figures = summarise([sub, publisher], {0: publisher})
 
     recovery = figures["recovery_ms"]
@@ -63,8 +75,11 @@ def test_a_connection_that_ended_without_a_proxy_fault_is_other():
 
 def test_a_tail_delivery_counts_the_reconnects_it_waited_through():
     # Published at 1, confirmed at once, delivered at 9 after three redials of the subscriber.
-    sub = subscriber([Event(2.0, 0, "reset"), Event(4.0, 1, "reset"), Event(6.0, 2, "stall")],
-                     [0.0, 3.0, 5.0, 8.0], [(0.6, 0.5, 0, 0), (9.0, 1.0, 0, 1)])
+    sub = subscriber(
+        [Event(2.0, 0, "reset"), Event(4.0, 1, "reset"), Event(6.0, 2, "stall")],
+        [0.0, 3.0, 5.0, 8.0],
+        [(0.6, 0.5, 0, 0), (9.0, 1.0, 0, 1)],
+    )
     publisher = ClientTrace("pub0", False, opened=[0.0], progress=[0.5, 1.0], confirmed={0: 0.5, 1: 1.0})
     tail = summarise([sub, publisher], {0: publisher})["tail"]
     assert tail["deliveries"] == 1 and tail["reconnects_on_the_way"] == 3

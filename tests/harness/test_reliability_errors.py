@@ -47,8 +47,13 @@ def test_bad_option_is_one_line_and_status_2(argv, why, capsys):
 def test_a_stream_that_cannot_be_planned_exits_2_from_the_command_line():
     result = subprocess.run(
         [sys.executable, "-m", "harness", "reliability", "--max-payload", "8", "--quiet"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
-    assert result.stderr.startswith("harness reliability: max payload must be between") and result.stderr.count("\n") == 1
+    assert (
+        result.stderr.startswith("harness reliability: max payload must be between") and result.stderr.count("\n") == 1
+    )
     assert result.stdout == ""

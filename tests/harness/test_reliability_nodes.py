@@ -18,8 +18,17 @@ async def test_a_run_on_three_nodes_with_node_kills_loses_nothing(monkeypatch, r
     monkeypatch.setattr(nodes, "KILL_INTERVAL", 0.6)  # several kills within a short run
     monkeypatch.setattr(nodes, "KILL_DOWN", 0.3)
     options = reliability.Options(
-        failure_rate=0.05, clients=2, publishers=2, channels=2, messages=120, duration=120, seed=4,
-        engine=url, nodes=3, kill_node=True, quiet=True,
+        failure_rate=0.05,
+        clients=2,
+        publishers=2,
+        channels=2,
+        messages=120,
+        duration=120,
+        seed=4,
+        engine=url,
+        nodes=3,
+        kill_node=True,
+        quiet=True,
     )
     result = await reliability.run(options, "nodes")
     report = result.as_dict()
@@ -40,7 +49,10 @@ async def test_a_run_on_three_nodes_with_node_kills_loses_nothing(monkeypatch, r
 )
 def test_cluster_flags_that_cannot_work_are_one_line_and_status_2(flags, words):
     result = subprocess.run(
-        [sys.executable, "-m", "harness", "reliability", *flags], check=False, capture_output=True, text=True,
+        [sys.executable, "-m", "harness", "reliability", *flags],
+        check=False,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert result.returncode == 2
@@ -49,8 +61,21 @@ def test_cluster_flags_that_cannot_work_are_one_line_and_status_2(flags, words):
 
 def test_a_node_that_does_not_start_is_one_line_and_status_1():
     result = subprocess.run(
-        [sys.executable, "-m", "harness", "reliability", "--engine", "redis://127.0.0.1:port/15", "--nodes", "2",
-         "--quiet"], check=False, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "reliability",
+            "--engine",
+            "redis://127.0.0.1:port/15",
+            "--nodes",
+            "2",
+            "--quiet",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()

@@ -36,11 +36,29 @@ async def test_json_encoding_run_is_clean_too():
 
 def test_a_client_without_dedup_makes_the_harness_fail(broken_dedup, capsys, tmp_path):
     output = tmp_path / "report.json"
-    status = cli.main([
-        "reliability", "--failure-rate", "0.3", "--faults", "duplicate", "--messages", "30",
-        "--clients", "2", "--publishers", "1", "--channels", "1", "--seed", "3", "--quiet",
-        "--output", str(output), "--no-shrink",
-    ])
+    status = cli.main(
+        [
+            "reliability",
+            "--failure-rate",
+            "0.3",
+            "--faults",
+            "duplicate",
+            "--messages",
+            "30",
+            "--clients",
+            "2",
+            "--publishers",
+            "1",
+            "--channels",
+            "1",
+            "--seed",
+            "3",
+            "--quiet",
+            "--output",
+            str(output),
+            "--no-shrink",
+        ]
+    )
     assert status == 1
     report = json.loads(output.read_text())["runs"][0]
     assert report["duplicated"] > 0 and not report["passed"]
@@ -50,9 +68,28 @@ def test_a_client_without_dedup_makes_the_harness_fail(broken_dedup, capsys, tmp
 def test_cli_reports_and_exits_zero_on_a_clean_run(tmp_path):
     output = tmp_path / "report.json"
     result = subprocess.run(
-        [sys.executable, "-m", "harness", "reliability", "--failure-rate", "0.15", "--messages", "30",
-         "--clients", "2", "--publishers", "1", "--seed", "9", "--output", str(output)],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "reliability",
+            "--failure-rate",
+            "0.15",
+            "--messages",
+            "30",
+            "--clients",
+            "2",
+            "--publishers",
+            "1",
+            "--seed",
+            "9",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     for row in ("lost", "duplicated", "reordered", "faults injected", "latency p99 ms", "seed 9"):
@@ -63,10 +100,26 @@ def test_cli_reports_and_exits_zero_on_a_clean_run(tmp_path):
 
 def test_a_soak_publishes_until_the_time_is_up_next_to_a_run_without_faults(tmp_path, capsys):
     output = tmp_path / "report.json"
-    status = cli.main([
-        "reliability", "--duration", "2", "--failure-rate", "0.1", "--clients", "2", "--publishers", "1",
-        "--channels", "2", "--seed", "4", "--quiet", "--output", str(output),
-    ])
+    status = cli.main(
+        [
+            "reliability",
+            "--duration",
+            "2",
+            "--failure-rate",
+            "0.1",
+            "--clients",
+            "2",
+            "--publishers",
+            "1",
+            "--channels",
+            "2",
+            "--seed",
+            "4",
+            "--quiet",
+            "--output",
+            str(output),
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 0, out
     faulted, clean = json.loads(output.read_text())["runs"]

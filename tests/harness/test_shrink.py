@@ -14,11 +14,29 @@ from harness.reliability import Options, Result
 
 def test_a_client_without_dedup_shrinks_to_a_handful_of_messages_and_replays(broken_dedup, tmp_path, capsys):
     replay = tmp_path / "case.json"
-    status = cli.main([
-        "reliability", "--failure-rate", "0.5", "--faults", "duplicate,slice", "--messages", "40",
-        "--clients", "2", "--publishers", "2", "--channels", "2", "--seed", "3", "--quiet", "--no-baseline",
-        "--replay-file", str(replay),
-    ])
+    status = cli.main(
+        [
+            "reliability",
+            "--failure-rate",
+            "0.5",
+            "--faults",
+            "duplicate,slice",
+            "--messages",
+            "40",
+            "--clients",
+            "2",
+            "--publishers",
+            "2",
+            "--channels",
+            "2",
+            "--seed",
+            "3",
+            "--quiet",
+            "--no-baseline",
+            "--replay-file",
+            str(replay),
+        ]
+    )
     assert status == 1
     err = capsys.readouterr().err
     assert f"--replay {replay}" in err
@@ -46,14 +64,20 @@ async def test_shrinking_bisects_the_count_then_the_shape_within_its_budget():
         tried.append(options)
         fluke = options.messages == 5 and sum(o.messages == 5 for o in tried) == 1
         failing = (options.messages >= 7 or fluke) and "drop" in options.faults
-        return Result("shrink", options.failure_rate, options.seed, Verdict(lost=int(failing)), 1.0, {}, 1,
-                      options=options)
+        return Result(
+            "shrink", options.failure_rate, options.seed, Verdict(lost=int(failing)), 1.0, {}, 1, options=options
+        )
 
     start = Options(messages=1000, clients=4, publishers=2, channels=3, faults=("reset", "drop", "stall"))
     failed = await runner(start)
     shrunk = await shrink.shrink(start, failed, max_runs=40, runner=runner)
-    assert (shrunk.options.messages, shrunk.options.clients, shrunk.options.channels,
-            shrunk.options.publishers, shrunk.options.faults) == (7, 1, 1, 1, ("drop",))
+    assert (
+        shrunk.options.messages,
+        shrunk.options.clients,
+        shrunk.options.channels,
+        shrunk.options.publishers,
+        shrunk.options.faults,
+    ) == (7, 1, 1, 1, ("drop",))
     assert shrunk.runs == len(tried) - 1 <= 40
     assert any("flaky, not kept" in step for step in shrunk.steps)
     assert any(step.endswith("fails (twice)") for step in shrunk.steps)

@@ -1,5 +1,7 @@
 """The frame splitter reproduces wsproto's frame boundaries and bytes exactly."""
 
+import itertools
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -54,9 +56,7 @@ def frame_streams(draw):
                 add_control()  # controls may sit between fragments
             fin = position == len(fragment_sizes) - 1
             payload = "t" * size if text else bytes(i % 251 for i in range(size))
-            opcode = Opcode.CONTINUATION if position else (
-                Opcode.TEXT if text else Opcode.BINARY
-            )
+            opcode = Opcode.CONTINUATION if position else (Opcode.TEXT if text else Opcode.BINARY)
             frames.append((bytes(protocol.send_data(payload, fin)), opcode, fin, size))
         if draw(st.booleans()):
             add_control()
@@ -69,7 +69,7 @@ def frame_streams(draw):
 def _feed_in_pieces(splitter: FrameSplitter, stream: bytes, cuts: list[int]):
     bounds = [0, *sorted(set(cuts)), len(stream)]
     chunks = []
-    for start, end in zip(bounds, bounds[1:]):
+    for start, end in itertools.pairwise(bounds):
         chunks.extend(splitter.feed(stream[start:end]))
     return chunks
 

@@ -31,7 +31,6 @@ __all__ = [
 ]
 
 
-
 @attrs.frozen
 class SendFrame:
     """Queue ``payload`` (``frame`` encoded once, for the connection's encoding)."""
@@ -98,8 +97,16 @@ class FetchToken:
 
 
 Effect = (
-    SendFrame | SendPing | ToApp | SubscriptionConfirmed | SubscriptionRefused
-    | PublishConfirmed | PublishFailed | Ready | DropConnection | FetchToken
+    SendFrame
+    | SendPing
+    | ToApp
+    | SubscriptionConfirmed
+    | SubscriptionRefused
+    | PublishConfirmed
+    | PublishFailed
+    | Ready
+    | DropConnection
+    | FetchToken
 )
 
 

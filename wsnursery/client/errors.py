@@ -53,7 +53,8 @@ class TokenExpired(ConnectionClosed):
 
     def __init__(self, reason: str = "") -> None:
         super().__init__(
-            CloseCode.TOKEN_EXPIRED, reason,
+            CloseCode.TOKEN_EXPIRED,
+            reason,
             what="connection token expired (close 4001); pass token= a callable to renew it",
         )
 
@@ -64,9 +65,7 @@ class Disconnected(ConnectionClosed):
     The client does not reconnect: whoever runs the server decided this user must go."""
 
     def __init__(self, reason: str = "") -> None:
-        super().__init__(
-            CloseCode.DISCONNECTED, reason, what="disconnected by the server's API (close 4003)"
-        )
+        super().__init__(CloseCode.DISCONNECTED, reason, what="disconnected by the server's API (close 4003)")
 
 
 class GaveUp(Closed):

@@ -78,7 +78,11 @@ class Counters:
         self.gaps += receiver.gaps_reported
 
     def snapshot(
-        self, receivers: list[ChannelReceiver], *, connect_failures: int, publish_retries: int,
+        self,
+        receivers: list[ChannelReceiver],
+        *,
+        connect_failures: int,
+        publish_retries: int,
         token_refreshes: int,
     ) -> ClientStats:
         return ClientStats(
@@ -139,9 +143,16 @@ class Options:
     compression: bool = True  # offer permessage-deflate; a server may decline it
 
     def __attrs_post_init__(self) -> None:
-        for name in ("request_timeout", "connect_timeout", "heartbeat_interval",
-                     "heartbeat_timeout", "backoff_base", "backoff_max", "close_timeout",
-                     "token_refresh_margin"):
+        for name in (
+            "request_timeout",
+            "connect_timeout",
+            "heartbeat_interval",
+            "heartbeat_timeout",
+            "backoff_base",
+            "backoff_max",
+            "close_timeout",
+            "token_refresh_margin",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a number of seconds greater than 0, not {value!r}")

@@ -69,9 +69,7 @@ class PublishTracker:
     def new_publish(self, channel: str, data: Any, now: float) -> PendingPublish:
         """Register a publish, due at once. Raises :class:`PublishWindowFull` at the bound."""
         if len(self._pending) >= self.max_pending:
-            raise PublishWindowFull(
-                f"{self.max_pending} publishes await confirmation; wait for one to complete"
-            )
+            raise PublishWindowFull(f"{self.max_pending} publishes await confirmation; wait for one to complete")
         key = f"{self.client_prefix}-{next(self._counter)}"
         publish = PendingPublish(channel, data, key, next(self.ids), due_at=now)
         self._pending[key] = publish

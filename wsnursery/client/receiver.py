@@ -137,9 +137,7 @@ class ChannelReceiver:
     def pending(self) -> int:
         return len(self._pending)
 
-    def on_subscribed(
-        self, epoch: str, seq: int, recovered: bool, since: Position | None = None
-    ) -> list[Effect]:
+    def on_subscribed(self, epoch: str, seq: int, recovered: bool, since: Position | None = None) -> list[Effect]:
         """A ``subscribed`` reply (or the reply to a ``replay``, which carries the same fields).
 
         ``seq`` is the stream's head; ``since`` is what the request carried. Without a held
@@ -237,9 +235,7 @@ class ChannelReceiver:
         effects: list[Effect] = []
         if epoch != self._epoch or resume_at != self._delivered + 1:
             self.gaps_reported += 1
-            effects.append(
-                Gap(self.channel, self._delivered + 1, resume_at, self._resync.reason)
-            )
+            effects.append(Gap(self.channel, self._delivered + 1, resume_at, self._resync.reason))
         self._epoch, self._delivered = epoch, resume_at - 1
         self._resync = None
         return effects

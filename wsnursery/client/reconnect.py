@@ -34,9 +34,14 @@ from .errors import (
 __all__ = ["FATAL_CLOSE_CODES", "Reconnects"]
 
 # Close codes after which reconnecting would only repeat the refusal.
-FATAL_CLOSE_CODES = frozenset({
-    CloseCode.PROTOCOL_ERROR, CloseCode.UNSUPPORTED_DATA, CloseCode.INVALID_PAYLOAD, CloseCode.TOO_BIG,
-})
+FATAL_CLOSE_CODES = frozenset(
+    {
+        CloseCode.PROTOCOL_ERROR,
+        CloseCode.UNSUPPORTED_DATA,
+        CloseCode.INVALID_PAYLOAD,
+        CloseCode.TOO_BIG,
+    }
+)
 
 
 @attrs.define

@@ -120,7 +120,8 @@ class Client:
             parse_url(url)  # a bad URL is a ValueError now, not max_reconnects failures later
         self.options = options
         self.session = ClientSession(
-            self.urls, options,
+            self.urls,
+            options,
             # Keys must differ between clients even when two share a seed.
             client_prefix=secrets.token_hex(8),
         )
@@ -168,7 +169,11 @@ class Client:
         return self.session.welcome if self._conn is not None else None
 
     def subscribe(
-        self, channel: str, *, ack: bool = True, buffer_size: int | None = None,
+        self,
+        channel: str,
+        *,
+        ack: bool = True,
+        buffer_size: int | None = None,
         since: Position | tuple[str, int] | None = None,
     ) -> Subscription:
         """A :class:`Subscription` to enter with ``async with``.
@@ -181,8 +186,13 @@ class Client:
         after the head.
         """
         return Subscription(
-            self, channel, ack, buffer_size or self.options.buffer_size, since,
-            attach=self._add_subscription, detach=self._remove_subscription,
+            self,
+            channel,
+            ack,
+            buffer_size or self.options.buffer_size,
+            since,
+            attach=self._add_subscription,
+            detach=self._remove_subscription,
         )
 
     async def publish(self, channel: str, data: Any) -> Published:
@@ -302,7 +312,7 @@ class Client:
                 return
             try:
                 conn, effects = await self._open(attempt.url)
-            except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, TransportError, h11, decode...
+            except Exception as exc:
                 session.connect_failed(exc)
                 log.info("connect to %s failed: %s", attempt.url, exc)
                 continue
@@ -443,7 +453,7 @@ class Client:
     async def _refresh_token(self, conn: _Connection) -> None:
         try:
             token = await self._token()
-        except Exception as exc:  # noqa: BLE001 - the application's callable failed: try again later
+        except Exception as exc:
             log.warning("token callable failed: %s", exc)
             self.session.token_fetch_failed(anyio.current_time())
             self._wake.set()
@@ -537,4 +547,3 @@ def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException |
             return None
         error = error.exceptions[0]
     return error
-

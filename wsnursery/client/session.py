@@ -108,8 +108,11 @@ class ClientSession:
         self._rng = rng if rng is not None else random.Random(options.seed)
         self._ids = itertools.count(1)  # request ids, shared with the publish tracker
         self._publishes = PublishTracker(
-            rng=self._rng, base=options.request_timeout, cap=options.publish_backoff_max,
-            max_pending=options.max_pending_publishes, ids=self._ids,
+            rng=self._rng,
+            base=options.request_timeout,
+            cap=options.publish_backoff_max,
+            max_pending=options.max_pending_publishes,
+            ids=self._ids,
             **({"client_prefix": client_prefix} if client_prefix is not None else {}),
         )
         self._new_receiver = new_receiver or self._receiver
@@ -121,8 +124,12 @@ class ClientSession:
         self._heartbeat = Heartbeat(options.heartbeat_interval, options.heartbeat_timeout)
         self._token = TokenRefresh(options.token_refresh_margin, options.request_timeout)
         self._reconnects = Reconnects(
-            self.urls, options.max_reconnects, options.backoff_base, options.backoff_max,
-            self._rng, refreshable=options.refreshable,
+            self.urls,
+            options.max_reconnects,
+            options.backoff_base,
+            options.backoff_max,
+            self._rng,
+            refreshable=options.refreshable,
         )
         self._wall_offset = 0.0  # unix time minus the session's clock, at the last token reading
         self._counters = Counters()
@@ -334,9 +341,9 @@ class ClientSession:
         verdict = self._heartbeat.tick(now, bytes_in, self.paused)
         if verdict is HeartbeatVerdict.DEAD:
             self._counters.heartbeat_timeouts += 1
-            return [DropConnection(TransportClosed(
-                CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout: no pong, no traffic"
-            ))]
+            return [
+                DropConnection(TransportClosed(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout: no pong, no traffic"))
+            ]
         if verdict is HeartbeatVerdict.PING:
             effects.append(SendPing(b"hb%d" % self._heartbeat.pings))
         for record in list(self._channels.values()):
@@ -369,8 +376,7 @@ class ClientSession:
         if self.state is not LinkState.UP:
             return None
         timeout = self.options.request_timeout
-        deadlines = [self._heartbeat.next_deadline(), self._token.next_deadline(),
-                     self._publishes.next_deadline()]
+        deadlines = [self._heartbeat.next_deadline(), self._token.next_deadline(), self._publishes.next_deadline()]
         for record in self._channels.values():
             last_sent = record.last_sent()
             if last_sent is not None:
@@ -405,15 +411,19 @@ class ClientSession:
         for publish in self._publishes.due(now):
             # Retry no sooner than request_timeout, plus the tracker's jittered backoff.
             publish.due_at += self.options.request_timeout
-            effect = self._send(protocol.publish_request(
-                publish.request_id, publish.channel, publish.data, publish.key
-            ))
+            effect = self._send(
+                protocol.publish_request(publish.request_id, publish.channel, publish.data, publish.key)
+            )
             if limit is not None and len(effect.payload) > limit:
                 self._publishes.cancel(publish.key)
-                effects.append(PublishFailed(publish.key, ValueError(
-                    f"publish of {len(effect.payload)} bytes is over the server's"
-                    f" max_message_size ({limit})"
-                )))
+                effects.append(
+                    PublishFailed(
+                        publish.key,
+                        ValueError(
+                            f"publish of {len(effect.payload)} bytes is over the server's max_message_size ({limit})"
+                        ),
+                    )
+                )
                 continue
             effects.append(effect)
         return effects

@@ -53,9 +53,7 @@ class Inbox:
     """
 
     def __init__(self, buffer_size: int) -> None:
-        self.send_stream, self.receive_stream = anyio.create_memory_object_stream[Message | Gap](
-            buffer_size
-        )
+        self.send_stream, self.receive_stream = anyio.create_memory_object_stream[Message | Gap](buffer_size)
         self.overflow: deque[Message | Gap] = deque()
         self.confirmed = anyio.Event()  # the first subscribed reply (or an error)
         self.error: BaseException | None = None
@@ -138,7 +136,11 @@ class Subscription:
     """
 
     def __init__(
-        self, client: Client, channel: str, ack: bool, buffer_size: int,
+        self,
+        client: Client,
+        channel: str,
+        ack: bool,
+        buffer_size: int,
         since: Position | tuple[str, int] | None = None,
         *,
         attach: Callable[[Subscription], None],

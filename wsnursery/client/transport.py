@@ -274,9 +274,7 @@ async def open_transport(
             for event in ws.events():
                 if isinstance(event, AcceptConnection):
                     transport = WebSocketTransport(stream, ws, event.subprotocol, max_message_size)
-                    transport.compressed = any(
-                        isinstance(ext, PerMessageDeflate) for ext in event.extensions
-                    )
+                    transport.compressed = any(isinstance(ext, PerMessageDeflate) for ext in event.extensions)
                     return transport
                 if isinstance(event, RejectConnection):
                     reject = event
