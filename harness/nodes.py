@@ -154,6 +154,12 @@ class Nodes:
     async def restart(self, node: Node) -> None:
         await self.start(node)
 
+    def start_kill_loop(self, interval: float, down_time: float) -> None:
+        """Run ``kill_loop`` as a task of ``run``'s own nursery, so it is cancelled and done
+        before ``run`` stops the nodes (a loop outside it could restart a node mid-shutdown)."""
+        assert self._nursery is not None, "start_kill_loop() runs once run() has started"
+        self._nursery.start_soon(self.kill_loop, interval, down_time)
+
     async def kill_loop(self, interval: float, down_time: float) -> None:
         """Every ``interval`` seconds (jittered ±50%), SIGKILL one node, restart it after ``down_time``."""
         while True:
@@ -244,7 +250,7 @@ async def start_cluster(
     await nursery.start(nodes.run)
     port = await nursery.start(nodes.balance)
     if kill:
-        nursery.start_soon(nodes.kill_loop, KILL_INTERVAL, KILL_DOWN)
+        nodes.start_kill_loop(KILL_INTERVAL, KILL_DOWN)
     return nodes, port
 
 
