@@ -40,7 +40,7 @@ from .broadcast import Broadcast, Message, Policy, Receiver
 from .protocol import Position, ProtocolError
 from .reliability import DedupWindow
 
-__all__ = ["Broadcast", "Hub", "MemoryHub", "Message", "Policy", "Published", "Receiver"]
+__all__ = ["Broadcast", "Hub", "LocalWindows", "MemoryHub", "Message", "Policy", "Published", "Receiver"]
 
 
 @attrs.frozen
@@ -90,7 +90,39 @@ class Hub(Protocol):
         """Channels held (for ``/healthz``)."""
 
 
-class MemoryHub:
+class LocalWindows:
+    """What every engine keeps in this process, and the part of ``Hub`` that needs nothing more.
+
+    One ``Broadcast`` window per channel this process's clients use, in ``_channels``, in
+    least recently used order (dict order). ``detach``, ``recover``, ``broadcast`` and the
+    channel list answer from those windows alone, for ``MemoryHub`` and ``RedisHub`` alike.
+    """
+
+    _channels: dict[str, Broadcast]
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._channels)
+
+    def broadcast(self, channel: str) -> Broadcast | None:
+        return self._channels.get(channel)
+
+    def channel_names(self) -> list[str]:
+        """The channels held here, least recently used first (for the server API's channel list)."""
+        return list(self._channels)
+
+    def detach(self, channel: str, receiver: Receiver) -> None:
+        broadcast = self._channels.get(channel)
+        if broadcast is not None:
+            broadcast.receivers.discard(receiver)
+            broadcast.progressed()
+
+    async def recover(self, channel: str, since: Position) -> bool:
+        broadcast = self._channels.get(channel)
+        return broadcast is not None and since.epoch == broadcast.epoch and broadcast.holds_after(since.seq)
+
+
+class MemoryHub(LocalWindows):
     """The embedded default hub: every channel lives in this process's memory.
 
     Its history does not survive a restart, so each channel gets a fresh random epoch when it
@@ -126,17 +158,6 @@ class MemoryHub:
         """Nothing to do in the background: expiry happens on publish and attach."""
         task_status.started()
         await trio.sleep_forever()
-
-    @property
-    def channel_count(self) -> int:
-        return len(self._channels)
-
-    def broadcast(self, channel: str) -> Broadcast | None:
-        return self._channels.get(channel)
-
-    def channel_names(self) -> list[str]:
-        """The channels held, least recently used first (for the server API's channel list)."""
-        return list(self._channels)
 
     async def position(self, channel: str) -> Position | None:
         broadcast = self._channels.get(channel)
@@ -190,13 +211,3 @@ class MemoryHub:
         broadcast.expire(self._clock())
         broadcast.receivers.add(receiver)
         return broadcast
-
-    def detach(self, channel: str, receiver: Receiver) -> None:
-        broadcast = self._channels.get(channel)
-        if broadcast is not None:
-            broadcast.receivers.discard(receiver)
-            broadcast.progressed()
-
-    async def recover(self, channel: str, since: Position) -> bool:
-        broadcast = self._channels.get(channel)
-        return broadcast is not None and since.epoch == broadcast.epoch and broadcast.holds_after(since.seq)

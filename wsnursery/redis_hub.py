@@ -42,7 +42,7 @@ import trio
 
 from . import logs
 from .broadcast import Broadcast, Message, Policy, Receiver
-from .hub import Published
+from .hub import LocalWindows, Published
 from .protocol import Position, ProtocolError
 from .redis_fanin import FanIn
 from .redis_store import DEFAULT_PREFIX, Entry, RedisStore, Unavailable, connect
@@ -50,7 +50,7 @@ from .redis_store import DEFAULT_PREFIX, Entry, RedisStore, Unavailable, connect
 log = logs.get("redis")
 
 
-class RedisHub:
+class RedisHub(LocalWindows):
     def __init__(
         self,
         url: str,
@@ -127,17 +127,6 @@ class RedisHub:
 
     # -- the Hub protocol -------------------------------------------------------------
 
-    @property
-    def channel_count(self) -> int:
-        return len(self._channels)
-
-    def broadcast(self, channel: str) -> Broadcast | None:
-        return self._channels.get(channel)
-
-    def channel_names(self) -> list[str]:
-        """The channels this node holds a window of, least recently used first (server API)."""
-        return list(self._channels)
-
     async def position(self, channel: str) -> Position | None:
         return await self.store.position(channel)
 
@@ -165,16 +154,6 @@ class RedisHub:
         broadcast.expire(self._clock())
         broadcast.receivers.add(receiver)
         return broadcast
-
-    def detach(self, channel: str, receiver: Receiver) -> None:
-        broadcast = self._channels.get(channel)
-        if broadcast is not None:
-            broadcast.receivers.discard(receiver)
-            broadcast.progressed()
-
-    async def recover(self, channel: str, since: Position) -> bool:
-        broadcast = self._channels.get(channel)
-        return broadcast is not None and since.epoch == broadcast.epoch and broadcast.holds_after(since.seq)
 
     # -- what the reader feeds (``redis_fanin.FanInSink``) -------------------------------
 
