@@ -298,22 +298,14 @@ def _reliability(payload: dict[str, Any]) -> tuple[str, bool, list[str]]:
         ("timed out", *["yes" if r["timed_out"] else "no" for r in runs]),
     ]
     parts = [_table(["", *names], rows)]
-    parts.append(
-        percentile_chart(
-            [(n, r.get("latency_curve", [])) for n, r in zip(names, runs)],
-            "Latency distribution, publish to delivery, per scenario",
-        )
-    )
-    parts.append(
-        chart(
-            [
-                Series(n, rate(r.get("timeline", []), "delivered"), COLORS[i % len(COLORS)])
-                for i, (n, r) in enumerate(zip(names, runs))
-            ],
-            title="Throughput over time: deliveries per second",
-            x_label="seconds since the start",
-            y_label="deliveries/s",
-        )
+    parts += _latency_and_rate(
+        runs,
+        names,
+        latency_title="Latency distribution, publish to delivery, per scenario",
+        counter="delivered",
+        rate_title="Throughput over time: deliveries per second",
+        x_label="seconds since the start",
+        y_label="deliveries/s",
     )
     for name, run in zip(names, runs):
         points = run.get("timeline", [])
@@ -343,24 +335,40 @@ def _reliability(payload: dict[str, Any]) -> tuple[str, bool, list[str]]:
 
 
 def _load_like(records: list[dict[str, Any]], names: list[str]) -> list[str]:
-    parts = [
-        percentile_chart(
-            [(n, r.get("latency_curve", [])) for n, r in zip(names, records)],
-            "Latency distribution, round trip, per run",
-        )
-    ]
-    parts.append(
+    return _latency_and_rate(
+        records,
+        names,
+        latency_title="Latency distribution, round trip, per run",
+        counter="received",
+        rate_title="Throughput over time: messages per second",
+        x_label="seconds since the message phase began",
+        y_label="messages/s",
+    )
+
+
+def _latency_and_rate(
+    records: list[dict[str, Any]],
+    names: list[str],
+    *,
+    latency_title: str,
+    counter: str,
+    rate_title: str,
+    x_label: str,
+    y_label: str,
+) -> list[str]:
+    """Each run's latency percentile curve, then the rate of its ``counter`` over time."""
+    return [
+        percentile_chart([(n, r.get("latency_curve", [])) for n, r in zip(names, records)], latency_title),
         chart(
             [
-                Series(n, rate(r.get("timeline", []), "received"), COLORS[i % len(COLORS)])
+                Series(n, rate(r.get("timeline", []), counter), COLORS[i % len(COLORS)])
                 for i, (n, r) in enumerate(zip(names, records))
             ],
-            title="Throughput over time: messages per second",
-            x_label="seconds since the message phase began",
-            y_label="messages/s",
-        )
-    )
-    return parts
+            title=rate_title,
+            x_label=x_label,
+            y_label=y_label,
+        ),
+    ]
 
 
 def _load_passed(r: dict[str, Any]) -> bool:
