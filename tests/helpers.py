@@ -142,3 +142,34 @@ def server_errors(caplog, monkeypatch):
         if r.levelno >= logging.ERROR and r.name.startswith("wsnursery")
     ]
     assert not errors, errors
+
+
+async def slow_subscriber(port: int, channel: str) -> RawClient:
+    """Subscribed to ``channel``, then never reads (a tiny receive buffer: the server's writes back up)."""
+    slow = await RawClient.connect(port, rcvbuf=4096)
+    await raw_welcome(slow)
+    reply = await raw_request(slow, {"type": "subscribe", "id": 1, "channel": channel})
+    assert reply["type"] == "subscribed", reply
+    return slow
+
+
+async def read_messages(raw: RawClient, until_seq: int | None = None) -> tuple[list[int], int | None]:
+    """Message seqs in arrival order, up to ``until_seq`` or the close frame (its code); None at
+    EOF or a reset. Each read fails loudly after 30 s."""
+    seqs: list[int] = []
+    while until_seq is None or not seqs or seqs[-1] < until_seq:
+        try:
+            with trio.fail_after(30):
+                frame = await raw.read_frame()
+        except (trio.BrokenResourceError, ConnectionResetError):
+            return seqs, None
+        if frame is None:
+            return seqs, None
+        opcode, payload = frame
+        if opcode == 0x8:
+            return seqs, int.from_bytes(payload[:2], "big")
+        if opcode == 0x1:
+            message = json.loads(payload)
+            if message["type"] == "message":
+                seqs.append(message["seq"])
+    return seqs, None

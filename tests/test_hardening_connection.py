@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
 
@@ -11,8 +10,9 @@ import trio
 
 from .helpers import (
     metric,
-    raw_request,
     raw_welcome,
+    read_messages,
+    slow_subscriber,
     text_frame,
     wait_until,
 )
@@ -70,15 +70,6 @@ PAD = "x" * 16_384
 CHANNEL = "firehose"
 
 
-async def slow_subscriber(port: int) -> RawClient:
-    """Subscribed, then never reads (a tiny receive buffer: the server's writes back up)."""
-    slow = await RawClient.connect(port, rcvbuf=4096)
-    await raw_welcome(slow)
-    reply = await raw_request(slow, {"type": "subscribe", "id": 1, "channel": CHANNEL})
-    assert reply["type"] == "subscribed", reply
-    return slow
-
-
 async def test_echo_to_a_client_that_never_reads_holds_a_byte_bound(start_server):
     """Item 4, scaled from 1 MiB to 64 KiB messages: the server stops reading once the echoes
     queued reach ``max_control_bytes``; before, it queued 256 whole messages (263 MiB at 1 MiB)."""
@@ -117,7 +108,7 @@ async def test_block_policy_closes_a_stuck_subscriber_4008_after_block_timeout(s
         history_size=64,
         max_unacked=8,
     )
-    slow = await slow_subscriber(running.port)
+    slow = await slow_subscriber(running.port, CHANNEL)
     count = 60  # 16 KiB each: the stuck one fills its limit long before
     got: list[int] = []
     async with connect(running.url) as pub, connect(running.url) as other, trio.open_nursery() as nursery:
@@ -156,33 +147,13 @@ class PacedClient(RawClient):
         return True
 
 
-async def read_messages(raw: RawClient) -> tuple[list[int], int | None]:
-    """Message seqs in order, then the close frame's code (None at EOF or a reset)."""
-    seqs: list[int] = []
-    while True:
-        try:
-            with trio.fail_after(30):
-                frame = await raw.read_frame()
-        except (trio.BrokenResourceError, ConnectionResetError):
-            return seqs, None
-        if frame is None:
-            return seqs, None
-        opcode, payload = frame
-        if opcode == 0x8:
-            return seqs, int.from_bytes(payload[:2], "big")
-        if opcode == 0x1:
-            message = json.loads(payload)
-            if message["type"] == "message":
-                seqs.append(message["seq"])
-
-
 async def test_a_slow_consumer_gets_its_4008_ahead_of_the_data_it_replaces(start_server):
     """Item 12: the 4008 goes out after the frame under way, not behind the whole queued
     write (up to 256 KiB), so a consumer reading at 40 KiB/s gets it within close_timeout;
     before, it sat behind the queued data and the consumer saw EOF. The publisher pipelines
     its publishes, so that one write to the slow consumer carries many messages."""
     running = await start_server(outbound_queue_size=32, history_size=64, max_unacked=32, close_timeout=4.0)
-    slow = await slow_subscriber(running.port)
+    slow = await slow_subscriber(running.port, CHANNEL)
     slow.__class__ = PacedClient
     [connection] = running.server.connections
     # A small server-side send buffer: what the kernel holds is small next to one write.

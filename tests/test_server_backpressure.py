@@ -13,8 +13,9 @@ import trio
 
 from .helpers import (
     metric,
-    raw_request,
     raw_welcome,
+    read_messages,
+    slow_subscriber,
     text_frame,
     wait_until,
 )
@@ -27,37 +28,9 @@ CHANNEL = "firehose"
 pytestmark = pytest.mark.usefixtures("server_errors")
 
 
-async def _slow_subscriber(port: int) -> RawClient:
-    slow = await RawClient.connect(port, rcvbuf=4096)
-    await raw_welcome(slow)
-    reply = await raw_request(slow, {"type": "subscribe", "id": 1, "channel": CHANNEL})
-    assert reply["type"] == "subscribed", reply
-    return slow
-
-
-async def _read_messages(raw: RawClient, until_seq: int | None = None) -> tuple[list[int], int | None]:
-    """Message seqs in arrival order, up to ``until_seq`` or the close frame (its code), or EOF."""
-    seqs: list[int] = []
-    while until_seq is None or not seqs or seqs[-1] < until_seq:
-        try:
-            frame = await raw.read_frame()
-        except trio.BrokenResourceError:
-            return seqs, None
-        if frame is None:
-            return seqs, None
-        opcode, payload = frame
-        if opcode == 0x8:
-            return seqs, int.from_bytes(payload[:2], "big")
-        if opcode == 0x1:
-            message = json.loads(payload)
-            if message["type"] == "message":
-                seqs.append(message["seq"])
-    return seqs, None
-
-
 async def test_slow_consumer_is_closed_4008_while_a_fast_one_gets_everything(start_server):
     running = await start_server(outbound_queue_size=8, history_size=64, max_unacked=8, close_timeout=5.0)
-    slow = await _slow_subscriber(running.port)
+    slow = await slow_subscriber(running.port, CHANNEL)
     async with connect(running.url) as fast, connect(running.url) as pub, trio.open_nursery() as nursery:
         await fast.subscribe(CHANNEL)
         fast_seqs: list[int] = []
@@ -79,7 +52,7 @@ async def test_slow_consumer_is_closed_4008_while_a_fast_one_gets_everything(sta
 
             # The slow one reads again now: it gets what was in flight, then the 4008 close frame.
             async def read_slow() -> None:
-                slow_result.append(await _read_messages(slow))
+                slow_result.append(await read_messages(slow))
 
             nursery.start_soon(read_slow)
             for _ in range(10):  # publishing goes on for everyone else
@@ -101,7 +74,7 @@ async def test_slow_consumer_is_closed_4008_while_a_fast_one_gets_everything(sta
 
 async def test_block_policy_makes_the_publisher_wait_for_the_slow_reader(start_server):
     running = await start_server(slow_consumer_policy="block", outbound_queue_size=8, history_size=64, max_unacked=8)
-    slow = await _slow_subscriber(running.port)
+    slow = await slow_subscriber(running.port, CHANNEL)
     replies: list[int] = []
     stop_at = MAX_PUBLISHES
     async with connect(running.url) as pub, connect(running.url) as other, trio.open_nursery() as nursery:
@@ -125,7 +98,7 @@ async def test_block_policy_makes_the_publisher_wait_for_the_slow_reader(start_s
         # Once the slow one reads, publishing resumes and it gets every message.
         stop_at = len(replies) + 20
         with trio.fail_after(30):
-            slow_seqs, code = await _read_messages(slow, until_seq=stop_at)
+            slow_seqs, code = await read_messages(slow, until_seq=stop_at)
         await wait_until(lambda: len(replies) >= stop_at, what="the publisher to finish")
     await slow.aclose()
     assert code is None
@@ -136,7 +109,7 @@ async def test_block_policy_makes_the_publisher_wait_for_the_slow_reader(start_s
 
 async def test_block_policy_waiting_publisher_is_released_when_the_slow_one_leaves(start_server):
     running = await start_server(slow_consumer_policy="block", outbound_queue_size=8, history_size=64, max_unacked=8)
-    slow = await _slow_subscriber(running.port)
+    slow = await slow_subscriber(running.port, CHANNEL)
     replies: list[int] = []
     async with connect(running.url) as pub, trio.open_nursery() as nursery:
 
@@ -158,7 +131,7 @@ async def test_a_reader_that_pauses_gets_every_frame_whole_and_in_order(start_se
     """Past what the socket takes without blocking, the rest waits as the stream's backlog and
     in the connection's writer task; pings queued meanwhile go out between whole frames."""
     running = await start_server(heartbeat_interval=0.05, heartbeat_timeout=60)
-    paused = await _slow_subscriber(running.port)
+    paused = await slow_subscriber(running.port, CHANNEL)
     count, pad = 60, "y" * 60_000  # ~3.6 MB: far past the socket buffers of this machine
     try:
         async with connect(running.url) as publisher:
@@ -291,7 +264,7 @@ async def test_a_subscriber_whose_next_message_left_history_is_closed_4008(start
     while its socket is backed up, the messages after its cursor are dropped, so when it reads
     again it gets what was in flight, then 4008 (resume with ``since``), never a gap."""
     running = await start_server(outbound_queue_size=4096, history_size=4096, history_bytes=65_536, close_timeout=5.0)
-    slow = await _slow_subscriber(running.port)
+    slow = await slow_subscriber(running.port, CHANNEL)
     broadcast = running.server.hub.broadcast(CHANNEL)
     assert broadcast is not None
     [subscription] = broadcast.receivers
@@ -304,7 +277,7 @@ async def test_a_subscriber_whose_next_message_left_history_is_closed_4008(start
                 published += 1
         assert metric(running.server, "wsnursery_slow_consumer_closes_total") == 0  # not by its lag
         with trio.fail_after(30):
-            seqs, code = await _read_messages(slow)  # reading lets its writer go on: the next is gone
+            seqs, code = await read_messages(slow)  # reading lets its writer go on: the next is gone
         assert (await pub.publish(CHANNEL, "still serving"))["seq"] == published + 1
     await slow.aclose()
     assert code == 4008
