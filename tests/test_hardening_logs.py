@@ -112,3 +112,16 @@ async def test_a_close_reason_with_a_newline_writes_one_log_line(server):
         assert LINE_START.match(line), f"forged or broken log line: {line!r}"
     [close] = [line for line in out.getvalue().splitlines() if ": close " in line]
     assert r'reason="bye\x0a2026-01-01' in close
+
+
+@pytest.mark.parametrize(
+    ("fields", "tail"),
+    [
+        ({"remote": "127.0.0.1:5", "code": 1000}, "remote=127.0.0.1:5 code=1000"),  # all plain: one check
+        ({"user": "", "code": 1000}, 'user="" code=1000'),  # empty is quoted, not "user= code"
+        ({"a": "x!y", "b": "p q"}, 'a=x!y b="p q"'),  # the check's separator is plain, the space not
+        ({"a": "x", "b": "="}, 'a=x b="="'),
+    ],
+)
+def test_every_field_value_is_quoted_exactly_when_it_is_not_plain(fields, tail):
+    assert logs.TextFormatter().format(record("open", fields=fields)).endswith(": open " + tail)

@@ -231,13 +231,14 @@ class Connection:
             outbox.shut()
             if code != CloseCode.LOST:
                 try:
+                    owed = b""
                     if code == CloseCode.SLOW_CONSUMER:
                         self.stream.cut_backlog()  # only the frame under way is finished
                     elif self.peer_closed or code in _OWED_BEFORE_CLOSE:
                         owed = outbox.take_control()
-                        if owed:
-                            await self.stream.send_all(owed)
-                    await self.stream.send_close_frame(None if code == CloseCode.NO_STATUS else code, self.close_reason)
+                    await self.stream.send_close_frame(
+                        None if code == CloseCode.NO_STATUS else code, self.close_reason, owed
+                    )
                     if code in _PROTOCOL_ERRORS:
                         await self.stream.drain()
                     elif not self.peer_closed and code != CloseCode.HEARTBEAT_TIMEOUT:

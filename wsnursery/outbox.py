@@ -37,7 +37,7 @@ from .context import ConnectionContext, ConnectionState
 from .stream import ServerStream
 from .subscription import Subscription
 from .wire import CloseCode
-from .wsframe import message_frame
+from .wsframe import data_frame, message_frame
 
 WRITE_BUDGET = 256 * 1024
 BATCH_PER_SUBSCRIPTION = 512
@@ -139,6 +139,8 @@ class Outbox:
 
     def data_frame(self, payload: bytes, binary: bool) -> bytes:
         """The frame for one payload of this connection's own (a reply, an echo)."""
+        if self.window_bits is None:  # most connections: the plain frame, one call fewer
+            return data_frame(payload, binary=binary)
         return message_frame(
             payload, binary=binary, window_bits=self.window_bits, threshold=self._threshold, level=self._level
         )
@@ -340,12 +342,14 @@ class Outbox:
         if self._space is not None and not self.crowded:
             self._space.set()
             self._space = None
+        dirty = self.dirty
+        if not dirty:  # replies only (an echo connection's every pass)
+            return b"".join(parts), parts, 0
         encoding, bits = self.encoding, self.window_bits
         cache = self._frame_cache
         frames = cache.table(encoding, bits)
         now = trio.current_time()
         unacked_sends = False
-        dirty = self.dirty
         for subscription in list(dirty):
             if size >= WRITE_BUDGET:
                 break

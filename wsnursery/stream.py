@@ -145,12 +145,15 @@ class ServerStream:
         except OSError as exc:
             raise trio.BrokenResourceError(str(exc)) from exc
 
-    async def send_close_frame(self, code: int | None, reason: str = "") -> None:
-        """Write a close frame (without a code when ``code`` is None) after the backlog.
+    async def send_close_frame(self, code: int | None, reason: str = "", owed: bytes = b"") -> None:
+        """Write ``owed`` (whole frames the peer is owed first), then a close frame (without a
+        code when ``code`` is None), after the backlog.
 
-        When the socket takes it at once, no trip through the scheduler (one per connection).
+        When the socket takes them at once, in one write, no trip through the scheduler (one
+        per connection: measured with callgrind, an awaited send of ``owed`` on its own cost
+        about a tenth of the instructions of a connection's whole open and close).
         """
-        frame = close_frame(code, reason)
+        frame = owed + close_frame(code, reason)
         if self.idle:
             if self.send_nowait(frame):
                 return
