@@ -266,6 +266,8 @@ class Connection:
                 self.request_close(exc.code, exc.reason)
                 return None
             if event is None:
+                if self.handlers.in_flight:  # their replies before the client hears nothing more
+                    await self._settle()
                 try:
                     data = await self.stream.receive_some(READ_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -289,6 +291,15 @@ class Connection:
                 self.outbox.queue(control_frame(Opcode.PONG, event.payload))
                 if self.outbox.crowded:
                     await self.outbox.wait_for_space()
+
+    async def _settle(self) -> None:
+        """Wait for this connection's publishes in flight and queue their replies (``handlers``).
+        The client is not answering for the engine's round trip: no pong deadline meanwhile."""
+        self._pong.excuse()
+        try:
+            await self.handlers.settle()
+        finally:
+            self._pong.resume()
 
     async def _read_loop(self) -> None:
         received = self.context.metrics.messages_in
@@ -315,6 +326,8 @@ class Connection:
                 return
             if outbox.crowded:
                 await outbox.wait_for_space()
+        if self.peer_closed and self.handlers.in_flight:
+            await self._settle()  # the client closed after publishing: their replies are owed
 
     async def _echo_loop(self) -> None:
         """``/echo``: every message back as it came (text stays text, binary stays binary;

@@ -10,6 +10,13 @@ list (``presence``) when its subscription is placed and leaves it on unsubscribe
 the connection ends; ``"presence": true`` makes the subscription a watcher of join/leave. A
 ``refresh`` replaces the token's grants for later requests (subscriptions already made stay).
 
+Publishes in flight: with an engine that stores remotely (Redis), a publish is submitted
+(``Hub.submit``) and the next requests the client already sent are read while it is stored,
+so a client with many publishes in flight gets them stored in one round trip, not one each.
+Their replies go out in order (``settle``) before any request other than a publish or an
+ack is served, before the reader waits for more bytes, and when the client closes; at most
+``MAX_PUBLISHES_IN_FLIGHT`` per connection, then the reader waits for the oldest.
+
 Bounds: ``max_subscriptions`` per connection (``too_many_subscriptions``), ``max_errors``
 error frames (then the connection is closed with 1008); the hub's own bounds answer with
 their error codes (``too_many_channels``).
@@ -27,6 +34,7 @@ from .access import Access
 from .broadcast import Broadcast
 from .codec import Encoding
 from .context import ConnectionContext
+from .hub import Published, PublishTicket
 from .outbox import Outbox
 from .presence import Member, presence_reply
 from .protocol import Position, ProtocolError
@@ -35,6 +43,8 @@ from .retransmit import Retransmits
 from .subscription import Subscription
 from .tokens import Identity
 from .wire import CloseCode
+
+MAX_PUBLISHES_IN_FLIGHT = 64
 
 
 class Owner(Protocol):
@@ -54,6 +64,7 @@ class RequestHandlers:
         "_connection_ids",
         "_encoding",
         "_hub",
+        "_in_flight",
         "_member",
         "_metrics",
         "_outbox",
@@ -86,6 +97,7 @@ class RequestHandlers:
         self._parser = context.parser
         self.subscriptions: dict[str, Subscription] = {}
         self.errors = 0
+        self._in_flight: collections.deque[tuple[protocol.Publish, PublishTicket]] = collections.deque()
         # Identity (issue 13): what this connection may do, and who it is in presence lists.
         self.access = access if access is not None else Access(context.security, None, 0.0)
         self._member = member  # made when it first joins a channel: most connections never need it
@@ -98,9 +110,20 @@ class RequestHandlers:
             request = self._parser.parse(codec.decode(payload, self._encoding))
             if isinstance(request, protocol.Publish):
                 await self._publish(request, len(payload))
-            elif isinstance(request, protocol.Ack):
+                return
+            if isinstance(request, protocol.Ack):
                 self._ack(request)
-            elif isinstance(request, protocol.Subscribe):
+                return
+        except codec.DecodeError as exc:
+            await self._refuse(ProtocolError("bad_request", str(exc), exc.request_id))
+            return
+        except ProtocolError as exc:
+            await self._refuse(exc)
+            return
+        if self._in_flight:
+            await self.settle()  # e.g. a subscribe after a publish: served once that is stored
+        try:
+            if isinstance(request, protocol.Subscribe):
                 await self._subscribe(request)
             elif isinstance(request, protocol.Unsubscribe):
                 self._unsubscribe(request)
@@ -142,10 +165,37 @@ class RequestHandlers:
         except codec.ValueNotCarried as exc:
             raise ProtocolError("bad_request", str(exc), request.id) from None
         try:
-            published = await self._hub.publish(request.channel, data, request.key, size)
+            ticket = self._hub.submit(request.channel, data, request.key, size)
+            if ticket is None:
+                self._published(request, await self._hub.publish(request.channel, data, request.key, size))
+                return
         except ProtocolError as exc:
             exc.request_id = request.id
             raise
+        self._in_flight.append((request, ticket))
+        if len(self._in_flight) >= MAX_PUBLISHES_IN_FLIGHT:
+            await self.settle()
+
+    @property
+    def in_flight(self) -> bool:
+        """Publishes submitted whose replies are not yet queued."""
+        return bool(self._in_flight)
+
+    async def settle(self) -> None:
+        """Wait for the publishes in flight, oldest first, and queue their replies."""
+        in_flight = self._in_flight
+        while in_flight:
+            request, ticket = in_flight[0]
+            try:
+                published = await ticket.wait()
+            except ProtocolError as exc:
+                exc.request_id = request.id
+                self._error(exc)
+            else:
+                self._published(request, published)
+            in_flight.popleft()
+
+    def _published(self, request: protocol.Publish, published: Published) -> None:
         metrics = self._metrics
         (metrics.duplicate_publishes if published.duplicate else metrics.publishes).inc()
         self._outbox.send_reply(protocol.published_frame(request.id, request.channel, published.position))
@@ -287,6 +337,13 @@ class RequestHandlers:
         if subscription is None:
             raise ProtocolError("not_subscribed", f"not subscribed to {channel}", request_id)
         return subscription
+
+    async def _refuse(self, error: ProtocolError) -> None:
+        """The error frame, after the replies of the publishes in flight: replies keep the
+        order of the requests."""
+        if self._in_flight:
+            await self.settle()
+        self._error(error)
 
     def _error(self, error: ProtocolError) -> None:
         self._metrics.count(self._metrics.errors, error.code)

@@ -40,7 +40,17 @@ from .broadcast import Broadcast, Message, Policy, Receiver
 from .protocol import Position, ProtocolError
 from .reliability import DedupWindow
 
-__all__ = ["Broadcast", "Hub", "LocalWindows", "MemoryHub", "Message", "Policy", "Published", "Receiver"]
+__all__ = [
+    "Broadcast",
+    "Hub",
+    "LocalWindows",
+    "MemoryHub",
+    "Message",
+    "Policy",
+    "PublishTicket",
+    "Published",
+    "Receiver",
+]
 
 
 @attrs.frozen
@@ -49,6 +59,13 @@ class Published:
 
     position: Position
     duplicate: bool
+
+
+class PublishTicket(Protocol):
+    """A publish under way (``Hub.submit``)."""
+
+    async def wait(self) -> Published:
+        """Where the message was stored (raises ``ProtocolError`` as ``publish`` would)."""
 
 
 class Hub(Protocol):
@@ -67,6 +84,12 @@ class Hub(Protocol):
         broadcast. ``key``: an idempotency key (a repeat returns the first position with
         ``duplicate=True``). ``size``: the message's byte estimate for the history bound.
         Under policy ``block`` this waits while a subscriber of the channel is full."""
+
+    def submit(self, channel: str, data: Any, key: str | None, size: int) -> PublishTicket | None:
+        """Start a publish, as ``publish`` would, without waiting for it to be stored, or
+        None when this engine would gain nothing (then ``publish``). Publishes submitted one
+        after another are stored in that order. A connection uses it to read its client's next
+        requests while a remote engine stores the previous publishes (``handlers``)."""
 
     async def attach(self, channel: str, receiver: Receiver) -> Broadcast:
         """Add ``receiver`` to the channel's broadcast (creating the channel if needed)."""
@@ -205,6 +228,9 @@ class MemoryHub(LocalWindows):
         if key is not None:
             dedup.remember(key, broadcast.epoch, seq, now)
         return Published(Position(broadcast.epoch, seq), duplicate=False)
+
+    def submit(self, channel: str, data: Any, key: str | None, size: int) -> PublishTicket | None:
+        return None  # ``publish`` stores at once (but under policy ``block``): nothing to overlap
 
     async def attach(self, channel: str, receiver: Receiver) -> Broadcast:
         broadcast = self._channel(channel)

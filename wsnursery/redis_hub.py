@@ -7,7 +7,8 @@ fan-in reader (``redis_fanin``). Connections read that window synchronously, so 
 decoded once per node and written once per subscriber per burst, as with the memory engine.
 
 - ``publish`` runs the store's script (dedup by key, next seq, add, trim) and answers only
-  once Redis holds the message. The message reaches this node's subscribers the way it
+  once Redis holds the message. The publishes of all this node's connections that arrive
+  during one round trip go together in the next (``redis_batch``). The message reaches this node's subscribers the way it
   reaches every node's: through the reader, which takes every entry added while it handled
   the previous batch, so a burst is still written once per subscriber (appending each
   message as its publish returned would make one write per subscriber per message).
@@ -42,8 +43,9 @@ import trio
 
 from . import logs
 from .broadcast import Broadcast, Message, Policy, Receiver
-from .hub import LocalWindows, Published
+from .hub import LocalWindows, Published, PublishTicket
 from .protocol import Position, ProtocolError
+from .redis_batch import PendingPublish, PublishBatcher
 from .redis_fanin import FanIn
 from .redis_store import DEFAULT_PREFIX, Entry, RedisStore, Unavailable, connect
 
@@ -87,6 +89,7 @@ class RedisHub(LocalWindows):
         self._loading: dict[str, trio.Event] = {}
         self._store: RedisStore | None = None
         self.fanin: FanIn | None = None
+        self.batcher: PublishBatcher | None = None
         self.resets = 0  # windows dropped for a gap or a new epoch (each closes its subscribers)
 
     @classmethod
@@ -110,14 +113,16 @@ class RedisHub(LocalWindows):
         async with connect(self.url, **self._settings) as store:
             self._store = store
             self.fanin = FanIn(store, self, block=self._read_block)
+            self.batcher = PublishBatcher(store)
             try:
                 async with trio.open_nursery() as nursery:
+                    await nursery.start(self.batcher.run)
                     await nursery.start(self.fanin.run)
                     log.info("redis engine on %s (prefix %r)", _redact(self.url), store.prefix)
                     task_status.started()
                     await trio.sleep_forever()
             finally:
-                self._store = None
+                self._store = self.batcher = None
 
     @property
     def store(self) -> RedisStore:
@@ -136,12 +141,26 @@ class RedisHub(LocalWindows):
             self._touch(channel, broadcast)
             if broadcast.policy is Policy.WAIT and broadcast.any_full():
                 await broadcast.wait_room()
-        floor = broadcast.position if broadcast is not None else None
-        stored = await self.store.publish(channel, data, key, floor=floor)
-        # This node's subscribers get the message from the reader, like every other node's:
-        # it wakes with every entry added while it handled the last batch, so a burst of
-        # publishes is written to each subscriber in one write, not one write per message.
-        return Published(Position(stored.epoch, stored.seq), stored.duplicate)
+        return await self._submit(channel, data, key, broadcast).wait()
+
+    def submit(self, channel: str, data: Any, key: str | None, size: int) -> PublishTicket | None:
+        broadcast = self._channels.get(channel)
+        if broadcast is not None:
+            if broadcast.policy is Policy.WAIT and broadcast.any_full():
+                return None  # ``publish`` waits for room first
+            self._touch(channel, broadcast)
+        return self._submit(channel, data, key, broadcast)
+
+    def _submit(self, channel: str, data: Any, key: str | None, broadcast: Broadcast | None) -> PendingPublish:
+        """Queue the publish for the next round trip, with the publishes of every other
+        connection of this node that arrive meanwhile (``redis_batch``): one pipeline for all.
+        This node's subscribers get the message the way every node's do: through the reader,
+        which takes every entry added while it handled the previous batch, so a burst is
+        written to each subscriber once (appending each message as its publish returned
+        would make one write per subscriber per message)."""
+        if self.batcher is None:
+            raise Unavailable("the redis engine is not running")
+        return self.batcher.submit(channel, data, key, broadcast.position if broadcast is not None else None)
 
     async def attach(self, channel: str, receiver: Receiver) -> Broadcast:
         broadcast = self._channels.get(channel)

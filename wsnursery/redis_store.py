@@ -237,7 +237,33 @@ class RedisStore:
     ) -> Stored:
         """Store ``data`` as the channel's next message (or find ``key``'s first position)."""
         now = int(self.clock() * 1000)
-        args = self._ensure_args(channel, floor) + [
+        reply = await self._call(self._publish, self._keys(channel), self._publish_args(channel, data, key, floor, now))
+        return _stored(reply, now)
+
+    async def publish_many(
+        self, publishes: Sequence[tuple[str, Any, str | None, Position | None]]
+    ) -> list[Stored | Unavailable]:
+        """Several publishes (``(channel, data, key, floor)``) in one round trip, stored in
+        that order (a pipeline: Redis runs the scripts one after another). Each gets where it
+        was stored, or ``Unavailable`` with the reason; raises ``Unavailable`` when Redis
+        does not answer (then none is confirmed)."""
+        now = int(self.clock() * 1000)
+        calls = [(self._keys(c), self._publish_args(c, data, key, floor, now)) for c, data, key, floor in publishes]
+        sha = self._publish.sha
+
+        async def run() -> list[Stored | Unavailable]:
+            async with self.client.pipeline(transaction=False, raise_on_error=False) as pipe:
+                # The script first, in the same round trip: a Redis that restarted or flushed
+                # its scripts still runs every publish (loading a loaded script is a no-op).
+                pipe.script_load(PUBLISH)
+                replies = [pipe.evalsha(sha, keys, args) for keys, args in calls]
+            return [await _outcome(reply, now) for reply in replies]
+
+        outcomes: list[Stored | Unavailable] = await self.guard(run)
+        return outcomes
+
+    def _publish_args(self, channel: str, data: Any, key: str | None, floor: Position | None, now: int) -> list[Any]:
+        return self._ensure_args(channel, floor) + [
             now,
             cbor2.dumps(data),
             "1" if key is not None else "0",
@@ -247,9 +273,6 @@ class RedisStore:
             self.dedup_size,
             _ms(self.dedup_age),
         ]
-        reply = await self._call(self._publish, self._keys(channel), args)
-        epoch, seq, duplicate, _made = reply
-        return Stored(_text(epoch), int(seq), bool(duplicate), now)
 
     async def snapshot(self, channel: str, limit: int, *, floor: Position | None = None) -> Snapshot:
         """The channel's epoch and head (made when missing) and its newest ``limit`` entries."""
@@ -312,6 +335,22 @@ def _entry(identifier: Any, fields: Any) -> Entry:
     seq = int(_text(identifier).partition("-")[0])
     raw = fields[b"d"]
     return Entry(seq, _text(fields[b"e"]), int(fields[b"t"]), cbor2.loads(raw), len(raw))
+
+
+async def _outcome(reply: Any, now: int) -> Stored | Unavailable:
+    """One publish of a pipeline: where it was stored, or why not (Redis refused that one)."""
+    try:
+        value = await reply
+    except coredis.exceptions.RedisError as exc:
+        value = exc
+    if isinstance(value, BaseException):  # raise_on_error=False may hand the error back
+        return Unavailable(f"redis refused the publish: {_one_line(value)}")
+    return _stored(value, now)
+
+
+def _stored(reply: Any, now: int) -> Stored:
+    epoch, seq, duplicate, _made = reply
+    return Stored(_text(epoch), int(seq), bool(duplicate), now)
 
 
 def _text(value: Any) -> str:
