@@ -65,7 +65,11 @@ def add_arguments(p: Any, positive_int: Any, positive_float: Any) -> None:
         "--timeout", type=positive_float, default=60.0, help="seconds per level's message phase (default 60)"
     )
     p.add_argument("--seed", type=int, default=1, help="seed (default 1)")
-    p.add_argument("--url", help="aim at a running server on loopback instead of starting one per level")
+    p.add_argument(
+        "--url",
+        help="aim at a running server on loopback instead of starting one per level; one URL only: stress "
+        "finds where one server stops keeping up, which clients spread over several would blur",
+    )
     p.add_argument("--output", metavar="FILE", help="write the report as JSON (as CSV when FILE ends in .csv)")
     p.add_argument("--csv", metavar="FILE", help="also write one CSV row per level")
     p.add_argument("--quiet", action="store_true", help="no progress line")
