@@ -182,8 +182,12 @@ async def chat(port: int, pids: dict[str, int], args: argparse.Namespace) -> dic
     }
     server = sum(v for k, v in cpu.items() if k.startswith(("server", "worker", "supervisor")))
     publishes = after["confirmed"] - before["confirmed"]
+    all_us = sum(cpu.values()) * elapsed / publishes * 1e6 if publishes else None
     return {
         "server_cpu_us_per_publish": round(server * elapsed / publishes * 1e6, 1) if publishes else None,
+        # server, client and Redis together: the machine's CPUs over this is what they could do alone
+        "run_cpu_us_per_publish": round(all_us, 1) if all_us else None,
+        "ceiling_publishes_per_s": round((os.cpu_count() or 1) / all_us * 1e6, 1) if all_us else None,
         "cpu_by_kind_cores": breakdown,
         "other_processes_cores": others,
         "publishes_per_s": round((after["confirmed"] - before["confirmed"]) / elapsed, 1),
@@ -225,15 +229,15 @@ def _busy(times: object) -> float:
     return sum(v for k, v in fields.items() if k not in ("idle", "iowait", "guest", "guest_nice"))
 
 
-def run(args: argparse.Namespace) -> dict[str, dict]:
+def run(args: argparse.Namespace) -> dict[str, list[dict]]:
     _pin(os.getpid(), CLIENT_CPU)
     prefix = f"wsnbench:{secrets.token_hex(4)}:"
     redis = redis_pid(args.redis)
     runs = [("memory, 1 process", "memory", 1), ("redis, 1 process", args.redis, 1)]
     runs.append((f"redis, --workers {args.workers}", args.redis, args.workers))
-    results: dict[str, dict] = {}
+    results: dict[str, list[dict]] = {name: [] for name, _, _ in runs}
     try:
-        for name, engine, workers in runs:
+        for (name, engine, workers), _ in [(config, r) for r in range(args.rounds) for config in runs]:
             url = engine if engine == "memory" else f"{engine}?prefix={prefix}"
             with ServerProcess(f"wsnursery-{workers}", server_argv(url, workers)) as server:
                 _wait_listening(server, workers)
@@ -251,8 +255,8 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
                 pids["client"] = os.getpid()
                 if redis is not None and engine != "memory":
                     pids["redis-server"] = redis
-                results[name] = asyncio.run(chat(server.port, pids, args))
-                print(f"{name}: {json.dumps(results[name])}", flush=True)
+                results[name].append(asyncio.run(chat(server.port, pids, args)))
+                print(f"{name}: {json.dumps(results[name][-1])}", flush=True)
     finally:
         _cleanup(args.redis, prefix)
     return results
@@ -278,34 +282,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="workers of the --workers run (default 2)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring (default 2)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per server (default 10)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="times the three servers run, one after the other in turn (default 1; on a shared machine "
+        "more rounds show how much the figures move)",
+    )
 
 
-def report(info: dict, args: argparse.Namespace, results: dict[str, dict]) -> list[str]:
+def report(info: dict, args: argparse.Namespace, results: dict[str, list[dict]]) -> list[str]:
     lines = header_lines(info) + [
         (
             f"Settings: chat, {args.connections} connections over {args.channels} channels (each subscribed to "
             f"one, publishing {args.size}-byte JSON messages to it, one publish in flight), {args.warmup:g} s "
-            f"warm-up, {args.seconds:g} s measured per server"
+            f"warm-up, {args.seconds:g} s measured per server, {args.rounds} round(s) in turn"
         ),
         f"Cores: one process: server CPU {SERVER_CPU}, client CPU {CLIENT_CPU}; --workers {args.workers}: worker i "
         f"on CPU i-1, supervisor CPU {SERVER_CPU}, client CPU {CLIENT_CPU}; Redis unpinned ({args.redis})",
         f"Load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
         "",
     ]
-    for name, r in results.items():
-        cores = ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_cores"].items())
-        lines.append(
-            f"{name}: {r['publishes_per_s']:,.0f} publishes/s, {r['deliveries_per_s']:,.0f} deliveries/s; "
-            f"server CPU {r['server_cpu_us_per_publish']} us/publish; CPU in cores: {cores}; "
-            f"other processes {r['other_processes_cores']}; busy per CPU {r['cpu_busy_per_cpu']}; "
-            f"busy by kind {r['cpu_by_kind_cores']}"
-        )
+    for name, rounds in results.items():
+        for number, r in enumerate(rounds, 1):
+            cores = ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_cores"].items())
+            lines.append(
+                f"{name} (round {number}): {r['publishes_per_s']:,.0f} publishes/s, "
+                f"{r['deliveries_per_s']:,.0f} deliveries/s; CPU per publish: server {r['server_cpu_us_per_publish']} "
+                f"us, all of the run's processes {r['run_cpu_us_per_publish']} us (so at most "
+                f"{r['ceiling_publishes_per_s']:,.0f}/s on {os.cpu_count()} CPUs); CPU in cores: {cores}; "
+                f"other processes {r['other_processes_cores']}; busy per CPU {r['cpu_busy_per_cpu']}; "
+                f"busy by kind {r['cpu_by_kind_cores']}"
+            )
     names = list(results)
     if len(names) == 3:
-        mem, one, many = (results[n]["publishes_per_s"] for n in names)
-        lines.append(
-            f"publishes/s: {names[2]} / {names[1]} = {many / one:.2f}x; {names[1]} / {names[0]} = {one / mem:.2f}x"
-        )
+        for number, (mem, one, many) in enumerate(zip(*(results[n] for n in names)), 1):
+            lines.append(
+                f"round {number}, publishes/s: {names[2]} / {names[1]} = "
+                f"{many['publishes_per_s'] / one['publishes_per_s']:.2f}x; {names[1]} / {names[0]} = "
+                f"{one['publishes_per_s'] / mem['publishes_per_s']:.2f}x"
+            )
     return lines
 
 
