@@ -67,6 +67,7 @@ def add_arguments(p: Any, positive_int: Any, positive_float: Any) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed (default 1)")
     p.add_argument(
         "--url",
+        action="append",
         help="aim at a running server on loopback instead of starting one per level; one URL only: stress "
         "finds where one server stops keeping up, which clients spread over several would blur",
     )
@@ -94,6 +95,9 @@ def scaled(name: str, max_connections: int, max_ops: int) -> dict:
 def command(args: Any) -> int:
     if args.max_connections > 9_000:
         raise UsageError("--max-connections is at most 9,000 on this machine (fd limit)")
+    if len(args.url or ()) > 1:
+        raise UsageError("stress takes one --url: it finds where one server stops keeping up")
+    url = args.url[0] if args.url else None
     names = list(LEVELS)[: list(LEVELS).index(args.max_level) + 1]
     info = machine()
     print(f"wsnursery stress — levels {names[0]} .. {names[-1]}, seed {args.seed}")
@@ -115,7 +119,7 @@ def command(args: Any) -> int:
             timeout=args.timeout,
             seed=args.seed,
         )
-        result = run_with_server(spec, args.url, f"stress {name}", args.quiet, ["--max-connections", "10000"])
+        result = run_with_server(spec, url, f"stress {name}", args.quiet, ["--max-connections", "10000"])
         records.append({**plan, **result})
     first = records[0]
     for r in records:

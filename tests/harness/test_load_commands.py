@@ -275,3 +275,6 @@ def test_each_url_is_checked(command: str) -> None:
 def test_stress_takes_one_url_and_says_why() -> None:
     done = harness("stress", "--help", timeout=15)
     assert "one URL only" in " ".join(done.stdout.split())
+    done = harness("stress", "--url", "ws://127.0.0.1:1/", "--url", "ws://127.0.0.1:2/", timeout=15)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "stress takes one --url" in done.stderr, done.stderr
