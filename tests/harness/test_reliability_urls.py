@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import trio
 
@@ -10,6 +14,7 @@ from harness.check import Ledger
 from harness.faults import FaultSchedule
 from harness.nodes import Nodes
 from harness.proxy import FaultProxy
+from harness.servers import ServerProcess
 from wsnursery import client as sdk
 from wsnursery.redis_store import connect as connect_store
 
@@ -124,3 +129,20 @@ def test_bad_urls_are_one_line_and_status_2(argv, why, capsys):
     assert status == 2
     assert why in err and err.count("\n") == 1, err
     assert "Traceback" not in err
+
+
+def test_the_command_line_takes_url_twice(tmp_path):
+    out = tmp_path / "run.json"
+    with ServerProcess("wsnursery") as live:
+        argv = ["--url", f"ws://127.0.0.1:{free_port()}/", "--url", f"ws://127.0.0.1:{live.port}/"]
+        done = subprocess.run(
+            [sys.executable, "-m", "harness", "reliability", *argv, "--failure-rate", "0", "--messages", "30"]
+            + ["--clients", "2", "--publishers", "1", "--quiet", "--output", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=RUN_LIMIT,
+            check=False,
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["passed"] and run["delivered"] == 60 and run["lost"] == 0
