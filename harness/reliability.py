@@ -1,11 +1,11 @@
 """``python -m harness reliability``: prove nothing is lost when the network misbehaves.
 
 A run starts its own wsnursery server (or targets ``--url``, or several: the nodes of one
-cluster), puts a frame-aware fault proxy in front of it for each client, and drives publishers and subscribers written with
-the project's client SDK through their proxies. Publishers send a seeded stream
-(``streams``: message ``i`` is a pure function of the seed and ``i``, made when it is
-sent); subscribers record what their application sees; the ``Ledger`` then counts what was
-lost, duplicated, reordered or corrupted. The run passes only when all of those are zero,
+cluster), puts a frame-aware fault proxy in front of it for each client, and drives
+publishers and subscribers written with the project's client SDK through their proxies.
+Publishers send a seeded stream (``streams``: message ``i`` is a pure function of the seed
+and ``i``, made when it is sent); subscribers record what their application sees; the
+``Ledger`` then counts what was lost, duplicated, reordered or corrupted. The run passes only when all of those are zero,
 every publish was confirmed, and (at a failure rate above 0) faults really fired.
 
 One proxy per client, each with its own schedule (seeded by ``seed:client``), so a fault's
@@ -24,9 +24,11 @@ finish within ``DRAIN_LIMIT``. Every run is bounded and talks only to 127.0.0.1.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 import time
+import urllib.parse
 from array import array
 from typing import Any
 
@@ -94,7 +96,6 @@ MAX_PUBLISH_WINDOW = 256
 MAX_CLIENTS = 256  # subscribers plus publishers: each has its own proxy (a listener, two sockets a link)
 MAX_CHANNELS = 1000
 MAX_URLS = 16  # --url given this many times at most (each is a listener of every client's proxy)
-LOOPBACK_PREFIXES = ("ws://127.", "ws://localhost", "ws://[::1]")
 
 
 class OptionError(ValueError):
@@ -343,7 +344,12 @@ def _host_port(url: str) -> tuple[str, int]:
 
 def check_url(url: str) -> None:
     """`OptionError` unless ``url`` is a ws:// URL of a loopback address with a usable port."""
-    if not url.startswith(LOOPBACK_PREFIXES):
+    host = urllib.parse.urlsplit(url).hostname if url.startswith("ws://") else None
+    try:
+        loopback = host == "localhost" or (host is not None and ipaddress.ip_address(host).is_loopback)
+    except ValueError:
+        loopback = False
+    if not loopback:
         raise OptionError(f"--url must point at 127.0.0.1, localhost or [::1], not {url!r}")
     try:
         sdk_parse_url(url)

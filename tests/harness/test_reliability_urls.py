@@ -111,6 +111,8 @@ async def test_a_proxy_with_several_upstreams_counts_connections_on_all_its_port
     "argv, why",
     [
         (["--url", "ws://127.0.0.1:1/", "--url", "ws://example.com:80/"], "--url must point at"),
+        (["--url", "ws://127.evil.example:80/"], "--url must point at"),
+        (["--url", "wss://127.0.0.1:80/"], "--url must point at"),
         (["--url", "ws://127.0.0.1:1/", "--url", "ws://127.0.0.1:port/"], "--url must look like"),
         (["--url", "ws://127.0.0.1:1/", "--url", "ws://127.0.0.1:99999/"], "--url must look like"),
         (["--url", "ws://127.0.0.1:1/"] * 17, "at most 16 times"),
