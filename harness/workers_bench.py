@@ -196,7 +196,7 @@ async def chat(port: int, pids: dict[str, int], args: argparse.Namespace) -> dic
         "elapsed_s": round(elapsed, 3),
         "cpu_cores": cpu,
         "cpu_busy_per_cpu": [round(x, 3) for x in per_cpu],
-        "cpu_other_cores": round(max(0.0, sum(per_cpu) - ours), 3),
+        "cpu_other_cores": round(max(0.0, sum(per_cpu) - ours), 3),  # busy, not this run's: other jobs, kernel
     }
 
 
