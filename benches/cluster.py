@@ -1,6 +1,7 @@
 """The Redis engine against the memory engine, in one run, as ratios (issue 14).
 
     python benches/cluster.py [--quick] [--redis redis://127.0.0.1:6379/15] [--json FILE]
+    python benches/cluster.py --workers-only [--connections 200 --channels 50 --seconds 10] [--json FILE]
 
 Scenarios, each against a fresh server process per engine:
 - ``fanout``: 1 publisher -> N subscribers on one channel of one node; the publisher keeps a
@@ -17,6 +18,9 @@ Cores: the bench process (all clients) is pinned to CPU 1, every server process 
 Redis runs wherever the system put it (it is not ours to pin), so on this 2-core machine it
 shares both. The report prints the machine, the settings and the loads. Keys live under a
 prefix of their own (``?prefix=``) and are deleted at the end.
+
+``--workers-only`` runs instead ``--workers 2`` against one process (Redis engine, and the
+memory engine for reference) on a server-bound chat scenario: see ``harness/workers_bench.py``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pathlib import Path
 import psutil
 from hdrh.histogram import HdrHistogram
 
-from harness import rawws
+from harness import rawws, workers_bench
 from harness.machine import describe, header_lines
 from harness.servers import HOST, ServerProcess
 
@@ -307,7 +311,15 @@ def main() -> int:
         help="publishing connections in the many-publishers fan-out run (default 32)",
     )
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument(
+        "--workers-only",
+        action="store_true",
+        help="only --workers 2 against one process on the chat scenario (harness/workers_bench.py)",
+    )
+    workers_bench.add_arguments(parser)
     args = parser.parse_args()
+    if args.workers_only:
+        return workers_bench.go(args)
     if args.quick:
         args.subscribers, args.messages, args.publishes, args.latency_messages = 100, 20, 500, 100
     info = describe()

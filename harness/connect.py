@@ -19,6 +19,10 @@ of them, how a storm recovers.
    a second, the way a reconnecting client does, until ``--timeout``; the report counts those
    refusals and, for a wsnursery server, the server's own rejection counters.
 
+``--url`` given several times (the nodes of one cluster on a shared engine) spreads the
+connections, and a storm's reconnections, round-robin over them; rejection counters are
+summed over the nodes.
+
 Bounded: at most 10,000 connections (client and server each hold one fd per connection; the
 fd limit here is 20,000 per process).
 """
@@ -104,7 +108,12 @@ def add_arguments(p: Any, positive_int: Any, positive_float: Any) -> None:
     )
     p.add_argument("--concurrency", type=positive_int, default=200, help="handshakes in progress at once (default 200)")
     p.add_argument("--seed", type=int, default=1, help="seed of which connections the storm drops (default 1)")
-    p.add_argument("--url", help="aim at a running server on loopback (ws://127.0.0.1:PORT/) instead of starting one")
+    p.add_argument(
+        "--url",
+        action="append",
+        help="aim at a running server on loopback (ws://127.0.0.1:PORT/) instead of starting one; again for "
+        "each node of a cluster (one shared engine): connections are spread round-robin over the URLs",
+    )
     p.add_argument("--output", metavar="FILE", help="write the report as JSON (as CSV when FILE ends in .csv)")
     p.add_argument("--csv", metavar="FILE", help="also write one CSV row of the figures")
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -132,8 +141,11 @@ async def _open_all(
     deadline: float,
     retry: bool = False,
     rng: random.Random | None = None,
+    more: list[tuple[str, int, str]] | None = None,
 ) -> tuple[list, list[str], dict]:
     """Open n connections; returns (connections, one error per connection not opened, stats).
+
+    With ``more`` targets, connection ``i`` goes to the ``i mod n``-th of ``(host, port, path), *more``.
 
     With ``retry``, an attempt the server refuses for load is retried after about
     RETRY_AFTER_S (jittered) while time remains; the histogram holds each connection's time
@@ -148,8 +160,11 @@ async def _open_all(
     end = time.perf_counter() + deadline
     rng = rng or random.Random(0)
 
-    async def one() -> rawws.RawWS | None:
+    targets = [(host, port, path), *(more or [])]
+
+    async def one(number: int) -> rawws.RawWS | None:
         nonlocal done
+        host, port, path = targets[number % len(targets)]
         started = 0.0  # the first attempt's start: the wait for the gate is not connect time
         tries = 0
         while True:
@@ -185,7 +200,7 @@ async def _open_all(
             progress.update(done, n, f"{done:,} open")
         return ws
 
-    tasks = [asyncio.ensure_future(one()) for _ in range(n)]
+    tasks = [asyncio.ensure_future(one(number)) for number in range(n)]
     _, pending = await asyncio.wait(tasks, timeout=deadline)
     for task in pending:
         task.cancel()
@@ -214,6 +229,18 @@ async def _server_rejections(host: str, port: int) -> dict[str, int] | None:
     if " 200 " not in text.split("\r\n", 1)[0] + " ":
         return None
     return {reason: int(float(value)) for reason, value in _REJECTED_RE.findall(text)}
+
+
+async def _all_rejections(targets: list[tuple[str, int, str]]) -> dict[str, int] | None:
+    """The rejection counters summed over the servers at ``targets`` (None if one does not answer)."""
+    total: dict[str, int] = {}
+    for host, port, _ in dict.fromkeys(targets):
+        counts = await _server_rejections(host, port)
+        if counts is None:
+            return None
+        for reason, count in counts.items():
+            total[reason] = total.get(reason, 0) + count
+    return total
 
 
 def _diff(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, int] | None:
@@ -369,13 +396,17 @@ async def _broadcast(conns: list, k: int, timeout: float, progress: Progress | N
     }
 
 
-async def run(host: str, port: int, path: str, args: Any) -> dict:
+async def run(host: str, port: int, path: str, args: Any, more: list[tuple[str, int, str]] | None = None) -> dict:
+    """The connect run against ``host:port`` (and ``more`` servers: connections round-robin)."""
+    targets = [(host, port, path), *(more or [])]
     raise_nofile_limit()
     progress = None if args.quiet else Progress(f"connect {args.hold:,}")
     cpu = CpuClock()
     open_hist = HdrHistogram(*HIST_ARGS)
     t0 = time.perf_counter()
-    conns, errors, _ = await _open_all(host, port, path, args.hold, args.concurrency, open_hist, progress, args.timeout)
+    conns, errors, _ = await _open_all(
+        host, port, path, args.hold, args.concurrency, open_hist, progress, args.timeout, more=more
+    )
     open_wall = time.perf_counter() - t0
     if progress:
         progress.done()
@@ -415,17 +446,27 @@ async def run(host: str, port: int, path: str, args: Any) -> dict:
     if args.churn:
         rng = random.Random(args.seed)
         victims = rng.sample([c for c in conns if c.is_open], min(args.churn, sum(1 for c in conns if c.is_open)))
-        rejected_before = await _server_rejections(host, port)
+        rejected_before = await _all_rejections(targets)
         for c in victims:
             c.abort()
         await asyncio.sleep(0.05)
         storm_hist = HdrHistogram(*HIST_ARGS)
         t1 = time.perf_counter()
         new, storm_errors, stats = await _open_all(
-            host, port, path, len(victims), args.concurrency, storm_hist, None, args.timeout, retry=True, rng=rng
+            host,
+            port,
+            path,
+            len(victims),
+            args.concurrency,
+            storm_hist,
+            None,
+            args.timeout,
+            retry=True,
+            rng=rng,
+            more=more,
         )
         storm_wall = time.perf_counter() - t1
-        rejected_after = await _server_rejections(host, port)
+        rejected_after = await _all_rejections(targets)
         dropped = set(victims)
         conns = [c for c in conns if c not in dropped] + new
         result["churn"] = {
@@ -487,9 +528,10 @@ def command(args: Any) -> int:
         raise UsageError("--broadcast must be between 0 and 10,000")
     info = machine()
     if args.url:
-        host, port, path = parse_url(args.url)
-        result = asyncio.run(run(host, port, path, args))
-        result.update(target=args.url, server_peak_rss_mb=None)
+        (host, port, path), *more = [parse_url(url) for url in args.url]
+        result = asyncio.run(run(host, port, path, args, more))
+        target = args.url[0] if len(args.url) == 1 else f"{', '.join(args.url)} (connections round-robin)"
+        result.update(target=target, server_peak_rss_mb=None)
     else:
         extra = ["--heartbeat-interval", str(args.heartbeat_interval), "--max-connections", str(MAX_CONNECTIONS + 100)]
         with ManagedServer(extra) as server:

@@ -10,6 +10,9 @@ of messages in flight:
 - ``echo``: the client sends to ``/echo`` (or the path of ``--url``) and times each message
   until it comes back. Works against any WebSocket echo server.
 
+``--url`` given several times (the nodes of one cluster on a shared engine) spreads the
+clients round-robin over them: client ``i`` connects to URL ``i mod n``.
+
 Latency goes into an HDR histogram (microseconds, 3 significant digits). The client's own
 CPU is measured; above 90 % of one core the client, not the server, set the pace and the
 report says so.
@@ -265,8 +268,18 @@ class _Client:
             self.done.set_result(None)
 
 
-async def drive(host: str, port: int, path: str, spec: LoadSpec, progress: Progress | None = None) -> dict:
-    """Open ``spec.clients`` connections, run every client's messages, close; return figures."""
+async def drive(
+    host: str,
+    port: int,
+    path: str,
+    spec: LoadSpec,
+    progress: Progress | None = None,
+    more: list[tuple[str, int, str]] | None = None,
+) -> dict:
+    """Open ``spec.clients`` connections, run every client's messages, close; return figures.
+
+    With ``more`` targets, client ``i`` connects to the ``i mod n``-th of ``(host, port, path), *more``."""
+    targets = [(host, port, path), *(more or [])]
     raise_nofile_limit()
     rng = random.Random(spec.seed)
     pad = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(max(0, spec.size))).encode()
@@ -281,7 +294,7 @@ async def drive(host: str, port: int, path: str, spec: LoadSpec, progress: Progr
     async def open_one(c: _Client) -> bool:
         async with gate:
             try:
-                elapsed = await c.open(host, port, path)
+                elapsed = await c.open(*targets[c.cid % len(targets)])
             except Exception as exc:
                 connect_errors.append(f"{type(exc).__name__}: {exc}"[:200])
                 if c.ws is not None:
@@ -404,8 +417,10 @@ def add_arguments(p: Any, positive_int: Any, positive_float: Any) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of payloads and channel names (default 1)")
     p.add_argument(
         "--url",
+        action="append",
         help="aim at a running server on loopback (ws://127.0.0.1:PORT/) instead of starting "
-        "wsnursery; in echo mode any WebSocket echo server",
+        "wsnursery; in echo mode any WebSocket echo server; again for each node of a cluster "
+        "(one shared engine): the clients are spread round-robin over the URLs",
     )
     p.add_argument("--output", metavar="FILE", help="write the report as JSON (as CSV when FILE ends in .csv)")
     p.add_argument("--csv", metavar="FILE", help="also write one CSV row of the figures")
@@ -427,13 +442,16 @@ def spec_from_args(args: Any) -> LoadSpec:
 
 
 def run_with_server(
-    spec: LoadSpec, url: str | None, label: str, quiet: bool, server_extra: list[str] | None = None
+    spec: LoadSpec, url: str | list[str] | None, label: str, quiet: bool, server_extra: list[str] | None = None
 ) -> dict:
+    """Run ``spec`` against ``url`` (several: clients round-robin over them), or a server of its own."""
     progress = None if quiet else Progress(label)
-    if url:
-        host, port, path = parse_url(url)
-        result = asyncio.run(drive(host, port, path, spec, progress))
-        result.update(target=url, server_rss_mb=None, server_peak_rss_mb=None, server_cpu_percent=None)
+    urls = [url] if isinstance(url, str) else list(url or [])
+    if urls:
+        first, *more = [parse_url(u) for u in urls]
+        result = asyncio.run(drive(*first, spec, progress, more=more))
+        target = urls[0] if len(urls) == 1 else f"{', '.join(urls)} (clients round-robin)"
+        result.update(target=target, server_rss_mb=None, server_peak_rss_mb=None, server_cpu_percent=None)
         return result
     with ManagedServer(server_extra) as server:
         path = "/echo" if spec.mode == "echo" else "/"
@@ -524,8 +542,8 @@ def command(args: Any) -> int:
     from harness.report import table
 
     spec = spec_from_args(args)
-    if args.url:
-        parse_url(args.url)
+    for url in args.url or ():
+        parse_url(url)
     info = machine()
     result = run_with_server(spec, args.url, f"load {spec.clients}x{spec.messages}", args.quiet)
     name = args.scenario or "custom"

@@ -127,11 +127,18 @@ class FaultProxy:
     up to ``MAX_EVENTS``; ``events_dropped`` counts what did not fit), so a
     harness can tell how long each fault took to heal. An unreachable
     upstream aborts the client with RST.
+
+    ``more_upstreams`` puts the proxy in front of several servers (the nodes of
+    one cluster): it listens on one port per server, ``ports[i]`` leading to the
+    i-th (``port`` is ``ports[0]``). Connections on every port share one count
+    and one schedule, so a client's k-th connection is the schedule's
+    connection k whichever node it reached.
     """
 
     upstream_host: str
     upstream_port: int
     schedule: FaultSchedule
+    more_upstreams: tuple[tuple[str, int], ...] = ()
     listen_host: str = "127.0.0.1"
     listen_port: int = 0
     read_size: int = READ_SIZE
@@ -145,24 +152,41 @@ class FaultProxy:
     connections_handled: int = attrs.field(default=0, init=False)
     active_connections: int = attrs.field(default=0, init=False)
     port: int | None = attrs.field(default=None, init=False)
+    ports: list[int] = attrs.field(factory=list, init=False)
     _connection_ended: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Listen, report the bound port via ``task_status``, serve forever."""
-        listener, *extra = await trio.open_tcp_listeners(self.listen_port, host=self.listen_host)
-        for unused in extra:
-            await unused.aclose()
-        async with listener, trio.open_nursery() as nursery:
-            self.port = listener.socket.getsockname()[1]
-            task_status.started(self.port)
-            while True:
-                client = await self._accept(listener)
-                index = self.connections_handled
-                self.connections_handled += 1
-                if len(self.opened) < MAX_EVENTS:
-                    self.opened.append(self.clock())
-                self.active_connections += 1
-                nursery.start_soon(self._serve_connection, client, index)
+        """Listen (a port per upstream), report the first bound port via ``task_status``, serve forever."""
+        upstreams = [(self.upstream_host, self.upstream_port), *self.more_upstreams]
+        listeners: list[trio.SocketListener] = []
+        try:
+            for number, _ in enumerate(upstreams):
+                port = self.listen_port if number == 0 else 0
+                listener, *extra = await trio.open_tcp_listeners(port, host=self.listen_host)
+                for unused in extra:
+                    unused.socket.close()
+                listeners.append(listener)
+            async with trio.open_nursery() as nursery:
+                self.ports = [listener.socket.getsockname()[1] for listener in listeners]
+                self.port = self.ports[0]
+                task_status.started(self.port)
+                for listener, upstream in zip(listeners, upstreams):
+                    nursery.start_soon(self._serve_listener, listener, upstream, nursery)
+        finally:
+            for listener in listeners:
+                listener.socket.close()  # no checkpoint: a cancelled run still closes every one
+
+    async def _serve_listener(
+        self, listener: trio.SocketListener, upstream: tuple[str, int], nursery: trio.Nursery
+    ) -> None:
+        while True:
+            client = await self._accept(listener)
+            index = self.connections_handled
+            self.connections_handled += 1
+            if len(self.opened) < MAX_EVENTS:
+                self.opened.append(self.clock())
+            self.active_connections += 1
+            nursery.start_soon(self._serve_connection, client, index, upstream)
 
     async def wait_idle(self) -> None:
         """Wait until no proxied connection is open (tasks included)."""
@@ -180,10 +204,10 @@ class FaultProxy:
                     raise
                 await trio.sleep(ACCEPT_RETRY_DELAY)
 
-    async def _serve_connection(self, client: trio.SocketStream, index: int) -> None:
+    async def _serve_connection(self, client: trio.SocketStream, index: int, to: tuple[str, int]) -> None:
         link = None
         try:
-            upstream = await self._connect_upstream()
+            upstream = await self._connect_upstream(*to)
             if upstream is None:
                 _abort(client)
                 return
@@ -202,10 +226,10 @@ class FaultProxy:
             self.active_connections -= 1
             self._connection_ended.unpark_all()
 
-    async def _connect_upstream(self) -> trio.SocketStream | None:
+    async def _connect_upstream(self, host: str, port: int) -> trio.SocketStream | None:
         with trio.move_on_after(self.upstream_connect_timeout):
             try:
-                return await trio.open_tcp_stream(self.upstream_host, self.upstream_port)
+                return await trio.open_tcp_stream(host, port)
             except OSError:
                 pass
         return None

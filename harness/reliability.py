@@ -1,16 +1,20 @@
 """``python -m harness reliability``: prove nothing is lost when the network misbehaves.
 
-A run starts its own wsnursery server (or targets ``--url``), puts a frame-aware fault
-proxy in front of it for each client, and drives publishers and subscribers written with
-the project's client SDK through their proxies. Publishers send a seeded stream
-(``streams``: message ``i`` is a pure function of the seed and ``i``, made when it is
-sent); subscribers record what their application sees; the ``Ledger`` then counts what was
-lost, duplicated, reordered or corrupted. The run passes only when all of those are zero,
+A run starts its own wsnursery server (or targets ``--url``, or several: the nodes of one
+cluster), puts a frame-aware fault proxy in front of it for each client, and drives
+publishers and subscribers written with the project's client SDK through their proxies.
+Publishers send a seeded stream (``streams``: message ``i`` is a pure function of the seed
+and ``i``, made when it is sent); subscribers record what their application sees; the
+``Ledger`` then counts what was lost, duplicated, reordered or corrupted. The run passes only when all of those are zero,
 every publish was confirmed, and (at a failure rate above 0) faults really fired.
 
 One proxy per client, each with its own schedule (seeded by ``seed:client``), so a fault's
 connection index is that client's own k-th connection, whatever the others do, and the
 report can tell how long each fault took to heal on the link it hit (``recovery``).
+With several ``urls`` each client's proxy listens once per URL (``FaultProxy.more_upstreams``)
+and the client connects with the list of its proxy's ports, so the SDK fails over from a
+node that is down to the next one through the same proxy and the same schedule; client
+``i`` starts at URL ``i mod n``, so the clients are spread over the nodes.
 
 Two shapes of run: ``messages`` publishes (``duration`` caps the run, default 120 s plus
 10 ms a message), or a soak (``soak=True``): publish continuously for ``duration``
@@ -20,9 +24,11 @@ finish within ``DRAIN_LIMIT``. Every run is bounded and talks only to 127.0.0.1.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 import time
+import urllib.parse
 from array import array
 from typing import Any
 
@@ -37,6 +43,7 @@ from harness.proxy import FaultProxy
 from harness.report import Progress
 from harness.timeline import Timeline, curve
 from wsnursery import client as sdk
+from wsnursery.client.transport import parse_url as sdk_parse_url
 from wsnursery.config import Config
 from wsnursery.server import Server
 
@@ -88,6 +95,7 @@ MAX_LAG = 500
 MAX_PUBLISH_WINDOW = 256
 MAX_CLIENTS = 256  # subscribers plus publishers: each has its own proxy (a listener, two sockets a link)
 MAX_CHANNELS = 1000
+MAX_URLS = 16  # --url given this many times at most (each is a listener of every client's proxy)
 
 
 class OptionError(ValueError):
@@ -106,7 +114,7 @@ class Options:
     max_payload: int = streams.MAX_PAYLOAD
     encoding: str = "cbor"
     seed: int = 1
-    url: str | None = None
+    urls: tuple[str, ...] = attrs.field(default=(), converter=tuple)  # running servers (the nodes of one cluster)
     engine: str = "memory"  # redis://...: the server runs as `nodes` processes on it (harness.nodes)
     nodes: int = 1
     kill_node: bool = False  # SIGKILL and restart one node at a time during the run
@@ -136,8 +144,12 @@ class Options:
             raise OptionError("--nodes and --kill-node need a shared engine: --engine redis://HOST:PORT/DB")
         if self.kill_node and self.nodes < 2:
             raise OptionError("--kill-node needs --nodes 2 or more (clients fail over to a live node)")
-        if self.url and (self.engine != "memory" or self.nodes > 1):
+        if self.urls and (self.engine != "memory" or self.nodes > 1):
             raise OptionError("--url targets a running server; --engine and --nodes start servers")
+        if len(self.urls) > MAX_URLS:
+            raise OptionError(f"--url may be given at most {MAX_URLS} times, not {len(self.urls)}")
+        for url in self.urls:
+            check_url(url)
         if not is_finite_rate(self.failure_rate):
             raise OptionError(f"failure rate must be between 0 and 1, not {self.failure_rate}")
         for name in ("clients", "publishers", "channels"):
@@ -282,7 +294,7 @@ async def run(options: Options, scenario: str = "custom") -> Result:
     prefix = f"wsnrel:{run_id}:"
     async with trio.open_nursery() as nursery:
         server = cluster = None
-        if options.url is None and (options.nodes > 1 or options.engine != "memory"):
+        if not options.urls and (options.nodes > 1 or options.engine != "memory"):
             cluster, front = await nodes.start_cluster(
                 nursery,
                 nodes.with_prefix(options.engine, prefix),
@@ -292,7 +304,7 @@ async def run(options: Options, scenario: str = "custom") -> Result:
                 kill=options.kill_node,
             )
             upstream = ("127.0.0.1", front)
-        elif options.url is None:
+        elif not options.urls:
             server = Server(
                 Config(
                     host="127.0.0.1", port=0, log_level="warning", compression=options.compression, **SERVER_SETTINGS
@@ -300,12 +312,13 @@ async def run(options: Options, scenario: str = "custom") -> Result:
             )
             ports = await nursery.start(server.run)
             upstream = ("127.0.0.1", ports[0])
-        else:
-            upstream = _host_port(options.url)
+        upstreams = [_host_port(url) for url in options.urls] or [upstream]
         proxies: dict[str, FaultProxy] = {}
-        for name in _names(options):
+        for number, name in enumerate(_names(options)):
             schedule = FaultSchedule(seed=f"{options.seed}:{name}", failure_rate=options.failure_rate, kinds=kinds)
-            proxies[name] = FaultProxy(upstream[0], upstream[1], schedule)
+            first = number % len(upstreams)  # spread the clients over the nodes
+            ordered = upstreams[first:] + upstreams[:first]
+            proxies[name] = FaultProxy(*ordered[0], schedule, more_upstreams=tuple(ordered[1:]))
             await nursery.start(proxies[name].run)
         result = await _drive(options, recipe, run_id, proxies, scenario)
         if server is not None:
@@ -327,6 +340,24 @@ def _host_port(url: str) -> tuple[str, int]:
     rest = url.split("://", 1)[-1].split("/", 1)[0]
     host, _, port = rest.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port or 80)
+
+
+def check_url(url: str) -> None:
+    """`OptionError` unless ``url`` is a ws:// URL of a loopback address with a usable port."""
+    host = urllib.parse.urlsplit(url).hostname if url.startswith("ws://") else None
+    try:
+        loopback = host == "localhost" or (host is not None and ipaddress.ip_address(host).is_loopback)
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise OptionError(f"--url must point at 127.0.0.1, localhost or [::1], not {url!r}")
+    try:
+        sdk_parse_url(url)
+        _, port = _host_port(url)
+    except ValueError:
+        raise OptionError(f"--url must look like ws://127.0.0.1:PORT/, not {url!r}") from None
+    if not 0 < port < 65536:
+        raise OptionError(f"--url must look like ws://127.0.0.1:PORT/, not {url!r}")
 
 
 class _Run:
@@ -504,7 +535,10 @@ async def _stop_publishing_after(state: _Run, seconds: float | None) -> None:
 def _connect(state: _Run, name: str) -> Any:
     factory = state.options.client_factory or sdk.connect
     options = state.options
-    url = f"ws://127.0.0.1:{state.proxies[name].port}/"
+    ports = state.proxies[name].ports
+    url: str | list[str] = (
+        [f"ws://127.0.0.1:{port}/" for port in ports] if len(ports) > 1 else f"ws://127.0.0.1:{ports[0]}/"
+    )
     if options.client_factory is None:
         return sdk.connect(
             url,

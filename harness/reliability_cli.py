@@ -149,7 +149,13 @@ def add_arguments(rel: argparse.ArgumentParser) -> None:
         default=defaults.seed,
         help="seed of the stream and the fault schedules: the same seed replays the run",
     )
-    add("--url", help="target a running wsnursery server (ws://127.0.0.1:PORT/) instead of starting one")
+    add(
+        "--url",
+        action="append",
+        help="target a running wsnursery server (ws://127.0.0.1:PORT/) instead of starting one; give it again "
+        "for each node of a cluster on one engine: the clients connect with the list (spread over it) and "
+        "fail over to the next node when one is unreachable, each through its own fault proxy",
+    )
     add(
         "--baseline",
         action=argparse.BooleanOptionalAction,
@@ -219,8 +225,8 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, Options]]:
         if given:
             raise reliability.OptionError(f"--replay runs the file's case alone; drop --{given[0].replace('_', '-')}")
         return [("replay", shrink.read_replay(args.replay))]
-    if args.url and not args.url.startswith(("ws://127.", "ws://localhost", "ws://[::1]")):
-        raise reliability.OptionError("--url must point at 127.0.0.1, localhost or [::1]")
+    for url in args.url or ():
+        reliability.check_url(url)
     if args.scenario and args.failure_rate is not None:
         raise reliability.OptionError("give --scenario or --failure-rate, not both")
     if args.scenario:
@@ -238,7 +244,7 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, Options]]:
         max_payload=args.max_payload,
         encoding=args.encoding,
         seed=args.seed,
-        url=args.url,
+        urls=tuple(args.url or ()),
         faults=args.faults,
         quiet=args.quiet,
         publish_window=args.publish_window,

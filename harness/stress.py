@@ -65,7 +65,12 @@ def add_arguments(p: Any, positive_int: Any, positive_float: Any) -> None:
         "--timeout", type=positive_float, default=60.0, help="seconds per level's message phase (default 60)"
     )
     p.add_argument("--seed", type=int, default=1, help="seed (default 1)")
-    p.add_argument("--url", help="aim at a running server on loopback instead of starting one per level")
+    p.add_argument(
+        "--url",
+        action="append",
+        help="aim at a running server on loopback instead of starting one per level; one URL only: stress "
+        "finds where one server stops keeping up, which clients spread over several would blur",
+    )
     p.add_argument("--output", metavar="FILE", help="write the report as JSON (as CSV when FILE ends in .csv)")
     p.add_argument("--csv", metavar="FILE", help="also write one CSV row per level")
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -90,6 +95,9 @@ def scaled(name: str, max_connections: int, max_ops: int) -> dict:
 def command(args: Any) -> int:
     if args.max_connections > 9_000:
         raise UsageError("--max-connections is at most 9,000 on this machine (fd limit)")
+    if len(args.url or ()) > 1:
+        raise UsageError("stress takes one --url: it finds where one server stops keeping up")
+    url = args.url[0] if args.url else None
     names = list(LEVELS)[: list(LEVELS).index(args.max_level) + 1]
     info = machine()
     print(f"wsnursery stress — levels {names[0]} .. {names[-1]}, seed {args.seed}")
@@ -111,7 +119,7 @@ def command(args: Any) -> int:
             timeout=args.timeout,
             seed=args.seed,
         )
-        result = run_with_server(spec, args.url, f"stress {name}", args.quiet, ["--max-connections", "10000"])
+        result = run_with_server(spec, url, f"stress {name}", args.quiet, ["--max-connections", "10000"])
         records.append({**plan, **result})
     first = records[0]
     for r in records:

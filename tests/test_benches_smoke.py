@@ -121,3 +121,28 @@ def test_bench_scripts_import_the_harness_as_a_package(script, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage:"), proc.stdout
+
+
+def test_cluster_workers_only_runs_the_three_servers_at_tiny_sizes(tmp_path):
+    """``benches/cluster.py --workers-only``: memory, Redis one process, Redis --workers 2, each measured."""
+    from .redis_support import redis_url
+
+    out = tmp_path / "workers.json"
+    tiny = ["--connections", "10", "--channels", "5", "--warmup", "0.3", "--seconds", "0.5"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benches" / "cluster.py"), "--workers-only", "--redis", redis_url(), *tiny]
+        + ["--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())["results"]
+    assert list(results) == ["memory, 1 process", "redis, 1 process", "redis, --workers 2"]
+    for (run,) in results.values():
+        assert run["publishes_per_s"] > 0 and run["deliveries_per_s"] > 0 and run["publish_errors"] == 0
+    workers = results["redis, --workers 2"][0]["cpu_cores"]
+    assert sum(name.startswith("worker ") for name in workers) == 2 and {"supervisor", "client"} <= set(workers)
+    assert "round 1, publishes/s" in proc.stdout

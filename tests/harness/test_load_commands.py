@@ -232,3 +232,49 @@ def test_connect_storm_retries_what_the_server_refuses_for_load(monkeypatch: pyt
     assert len(conns) == 3 and errors == []
     assert stats["refusals"] == {"http_503": 2, "closed_before_handshake": 1}
     assert stats["first_try"] + stats["retried_ok"] == 3 and stats["retried_ok"] >= 1
+
+
+def _opened(port: int) -> int:
+    """WebSocket connections the server on ``port`` accepted, every endpoint (its /metrics)."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return sum(int(float(n)) for n in re.findall(r"^wsnursery_connections_total\{[^}]*\} (\S+)$", text, re.M))
+
+
+@pytest.mark.parametrize(
+    "command, flags, per_server",
+    [
+        (["load", "--clients", "4", "--messages", "5"], [], 2),
+        (["connect", "--hold", "6", "--hold-seconds", "0.5", "--broadcast", "0"], [], 3),
+    ],
+)
+def test_several_urls_spread_the_clients_round_robin(tmp_path: Path, command, flags, per_server) -> None:
+    from harness.servers import ServerProcess
+
+    out = tmp_path / "run.json"
+    with ServerProcess("wsnursery") as a, ServerProcess("wsnursery") as b:
+        urls = [f"ws://127.0.0.1:{a.port}/", f"ws://127.0.0.1:{b.port}/"]
+        done = harness(*command, *flags, "--url", urls[0], "--url", urls[1], "--quiet", "--output", str(out))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert (_opened(a.port), _opened(b.port)) == (per_server, per_server)
+    result = json.loads(out.read_text())["result"]
+    assert urls[0] in result["target"] and urls[1] in result["target"]
+
+
+@pytest.mark.parametrize("command", ["load", "connect"])
+def test_each_url_is_checked(command: str) -> None:
+    done = harness(command, "--url", "ws://127.0.0.1:1/", "--url", "ws://10.0.0.1:80/", timeout=15)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1 and "loopback" in done.stderr, done.stderr
+
+
+def test_stress_takes_one_url_and_says_why() -> None:
+    done = harness("stress", "--help", timeout=15)
+    assert "one URL only" in " ".join(done.stdout.split())
+    done = harness("stress", "--url", "ws://127.0.0.1:1/", "--url", "ws://127.0.0.1:2/", timeout=15)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "stress takes one --url" in done.stderr, done.stderr
