@@ -182,6 +182,7 @@ class Connection:
                 protocol.welcome_frame(context.server_name, config.heartbeat_interval, config.max_message_size)
             )
         self.outbox.open(nursery)
+        self.handlers.open(nursery)
         heartbeats = context.heartbeats
         heartbeats.add(self)
         self._arm_expiry()
@@ -197,6 +198,7 @@ class Connection:
             self.retransmits.disarm()
             await self._finish()
             self.outbox.shut()  # also when ``abort`` cut the handshake short: no writer starts now
+            self.handlers.shut()
             self.handlers.detach_all()
 
     async def _finish(self) -> None:
@@ -266,8 +268,6 @@ class Connection:
                 self.request_close(exc.code, exc.reason)
                 return None
             if event is None:
-                if self.handlers.in_flight:  # their replies before the client hears nothing more
-                    await self._settle()
                 try:
                     data = await self.stream.receive_some(READ_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):

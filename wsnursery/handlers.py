@@ -11,11 +11,14 @@ the connection ends; ``"presence": true`` makes the subscription a watcher of jo
 ``refresh`` replaces the token's grants for later requests (subscriptions already made stay).
 
 Publishes in flight: with an engine that stores remotely (Redis), a publish is submitted
-(``Hub.submit``) and the next requests the client already sent are read while it is stored,
-so a client with many publishes in flight gets them stored in one round trip, not one each.
-Their replies go out in order (``settle``) before any request other than a publish or an
-ack is served, before the reader waits for more bytes, and when the client closes; at most
-``MAX_PUBLISHES_IN_FLIGHT`` per connection, then the reader waits for the oldest.
+(``Hub.submit``) and the reader goes on reading the client's next requests while it is
+stored, so a client with many publishes in flight gets them stored together, a pipeline per
+round trip, not a round trip each. A replier task (started when first needed, in the
+connection's nursery) waits for them in order and queues their replies, so replies keep the
+order of the publishes. Before any request other than a publish or an ack is served, and
+when the client closes, the reader waits until every publish in flight is answered
+(``settle``): replies keep the order of the requests. At most ``MAX_PUBLISHES_IN_FLIGHT`` per
+connection; then the reader waits for the oldest.
 
 Bounds: ``max_subscriptions`` per connection (``too_many_subscriptions``), ``max_errors``
 error frames (then the connection is closed with 1008); the hub's own bounds answer with
@@ -67,11 +70,15 @@ class RequestHandlers:
         "_in_flight",
         "_member",
         "_metrics",
+        "_nursery",
         "_outbox",
         "_owner",
         "_parser",
         "_presence",
+        "_replied",
+        "_replier_scope",
         "_retransmits",
+        "_work",
         "access",
         "errors",
         "subscriptions",
@@ -98,6 +105,10 @@ class RequestHandlers:
         self.subscriptions: dict[str, Subscription] = {}
         self.errors = 0
         self._in_flight: collections.deque[tuple[protocol.Publish, PublishTicket]] = collections.deque()
+        self._nursery: trio.Nursery | None = None  # where the replier may start
+        self._replier_scope: trio.CancelScope | None = None
+        self._replied: trio.Event | None = None  # set when the replier answers one; then replaced
+        self._work: trio.Event | None = None  # set to wake the replier when it waits for work
         # Identity (issue 13): what this connection may do, and who it is in presence lists.
         self.access = access if access is not None else Access(context.security, None, 0.0)
         self._member = member  # made when it first joins a channel: most connections never need it
@@ -165,7 +176,7 @@ class RequestHandlers:
         except codec.ValueNotCarried as exc:
             raise ProtocolError("bad_request", str(exc), request.id) from None
         try:
-            ticket = self._hub.submit(request.channel, data, request.key, size)
+            ticket = None if self._nursery is None else self._hub.submit(request.channel, data, request.key, size)
             if ticket is None:
                 self._published(request, await self._hub.publish(request.channel, data, request.key, size))
                 return
@@ -173,27 +184,68 @@ class RequestHandlers:
             exc.request_id = request.id
             raise
         self._in_flight.append((request, ticket))
-        if len(self._in_flight) >= MAX_PUBLISHES_IN_FLIGHT:
-            await self.settle()
+        if self._replier_scope is None:
+            self._start_replier()
+        elif self._work is not None:
+            self._work.set()
+        while len(self._in_flight) >= MAX_PUBLISHES_IN_FLIGHT:
+            await self._answered()
 
     @property
     def in_flight(self) -> bool:
         """Publishes submitted whose replies are not yet queued."""
         return bool(self._in_flight)
 
+    def open(self, nursery: trio.Nursery) -> None:
+        """The replier may start (in ``nursery``) from now on."""
+        self._nursery = nursery
+
+    def shut(self) -> None:
+        """The connection has ended: a running replier stops (replies would not be sent)."""
+        self._nursery = None
+        if self._replier_scope is not None:
+            self._replier_scope.cancel()
+
     async def settle(self) -> None:
-        """Wait for the publishes in flight, oldest first, and queue their replies."""
+        """Wait until every publish in flight is answered (its reply queued)."""
+        while self._in_flight:
+            await self._answered()
+
+    async def _answered(self) -> None:
+        """Wait for the replier's next answer."""
+        if self._replier_scope is None or self._replier_scope.cancel_called:
+            self._in_flight.clear()  # the connection has ended: nobody would send the replies
+            return
+        if self._replied is None:
+            self._replied = trio.Event()
+        await self._replied.wait()
+
+    def _start_replier(self) -> None:
+        assert self._nursery is not None  # (``_publish`` submits only then)
+        self._replier_scope = trio.CancelScope()
+        self._nursery.start_soon(self._replier, self._replier_scope)
+
+    async def _replier(self, scope: trio.CancelScope) -> None:
         in_flight = self._in_flight
-        while in_flight:
-            request, ticket = in_flight[0]
-            try:
-                published = await ticket.wait()
-            except ProtocolError as exc:
-                exc.request_id = request.id
-                self._error(exc)
-            else:
-                self._published(request, published)
-            in_flight.popleft()
+        with scope:
+            while True:
+                if not in_flight:
+                    self._work = trio.Event()
+                    await self._work.wait()
+                    self._work = None
+                    continue
+                request, ticket = in_flight[0]
+                try:
+                    published = await ticket.wait()
+                except ProtocolError as exc:
+                    exc.request_id = request.id
+                    self._error(exc)
+                else:
+                    self._published(request, published)
+                in_flight.popleft()
+                if self._replied is not None:
+                    self._replied.set()
+                    self._replied = None
 
     def _published(self, request: protocol.Publish, published: Published) -> None:
         metrics = self._metrics
