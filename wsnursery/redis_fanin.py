@@ -43,7 +43,7 @@ from coredis.tokens import PureToken
 
 from . import logs
 from .protocol import Position
-from .redis_store import Entry, RedisStore, Unavailable, _entry, _text
+from .redis_store import Entry, PresenceEntry, RedisStore, Unavailable, _text, parse
 
 log = logs.get("redis")
 
@@ -59,11 +59,18 @@ class FanInSink(Protocol):
     def reset(self, channel: str, epoch: str) -> None:
         """The channel's stream has a new epoch; its entries follow from the oldest held."""
 
+    def presence_entries(self, channel: str, entries: list[PresenceEntry]) -> None:
+        """Joins and leaves of a watched channel, in order, each after the entries handed before."""
+
+    def control(self, fields: dict[bytes, bytes]) -> None:
+        """An entry of the cluster's control stream (``<prefix>ctl``: disconnects)."""
+
 
 @attrs.define
 class _Watch:
     epoch: str
     after: int  # the last seq handed to the sink
+    sub: int = 0  # and the n of the last presence entry <after>-<n> read after it
 
 
 class FanIn:
@@ -93,12 +100,13 @@ class FanIn:
         self._reading: int | None = None  # the generation of the XREAD in flight
         self._wake = trio.Event()
         self._events_last: str | None = None
+        self._control_last: str | None = None
 
     # -- the watched set (synchronous) ---------------------------------------------------
 
-    def watch(self, channel: str, epoch: str, after: int) -> None:
-        """Read ``channel`` from after seq ``after`` of ``epoch`` (replacing any position)."""
-        self._watched[channel] = _Watch(epoch, after)
+    def watch(self, channel: str, epoch: str, after: int, sub: int = 0) -> None:
+        """Read ``channel`` from after the entry ``<after>-<sub>`` of ``epoch`` (replacing any position)."""
+        self._watched[channel] = _Watch(epoch, after, sub)
         self._by_key[self.store.stream_key(channel).encode()] = channel
         self._changed()
 
@@ -129,7 +137,9 @@ class FanIn:
         while True:
             try:
                 if self._events_last is None:
-                    self._events_last = await self._last_event_id()
+                    self._events_last = await self._last_event_id(self.store.epochs_key)
+                if self._control_last is None:
+                    self._control_last = await self._last_event_id(self.store.control_key)
                 if recheck:
                     await self._check_all()
                     recheck = False
@@ -155,9 +165,10 @@ class FanIn:
 
     async def _read_once(self) -> None:
         streams: dict[str | bytes, str] = {
-            key: f"{self._watched[channel].after}-0" for key, channel in self._by_key.items()
+            key: f"{self._watched[channel].after}-{self._watched[channel].sub}" for key, channel in self._by_key.items()
         }
         streams[self.store.epochs_key] = self._events_last or "0-0"
+        streams[self.store.control_key] = self._control_last or "0-0"
         streams[self.wake_key] = "$"
         generation = self._generation
         block_ms = max(1, int(self.block * 1000))
@@ -184,22 +195,34 @@ class FanIn:
             watch = self._watched.get(channel)
             if watch is not None and watch.epoch != _text(entry.field_values[b"e"]):
                 suspects.add(channel)
+        for entry in reply.get(self.store.control_key.encode(), ()):
+            self._control_last = _text(entry.identifier)
+            self.sink.control(dict(entry.field_values))
         for key, raw in reply.items():
             name = self._by_key.get(key)
             if name is None or name in suspects:
                 continue
             channel, watch = name, self._watched[name]
             batch: list[Entry] = []
+            joins: list[PresenceEntry] = []
             for item in raw:
-                entry = _entry(item.identifier, item.field_values)
+                entry = parse(item.identifier, item.field_values)
                 if entry.epoch != watch.epoch:
                     suspects.add(channel)
                     break
-                if entry.seq > watch.after:
-                    batch.append(entry)
+                if isinstance(entry, Entry):
+                    if entry.seq > watch.after:
+                        batch.append(entry)
+                        watch.after, watch.sub = entry.seq, 0
+                elif (entry.seq, entry.sub) > (watch.after, watch.sub):
+                    joins.append(entry)
+                    watch.after, watch.sub = entry.seq, entry.sub
+            # Messages first, then the events: each event goes after the message it names
+            # (``PresenceEvent.after``), so handing them in two lists keeps the channel's order.
             if batch:
-                watch.after = batch[-1].seq
                 self.sink.entries(channel, batch)
+            if joins:
+                self.sink.presence_entries(channel, joins)
         for channel in suspects:
             await self._check(channel)
 
@@ -218,16 +241,16 @@ class FanIn:
                 watch.epoch,
                 watch.after,
             )
-            watch.epoch, watch.after = snapshot.epoch, 0
+            watch.epoch, watch.after, watch.sub = snapshot.epoch, 0, 0
             self.sink.reset(channel, snapshot.epoch)
 
     async def _check_all(self) -> None:
         for channel in list(self._watched):
             await self._check(channel)
 
-    async def _last_event_id(self) -> str:
+    async def _last_event_id(self, key: str) -> str:
         async def last() -> Any:
-            return await self.store.client.xrevrange(self.store.epochs_key, count=1)
+            return await self.store.client.xrevrange(key, count=1)
 
         found = await self.store.guard(last)
         return _text(found[0].identifier) if found else "0-0"
