@@ -31,16 +31,28 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import trio
 
+from .api import ChannelInfo, History
 from .broadcast import Broadcast, Message, Policy, Receiver
+from .presence import PresenceRegistry
 from .protocol import Position, ProtocolError
 from .reliability import DedupWindow
 
-__all__ = ["Broadcast", "Hub", "LocalWindows", "MemoryHub", "Message", "Policy", "Published", "Receiver"]
+__all__ = [
+    "Broadcast",
+    "ClusterHub",
+    "Hub",
+    "LocalWindows",
+    "MemoryHub",
+    "Message",
+    "Policy",
+    "Published",
+    "Receiver",
+]
 
 
 @attrs.frozen
@@ -88,6 +100,28 @@ class Hub(Protocol):
     @property
     def channel_count(self) -> int:
         """Channels held (for ``/healthz``)."""
+
+
+@runtime_checkable
+class ClusterHub(Protocol):
+    """A hub shared by several nodes (``RedisHub``): what it answers for the whole cluster.
+
+    The server uses its ``presence`` registry instead of one of its own, names connections
+    after its ``node`` (``conn`` is unique in the cluster), answers the server API's history,
+    channel list and disconnect through it, and sets ``disconnect_handler`` (which closes a
+    user's connections on this node) for the disconnects other nodes ask for.
+    """
+
+    node: str
+    presence: PresenceRegistry
+    disconnect_handler: Callable[[str], int] | None
+
+    async def history(self, channel: str, since: int | None, limit: int) -> History: ...
+
+    async def channel_infos(self) -> list[ChannelInfo]: ...
+
+    async def disconnect(self, user: str) -> None:
+        """Ask every other node to close ``user``'s connections."""
 
 
 class LocalWindows:

@@ -147,6 +147,21 @@ class PresenceRegistry:
         state = self._channels.get(channel)
         return state is None or state.untracked == 0
 
+    async def listing(self, channel: str) -> tuple[list[Member], bool]:
+        """The members and the ``complete`` flag, as a ``presence`` reply gives them (a cluster's
+        registry asks its store here: ``redis_presence``)."""
+        return self.members(channel), self.complete(channel)
+
+    def watched(self, channel: str) -> bool:
+        state = self._channels.get(channel)
+        return state is not None and bool(state.watchers)
+
+    def tell(self, channel: str, event: PresenceEvent) -> None:
+        """Hand ``event`` to the channel's watchers in this process."""
+        state = self._channels.get(channel)
+        if state is not None and state.watchers:
+            self._tell(state, event)
+
     @property
     def channel_count(self) -> int:
         return len(self._channels)
