@@ -230,6 +230,11 @@ class Config:
         _engine,
         "where channels live: memory (this process only) or redis://HOST:PORT/DB (every process naming it shares them)",
     )
+    node_ttl: float = _setting(
+        10.0,
+        _positive_seconds,
+        "with a redis engine: seconds a node's liveness key lasts; a node that stops refreshing it (killed) drops out of presence within that",
+    )
     workers: int = _setting(
         1,
         _positive_int(256),

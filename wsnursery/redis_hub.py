@@ -33,6 +33,7 @@ window is closed with 4008.
 
 from __future__ import annotations
 
+import secrets
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -40,12 +41,15 @@ from typing import Any
 
 import trio
 
-from . import logs
+from . import logs, redis_api
+from .api import ChannelInfo, History
 from .broadcast import Broadcast, Message, Policy, Receiver
 from .hub import LocalWindows, Published
+from .presence import DEFAULT_MAX_MEMBERS
 from .protocol import Position, ProtocolError
 from .redis_fanin import FanIn
-from .redis_store import DEFAULT_PREFIX, Entry, RedisStore, Unavailable, connect
+from .redis_presence import DEFAULT_NODE_TTL, ClusterPresence
+from .redis_store import DEFAULT_PREFIX, Entry, PresenceEntry, RedisStore, Unavailable, connect
 
 log = logs.get("redis")
 
@@ -65,9 +69,20 @@ class RedisHub(LocalWindows):
         prefix: str = DEFAULT_PREFIX,
         timeout: float = 5.0,
         read_block: float = 5.0,
+        max_presence_members: int = DEFAULT_MAX_MEMBERS,
+        node_ttl: float = DEFAULT_NODE_TTL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url, prefix = _split_prefix(url, prefix)
+        self.node = secrets.token_hex(4)  # this process in the cluster: its liveness key, its conn names
+        self.presence = ClusterPresence(
+            self.node,
+            max_members=max_presence_members,
+            node_ttl=node_ttl,
+            history_size=history_size,
+            history_age=history_age,
+        )
+        self.disconnect_handler: Callable[[str], int] | None = None  # the server's: closes a user's connections
         self._settings: dict[str, Any] = {
             "prefix": prefix,
             "history_size": history_size,
@@ -100,6 +115,8 @@ class RedisHub(LocalWindows):
             "dedup_age": config.dedup_age,
             "max_channels": config.max_channels,
             "block": config.slow_consumer_policy == "block",
+            "max_presence_members": config.max_presence_members,
+            "node_ttl": config.node_ttl,
         }
         return cls(config.engine, **(settings | overrides))
 
@@ -109,9 +126,10 @@ class RedisHub(LocalWindows):
         """Connect (lazily: Redis may be down), start the reader, serve until cancelled."""
         async with connect(self.url, **self._settings) as store:
             self._store = store
-            self.fanin = FanIn(store, self, block=self._read_block)
+            self.fanin = FanIn(store, self, block=self._read_block, node=self.node)
             try:
                 async with trio.open_nursery() as nursery:
+                    await nursery.start(self.presence.run, store)
                     await nursery.start(self.fanin.run)
                     log.info("redis engine on %s (prefix %r)", _redact(self.url), store.prefix)
                     task_status.started()
@@ -171,6 +189,29 @@ class RedisHub(LocalWindows):
             born = now - max(0.0, now_wall - entry.ts / 1000)
             broadcast.send(Message(channel, entry.epoch, entry.seq, entry.data, entry.ts, born, entry.size))
 
+    def presence_entries(self, channel: str, entries: list[PresenceEntry]) -> None:
+        broadcast = self._channels.get(channel)
+        self.presence.deliver(channel, entries, broadcast.head if broadcast is not None else 0)
+
+    def control(self, fields: dict[bytes, bytes]) -> None:
+        """A cluster-wide request from another node (``disconnect``): done here too."""
+        user = fields.get(b"u")
+        if fields.get(b"o", b"").decode() == self.node or user is None or self.disconnect_handler is None:
+            return
+        self.disconnect_handler(user.decode("utf-8", "replace"))
+
+    # -- the server API, for the whole cluster (``hub.ClusterHub``) --------------------------
+
+    async def history(self, channel: str, since: int | None, limit: int) -> History:
+        return await redis_api.history(self.store, channel, since, limit)
+
+    async def channel_infos(self) -> list[ChannelInfo]:
+        return await redis_api.channels(self.store)
+
+    async def disconnect(self, user: str) -> None:
+        """Ask every other node to close ``user``'s connections (this node's: the caller)."""
+        await redis_api.announce_disconnect(self.store, self.node, user)
+
     def reset(self, channel: str, epoch: str) -> None:
         old = self._channels.get(channel)
         if old is None:
@@ -205,8 +246,8 @@ class RedisHub(LocalWindows):
             _start_at(broadcast, snapshot.entries[0].seq if snapshot.entries else snapshot.head + 1)
             self._channels[channel] = broadcast
             self.entries(channel, list(snapshot.entries))
-            if self.fanin is not None:
-                self.fanin.watch(channel, snapshot.epoch, snapshot.head)
+            if self.fanin is not None:  # from the newest entry: a presence event after the head too
+                self.fanin.watch(channel, snapshot.epoch, *max((snapshot.head, 0), snapshot.last))
             return broadcast
         finally:
             del self._loading[channel]
