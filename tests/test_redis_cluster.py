@@ -45,6 +45,7 @@ async def cluster(nursery, redis_test_url):
             self.hubs: list[RedisHub] = []
             self.ports: list[int] = []
             self.scopes: list[trio.CancelScope] = []
+            self.servers: list[Server] = []
 
         async def node(self, **overrides) -> str:
             config = Config(**(TEST_DEFAULTS | {"engine": self.url} | overrides))
@@ -60,6 +61,7 @@ async def cluster(nursery, redis_test_url):
             self.hubs.append(hub)
             self.ports.append(ports[0])
             self.scopes.append(scope)
+            self.servers.append(server)
             return f"ws://127.0.0.1:{ports[0]}/"
 
     made = Cluster()

@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio_websocket
 
+from harness.nodes import Nodes, with_prefix
 from wsnursery.api_client import AsyncApiClient
 from wsnursery.codec import Encoding
 from wsnursery.redis_presence import PendingWrites, Write
@@ -159,26 +160,40 @@ async def test_members_past_max_presence_members_make_the_listing_incomplete_on_
             raise AssertionError(frame)
 
 
-async def test_a_killed_node_drops_out_of_presence_within_its_liveness_ttl(cluster: Any) -> None:
+async def test_a_sigkilled_node_drops_out_of_presence_within_its_liveness_ttl(cluster: Any, nursery: Any) -> None:
     ttl = 1.0
-    a = await cluster.node(node_ttl=ttl)
     b = await cluster.node(node_ttl=ttl)
+    killed = Nodes(with_prefix(cluster.url, cluster.prefix), 1, {"node_ttl": ttl})  # a process of its own
+    (a,) = await nursery.start(killed.run)
     async with connect(b) as watcher:
         own = await watch(watcher, "alive")
         async with connect(a) as member:
             await member.subscribe("alive")
             gone = (await next_of(watcher, "join"))["conn"]
-            # A SIGKILLed process writes nothing more: not even the leaves of its connections.
-            cluster.hubs[0].presence.writes.add = lambda write: None
             killed_at = trio.current_time()
-            cluster.scopes[0].cancel()
+            await killed.kill(killed.nodes[0])  # SIGKILL: it writes nothing more, not even its leaves
             leave = await next_of(watcher, "leave")
-        took = trio.current_time() - killed_at
+            took = trio.current_time() - killed_at
+            assert await close_code(member) == 1006
         assert leave["conn"] == gone
-        assert took < 2 * ttl + 1, took  # the ttl, one refresh period (ttl/3), round trips
+        assert took < ttl + ttl / 3 + 1, took  # the ttl, one refresh period of B, round trips
         listed = await watcher.request({"type": "presence", "id": 5, "channel": "alive"})
         assert [m["conn"] for m in listed["members"]] == [own]
-        assert cluster.hubs[1].presence.reaped == 1
+        assert cluster.hubs[0].presence.reaped == 1
+
+
+async def test_a_stopped_node_s_members_leave_at_once(cluster: Any) -> None:
+    a = await cluster.node()  # the default node_ttl (10 s): the leave must not wait for it
+    b = await cluster.node()
+    async with connect(b) as watcher:
+        await watch(watcher, "stop")
+        async with connect(a) as member:
+            await member.subscribe("stop")
+            gone = (await next_of(watcher, "join"))["conn"]
+            cluster.servers[0].shutdown()  # node A stops: its members leave before its hub stops
+            with trio.fail_after(3):
+                leave = await next_of(watcher, "leave")
+        assert leave["conn"] == gone
 
 
 async def test_presence_while_redis_is_down_answers_unavailable_and_the_connection_stays(
@@ -228,10 +243,24 @@ async def test_api_disconnect_on_a_closes_the_users_connections_on_b_with_4003(c
     settings = {"api_key": API_KEY, "jwt_secret": SECRET}
     a, b = await cluster.node(**settings), await cluster.node(**settings)
     async with as_user(b, "bob") as bob_b, as_user(a, "bob") as bob_a, as_user(b, "carol") as carol:
-        assert await api(cluster, 0).disconnect("bob") == 1  # this node's: the other nodes do not report
+        assert await api(cluster, 0).disconnect("bob") == 2  # one here, one on B (B answered with its count)
         assert await close_code(bob_a) == 4003
         assert await close_code(bob_b) == 4003
         await carol.subscribe("still.here")
+
+
+async def test_api_disconnect_counts_what_the_nodes_answered_within_its_bound(cluster: Any) -> None:
+    settings = {"api_key": API_KEY, "jwt_secret": SECRET}
+    await cluster.node(**settings)
+    b = await cluster.node(**settings)
+    async with connect_store(cluster.url, prefix=cluster.prefix) as store:  # a node alive but not reading
+        await store.client.set(f"{cluster.prefix}node:ghost", "1", px=30_000)
+        await store.client.sadd(f"{cluster.prefix}nodes", ["ghost"])
+    async with as_user(b, "dave") as dave:
+        started = trio.current_time()
+        assert await api(cluster, 0).disconnect("dave") == 1  # B's; the ghost never answers
+        assert 2.0 <= trio.current_time() - started < 2.0 + WAIT  # redis_api.DISCONNECT_WAIT
+        assert await close_code(dave) == 4003
 
 
 async def test_api_history_and_channels_on_b_answer_for_messages_published_on_a(cluster: Any) -> None:

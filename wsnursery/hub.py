@@ -120,8 +120,11 @@ class ClusterHub(Protocol):
 
     async def channel_infos(self) -> list[ChannelInfo]: ...
 
-    async def disconnect(self, user: str) -> None:
-        """Ask every other node to close ``user``'s connections."""
+    async def disconnect(self, user: str) -> int:
+        """Ask every other node to close ``user``'s connections; how many they closed."""
+
+    async def leave_cluster(self) -> None:
+        """The server stops gracefully: what this node holds for the cluster goes now."""
 
 
 class LocalWindows:

@@ -13,18 +13,26 @@ engine answers from the process's windows, in ``server_api``):
   subscribers on every node as presence holds them (listed and past ``max_presence_members``),
   which for a node killed a moment ago still counts its subscribers until it is reaped
   (``redis_presence``: ``node_ttl`` and one refresh period).
-- ``announce_disconnect``: an entry on ``<prefix>ctl`` (the control stream every node's
-  reader watches, at most about ``CONTROL_MAXLEN`` entries), so every other node closes the
-  user's connections with 4003 as soon as its reader sees it (one Redis round trip).
+- ``disconnect``: an entry on ``<prefix>ctl`` (the control stream every node's reader
+  watches, at most about ``CONTROL_MAXLEN`` entries), so every other node closes the user's
+  connections with 4003 as soon as its reader sees it (one Redis round trip), and answers
+  with its count on a reply stream of the request's own (``<prefix>ctl:r:<random>``, expiring
+  after a minute). The asking node waits for the nodes that were alive when it asked (their
+  liveness key exists), at most ``DISCONNECT_WAIT`` seconds: the count it returns is its own
+  plus what they answered by then. A node that answers later still closes the connections,
+  uncounted (logged).
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from typing import Any
 
+import trio
 from coredis.tokens import PureToken
 
+from . import logs
 from .api import ChannelInfo, History, HistoryMessage
 from .redis_store import Entry, RedisStore, _text, parse
 
@@ -33,6 +41,9 @@ SCAN_CALLS = 100
 SCAN_COUNT = 1000
 CONTROL_MAXLEN = 1000
 CONTROL_TTL_MS = 86_400_000
+DISCONNECT_WAIT = 2.0
+
+log = logs.get("redis")
 
 # ARGV: the prefix, then channel names. For each: epoch, seq, subscribers (listed + not).
 INFO = """
@@ -102,15 +113,38 @@ async def channels(store: RedisStore) -> list[ChannelInfo]:
     return infos
 
 
-async def announce_disconnect(store: RedisStore, node: str, user: str) -> None:
-    async def add() -> Any:
-        await store.client.xadd(
+async def disconnect(store: RedisStore, node: str, user: str, wait: float = DISCONNECT_WAIT) -> int:
+    """Ask every other node to close ``user``'s connections; the sum of what they answered."""
+    replies = f"{store.control_key}:r:{secrets.token_hex(8)}"
+
+    async def ask() -> Any:
+        client = store.client
+        others = {_text(n) for n in await client.smembers(f"{store.prefix}nodes")} - {node}
+        alive = {n for n in others if await client.exists([f"{store.prefix}node:{n}"])}
+        await client.xadd(
             store.control_key,
-            {"k": "disconnect", "u": user, "o": node},
+            {"k": "disconnect", "u": user, "o": node, "r": replies},
             trim_strategy=PureToken.MAXLEN,
             threshold=CONTROL_MAXLEN,
             trim_operator=PureToken.APPROXIMATELY,
         )
-        await store.client.pexpire(store.control_key, CONTROL_TTL_MS)
+        await client.pexpire(store.control_key, CONTROL_TTL_MS)
+        return alive
 
-    await store.guard(add)
+    waiting: set[str] = await store.guard(ask)
+    count, last = 0, "0-0"
+    deadline = trio.current_time() + wait
+    while waiting and (left := deadline - trio.current_time()) > 0:
+
+        async def read(last: str = last, left: float = left) -> Any:
+            return await store.client.xread({replies: last}, count=100, block=max(1, int(left * 1000)))
+
+        for entry in (await store.guard(read, left + store.timeout) or {}).get(replies.encode(), ()):
+            last = _text(entry.identifier)
+            answered = _text(entry.field_values[b"n"])
+            if answered in waiting:
+                waiting.discard(answered)
+                count += int(entry.field_values[b"c"])
+    if waiting:
+        log.warning("disconnect %s: %d nodes did not answer within %.1fs (not counted)", user, len(waiting), wait)
+    return count

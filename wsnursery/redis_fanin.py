@@ -48,6 +48,7 @@ from .redis_store import Entry, PresenceEntry, RedisStore, Unavailable, _text, p
 log = logs.get("redis")
 
 WAKE_TTL_MS = 60_000
+REPLY_TTL_MS = 60_000
 
 
 class FanInSink(Protocol):
@@ -62,8 +63,9 @@ class FanInSink(Protocol):
     def presence_entries(self, channel: str, entries: list[PresenceEntry]) -> None:
         """Joins and leaves of a watched channel, in order, each after the entries handed before."""
 
-    def control(self, fields: dict[bytes, bytes]) -> None:
-        """An entry of the cluster's control stream (``<prefix>ctl``: disconnects)."""
+    def control(self, fields: dict[bytes, bytes]) -> int | None:
+        """An entry of the cluster's control stream (``<prefix>ctl``: disconnects): what it
+        did here (a count), or None (this node's own request, or one it does not know)."""
 
 
 @attrs.define
@@ -91,7 +93,8 @@ class FanIn:
         self.count = count
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
-        self.wake_key = f"{store.prefix}wake:{node or secrets.token_hex(6)}"
+        self.node = node or secrets.token_hex(6)
+        self.wake_key = f"{store.prefix}wake:{self.node}"
         self.reads = 0  # XREAD calls issued (tests check the reader is not per subscriber)
         self.available = True
         self._watched: dict[str, _Watch] = {}
@@ -197,7 +200,10 @@ class FanIn:
                 suspects.add(channel)
         for entry in reply.get(self.store.control_key.encode(), ()):
             self._control_last = _text(entry.identifier)
-            self.sink.control(dict(entry.field_values))
+            fields = dict(entry.field_values)
+            count = self.sink.control(fields)
+            if count is not None and b"r" in fields:
+                await self._answer(fields[b"r"], count)
         for key, raw in reply.items():
             name = self._by_key.get(key)
             if name is None or name in suspects:
@@ -247,6 +253,15 @@ class FanIn:
     async def _check_all(self) -> None:
         for channel in list(self._watched):
             await self._check(channel)
+
+    async def _answer(self, key: bytes, count: int) -> None:
+        """Tell the node that asked (on its reply stream) what this node did."""
+
+        async def add() -> Any:
+            await self.store.client.xadd(key, {"n": self.node, "c": str(count)})
+            await self.store.client.pexpire(key, REPLY_TTL_MS)
+
+        await self.store.guard(add)
 
     async def _last_event_id(self, key: str) -> str:
         async def last() -> Any:

@@ -193,12 +193,13 @@ class RedisHub(LocalWindows):
         broadcast = self._channels.get(channel)
         self.presence.deliver(channel, entries, broadcast.head if broadcast is not None else 0)
 
-    def control(self, fields: dict[bytes, bytes]) -> None:
-        """A cluster-wide request from another node (``disconnect``): done here too."""
+    def control(self, fields: dict[bytes, bytes]) -> int | None:
+        """A cluster-wide request from another node (``disconnect``): done here too; the count."""
         user = fields.get(b"u")
-        if fields.get(b"o", b"").decode() == self.node or user is None or self.disconnect_handler is None:
-            return
-        self.disconnect_handler(user.decode("utf-8", "replace"))
+        if fields.get(b"o", b"").decode() == self.node or fields.get(b"k") != b"disconnect" or user is None:
+            return None
+        handler = self.disconnect_handler
+        return 0 if handler is None else handler(user.decode("utf-8", "replace"))
 
     # -- the server API, for the whole cluster (``hub.ClusterHub``) --------------------------
 
@@ -208,9 +209,14 @@ class RedisHub(LocalWindows):
     async def channel_infos(self) -> list[ChannelInfo]:
         return await redis_api.channels(self.store)
 
-    async def disconnect(self, user: str) -> None:
-        """Ask every other node to close ``user``'s connections (this node's: the caller)."""
-        await redis_api.announce_disconnect(self.store, self.node, user)
+    async def leave_cluster(self) -> None:
+        """Stopping gracefully: this node's presence members leave now (``redis_presence``)."""
+        await self.presence.leave_all()
+
+    async def disconnect(self, user: str) -> int:
+        """Ask every other node to close ``user``'s connections (this node's: the caller); how
+        many they closed, as far as they answered within ``DISCONNECT_WAIT`` (``redis_api``)."""
+        return await redis_api.disconnect(self.store, self.node, user)
 
     def reset(self, channel: str, epoch: str) -> None:
         old = self._channels.get(channel)

@@ -314,6 +314,26 @@ class ClusterPresence(PresenceRegistry):
         finally:
             self._store = None
 
+    async def leave_all(self) -> None:
+        """A graceful stop (the server calls it once its connections are closed, before the
+        hub stops): this node's members leave now, not ``node_ttl`` later; then its liveness
+        key goes, so any member a cut-short write left behind is reaped by another node at its
+        next refresh. Bounded by the caller; without it (a kill) the others reap this node."""
+        store = self._running()
+        for channel, members in list(self.local.items()):
+            for conn in list(members):
+                self.leave(channel, conn, True, 0)
+        try:
+            while (write := self.writes.take()) is not None:
+                await self._write(store, write)
+
+            async def forget() -> Any:
+                return await store.client.delete([self.node_key(self.node)])
+
+            await store.guard(forget)
+        except Unavailable:
+            pass  # then its liveness key expires: the others reap it after node_ttl
+
     async def _write_loop(self, store: RedisStore) -> None:
         while True:
             write = self.writes.take()

@@ -44,7 +44,7 @@ from .hub import ClusterHub, Hub, MemoryHub
 from .limits import AddressCounter
 from .metrics import CONTENT_TYPE, Metrics
 from .presence import PresenceRegistry, connection_ids
-from .protocol import RequestParser
+from .protocol import ProtocolError, RequestParser
 from .server_api import ServerApiMixin
 from .stream import ServerStream, send_at_once
 from .timers import DeadlineTimer
@@ -156,6 +156,12 @@ class Server(ServerApiMixin):
                 self._aborted = True
                 for connection in list(self.connections):
                     connection.abort()
+            if isinstance(self.hub, ClusterHub):  # its members leave now, not when its liveness expires
+                with trio.move_on_after(self.config.close_timeout):
+                    try:
+                        await self.hub.leave_cluster()
+                    except ProtocolError as exc:  # unavailable: the other nodes reap this one
+                        log.warning("leaving the cluster: %s", exc.reason)
             connections.cancel_scope.cancel()
         for listener in listeners:
             await listener.aclose()

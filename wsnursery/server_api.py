@@ -92,11 +92,11 @@ class ServerApiMixin:
 
     async def disconnect(self, user: str) -> int:
         """Close every connection of ``user`` with 4003: this process's, and in a cluster every
-        other node's too. The count is this process's connections: the other nodes close theirs
-        as their readers see the request, and do not report a count back."""
+        other node's too; how many were closed (in a cluster: see ``redis_api.disconnect``)."""
+        others = 0
         if isinstance(self.hub, ClusterHub):
-            await self.hub.disconnect(user)  # first: unavailable leaves every connection open
-        return self.disconnect_here(user)
+            others = await self.hub.disconnect(user)  # first: unavailable leaves every connection open
+        return self.disconnect_here(user) + others
 
     def disconnect_here(self, user: str) -> int:
         """Close every connection of ``user`` in this process with 4003; how many there were."""
