@@ -16,7 +16,7 @@ import trio
 import trio_websocket
 
 from harness.nodes import Nodes, with_prefix
-from wsnursery.api_client import AsyncApiClient
+from wsnursery.api_client import ApiCallError, AsyncApiClient
 from wsnursery.codec import Encoding
 from wsnursery.redis_presence import PendingWrites, Write
 from wsnursery.redis_store import Entry, PresenceEntry, parse
@@ -200,12 +200,21 @@ async def test_presence_while_redis_is_down_answers_unavailable_and_the_connecti
     cluster: Any, private_redis: Any
 ) -> None:
     cluster.url = private_redis.url
-    a = await cluster.node()
+    a = await cluster.node(api_key=API_KEY)
     async with connect(a) as member, connect(a) as asker:
         await member.subscribe("outage")
         private_redis.stop()
         reply = await asker.request({"type": "presence", "id": 5, "channel": "outage"})
         assert (reply["type"], reply["code"], reply["id"]) == ("error", "unavailable", 5)
+        for call in (
+            api(cluster, 0).presence("outage"),
+            api(cluster, 0).history("outage"),
+            api(cluster, 0).channels(),
+            api(cluster, 0).disconnect("nobody"),
+        ):
+            with pytest.raises(ApiCallError) as refused:
+                await call
+            assert (refused.value.status, refused.value.code) == (503, "unavailable")
         await member.request({"type": "unsubscribe", "id": 6, "channel": "outage"})  # a leave waits in the queue
         private_redis.start()
         with trio.fail_after(WAIT):
@@ -230,8 +239,8 @@ async def test_a_node_whose_liveness_lapsed_writes_its_members_again(cluster: An
             # What a reap by another node does to a node that was away too long.
             await store.client.delete([f"{cluster.prefix}node:{hub.node}"])
             await store.client.hdel(f"{cluster.prefix}{{lapse}}:p", [own])
-        leave_or_join = await next_of(member, "join")  # written again at the next refresh
-        assert leave_or_join["conn"] == own and hub.presence.resyncs == 1
+        again = await next_of(member, "join")  # written again at the next refresh
+        assert again["conn"] == own and hub.presence.resyncs == 1
         listed = await member.request({"type": "presence", "id": 5, "channel": "lapse"})
         assert [m["conn"] for m in listed["members"]] == [own]
 

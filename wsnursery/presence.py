@@ -7,6 +7,10 @@ channel's head seq when it happened (``after``) and is delivered after every mes
 that seq and before any later one: the channel's order. Its frame is encoded once per
 encoding, like a message, whatever the number of watchers.
 
+This registry is one process's. With the Redis engine, ``redis_presence.ClusterPresence``
+(a subclass) keeps the members in Redis for the whole cluster and gets the events back from
+the channel's stream; only the watchers stay here.
+
 Bounds, and what happens at each:
 - ``max_members`` tracked members per channel. A subscriber past it is subscribed as usual,
   but it is not listed, and no ``join``/``leave`` is sent for it; replies to ``presence``

@@ -24,6 +24,12 @@ channel, or an entry of another epoch than the one the reader holds, makes it as
 channel's current epoch; when it changed, the sink hears ``reset(channel, epoch)`` and the
 reader reads the new stream from its start.
 
+Presence entries (``<seq>-<n>`` in a channel's stream, see ``redis_presence``) are read with
+the messages, in order, and handed to ``presence_entries`` after the batch's messages; the
+reader keeps the whole last id per channel, so it never reads an event twice. The reader also
+watches ``<prefix>ctl``, the cluster's control stream (disconnects): each entry goes to
+``control``, and when it carries a reply stream the node's count is added there.
+
 Redis unreachable: the read raises, the reader logs it once, waits (``backoff_min`` doubling
 to ``backoff_max``) and tries again from the last seq it delivered per channel. After an
 outage it first checks every watched channel's epoch, passing its own position as the floor,

@@ -24,6 +24,12 @@ decoded once per node and written once per subscriber per burst, as with the mem
   (nothing confirmed that is not stored); subscribers keep their connections and windows,
   and the reader resumes from its last seqs when Redis is back.
 
+- Presence, the server API's history and channel list, and disconnects answer for the whole
+  cluster: ``presence`` is a ``redis_presence.ClusterPresence`` (the server uses it instead
+  of a registry of its own, and names connections after ``node``); the reader hands it the
+  join/leave entries it finds in the streams; ``history``, ``channel_infos`` and
+  ``disconnect`` are ``redis_api``'s (``hub.ClusterHub``).
+
 Bounds: as the memory engine per node (``history_size``/``history_bytes``/``history_age``
 per window, ``max_channels`` windows, the least recently used idle one evicted and no longer
 read); in Redis, see ``redis_store``. Policy ``block`` is per node: local publishers wait for
