@@ -127,6 +127,18 @@ class FanIn:
         watch = self._watched.get(channel)
         return None if watch is None else Position(watch.epoch, watch.after)
 
+    def last_id(self, channel: str) -> tuple[str, int, int] | None:
+        """The epoch and the id ``<seq>-<n>`` of the last entry handed over for ``channel``."""
+        watch = self._watched.get(channel)
+        return None if watch is None else (watch.epoch, watch.after, watch.sub)
+
+    def advance(self, channel: str, seq: int, sub: int) -> None:
+        """Someone else handed the entries up to ``<seq>-<sub>`` over (the hub's catch-up):
+        go on after them (an XREAD in flight returns them again; they are skipped)."""
+        watch = self._watched.get(channel)
+        if watch is not None and (seq, sub) > (watch.after, watch.sub):
+            watch.after, watch.sub = seq, sub
+
     def _changed(self) -> None:
         self._generation += 1
         if self._reading is not None:

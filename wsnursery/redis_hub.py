@@ -266,13 +266,36 @@ class RedisHub(LocalWindows):
             done.set()
 
     async def _catch_up(self, channel: str, broadcast: Broadcast) -> None:
-        """Take what Redis holds past the window's head (the reader may be a round trip behind)."""
-        try:
-            entries = await self.store.read_after(channel, broadcast.head, self._history_size)
-        except Unavailable:
-            return  # the window is what this node has; the subscriber resumes from it
-        if entries and entries[0].epoch == broadcast.epoch:
-            self.entries(channel, [e for e in entries if e.epoch == broadcast.epoch])
+        """Take what Redis holds past what the reader handed over (it may be a round trip
+        behind): messages and presence events in the stream's order, as the reader would, and
+        the reader goes on after them (so a watcher never gets an event after a later message).
+        Bounded by the stream's length (``history_size`` messages and their presence entries)."""
+        fanin = self.fanin
+        start = fanin.last_id(channel) if fanin is not None else None
+        if fanin is None or start is None or start[0] != broadcast.epoch:
+            return
+        epoch, after = start[0], (start[1], start[2])
+        while True:
+            try:
+                raw = await self.store.read_from(channel, after, self._history_size)
+            except Unavailable:
+                return  # the window is what this node has; the subscriber resumes from it
+            now = fanin.last_id(channel)  # the reader may have moved on meanwhile
+            if now is None or now[0] != epoch or any(entry.epoch != epoch for entry in raw):
+                return  # a new epoch: the reader finds it and resets the window
+            seen = (now[1], now[2])
+            fresh = [entry for entry in raw if (entry.seq, _sub(entry)) > seen]
+            messages = [entry for entry in fresh if isinstance(entry, Entry)]
+            events = [entry for entry in fresh if isinstance(entry, PresenceEntry)]
+            if messages:
+                self.entries(channel, messages)
+            if events:
+                self.presence_entries(channel, events)
+            if fresh:
+                fanin.advance(channel, fresh[-1].seq, _sub(fresh[-1]))
+            if len(raw) < self._history_size:
+                return
+            after = (raw[-1].seq, _sub(raw[-1]))
 
     def _touch(self, channel: str, broadcast: Broadcast) -> None:
         del self._channels[channel]
@@ -312,6 +335,11 @@ class RedisHub(LocalWindows):
         for receiver in receivers:
             receiver.notify()  # its owner finds its next message gone: closed with 4008
         broadcast.progressed()  # publishers waiting on it (policy block) go on
+
+
+def _sub(entry: Entry | PresenceEntry) -> int:
+    """The n of a stream entry's id ``<seq>-<n>`` (0 for a message)."""
+    return entry.sub if isinstance(entry, PresenceEntry) else 0
 
 
 def _start_at(broadcast: Broadcast, seq: int) -> None:

@@ -305,6 +305,14 @@ class RedisStore:
         parsed = (parse(e.identifier, e.field_values) for e in await self.guard(read))
         return [entry for entry in parsed if isinstance(entry, Entry)]
 
+    async def read_from(self, channel: str, after: tuple[int, int], limit: int) -> list[Entry | PresenceEntry]:
+        """Up to ``limit`` entries, messages and presence events, after the entry id ``after``."""
+
+        async def read() -> Any:
+            return await self.client.xrange(self.stream_key(channel), f"({after[0]}-{after[1]}", "+", count=limit)
+
+        return [parse(e.identifier, e.field_values) for e in await self.guard(read)]
+
     async def _call(self, script: Any, keys: list[str], args: Sequence[Any]) -> Any:
         async def run() -> Any:
             return await script(keys, args)
