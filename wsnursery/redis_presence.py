@@ -22,8 +22,11 @@ Writes leave the connection at once: a join or leave is put in this node's queue
 writes (``PendingWrites``, plain data), which one task writes in order. A join and a leave of
 the same membership that are both still pending cancel out (nobody could have seen either),
 so the queue holds at most one write per membership of this node, plus the leaves of
-memberships that ended while Redis was unreachable, at most ``MAX_PENDING`` in all (past it
-the oldest are dropped and logged; the resync below puts the members back).
+memberships that ended while Redis was unreachable, at most ``MAX_PENDING`` in all. Past it
+the oldest are dropped and logged: a dropped join is written again by the resync below when
+the outage outlasted ``node_ttl``; a dropped leave leaves its member listed until this node
+stops and is reaped (stale, never lost silently: the log says so). Each write is one script
+call, one after another (about 0.4 ms each on the project's 2-core test machine).
 
 Nodes. Each node refreshes ``<prefix>node:<id>`` (a liveness key expiring after ``node_ttl``
 seconds) every ``node_ttl / 3`` and is in the set ``<prefix>nodes``; ``<prefix>node:<id>:ch``
@@ -35,6 +38,9 @@ by channel (script ``REAP``, which adds their ``leave`` entries to each stream a
 watchers get them in the channel's order), then deletes its sets. A live node that finds
 its own liveness key gone when it refreshes (Redis was unreachable longer than ``node_ttl``,
 or lost its data; it may have been reaped) writes all its current members again (a resync).
+A node stopped gracefully (the server's shutdown calls ``leave_all`` before its hub stops)
+writes every member's leave at once and deletes its liveness key; anything left behind is
+reaped by another node.
 
 Redis unreachable: queries (``presence``, ``GET /api/presence``) get ``unavailable``; writes
 wait in the queue and are retried with backoff (50 ms doubling to 2 s); connections never wait
