@@ -114,6 +114,16 @@ def test_cluster_presence_queues_in_order_and_delivers_events_no_later_than_the_
     ]
 
 
+def test_a_lapsed_liveness_key_queues_every_member_again_but_not_on_the_first_refresh() -> None:
+    presence = ClusterPresence("n1")
+    presence.join("room", Member("alice", "c-n1a"), 0)
+    presence.writes.take()
+    assert presence.refreshed(existed=False) is False  # a new node: no key yet
+    assert presence.refreshed(existed=True) is False and len(presence.writes) == 0
+    assert presence.refreshed(existed=False) is True  # it expired: maybe reaped
+    assert presence.writes.take() == Write("j", "room", "c-n1a", "alice") and presence.resyncs == 1
+
+
 def test_parse_tells_presence_entries_from_messages() -> None:
     message = parse(b"3-0", {b"e": b"ep", b"t": b"1000", b"d": b"\x61x"})
     event = parse(b"3-2", {b"e": b"ep", b"t": b"1000", b"k": b"j", b"c": b"c-ab1", b"u": b"=alice"})

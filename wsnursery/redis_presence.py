@@ -284,6 +284,20 @@ class ClusterPresence(PresenceRegistry):
             event = PresenceEvent(kind, channel, Member(entry.user, entry.conn), min(entry.seq, head))
             self.tell(channel, event)
 
+    def refreshed(self, existed: bool) -> bool:
+        """This node's liveness key was renewed (``existed``: it was still there). When it had
+        expired since an earlier refresh, other nodes may have reaped this one: every member
+        of this node is queued again (a resync; joins of members still listed change nothing).
+        True then."""
+        first, self._alive = not self._alive, True
+        if existed or first:
+            return False
+        self.resyncs += 1
+        for channel, members in self.local.items():
+            for member in members.values():
+                self._queue(Write("j", channel, member.conn, member.user))
+        return True
+
     def _queue(self, write: Write) -> None:
         before = self.writes.dropped
         self.writes.add(write)
@@ -394,14 +408,8 @@ class ClusterPresence(PresenceRegistry):
             await client.sadd(f"{store.prefix}nodes", [self.node])
             return old
 
-        old = await store.guard(refresh)
-        first, self._alive = not self._alive, True
-        if old is None and not first:
-            self.resyncs += 1
+        if self.refreshed(existed=await store.guard(refresh) is not None):
             log.warning("presence: this node's liveness key had expired; writing its members again")
-            for channel, members in self.local.items():
-                for member in members.values():
-                    self._queue(Write("j", channel, member.conn, member.user))
 
     async def _reap(self, store: RedisStore) -> None:
         """Remove the members of nodes whose liveness key expired (one node does each)."""
