@@ -238,6 +238,18 @@ async def test_a_stopped_node_s_members_leave_at_once(cluster: Any) -> None:
         assert leave["conn"] == gone
 
 
+async def test_a_node_alive_again_is_not_reaped(cluster: Any) -> None:
+    a, b = await cluster.node(), await cluster.node()
+    async with connect(a) as member, connect(b) as asker:
+        own = await watch(member, "back")
+        hub_a, hub_b = cluster.hubs
+        # B decided A was dead (its key looked gone), and A refreshed before B's script ran.
+        await hub_b.presence._reap_node(hub_b.store, hub_a.node)
+        assert hub_b.presence.reaped == 0
+        listed = await asker.request({"type": "presence", "id": 5, "channel": "back"})
+        assert [m["conn"] for m in listed["members"]] == [own]
+
+
 async def test_presence_while_redis_is_down_answers_unavailable_and_the_connection_stays(
     cluster: Any, private_redis: Any
 ) -> None:

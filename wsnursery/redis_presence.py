@@ -110,13 +110,16 @@ return event and 1 or 0
 """
 )
 
-# KEYS: meta, stream, dz, dh, epochs, :p, :pu. Removes the members of the dead node ARGV[7].
+# KEYS: meta, stream, dz, dh, epochs, :p, :pu, the dead node's liveness key. Removes the
+# members of the node ARGV[7], unless its liveness key is back (checked here, atomically with
+# the removal: a node that refreshed and wrote its members again is never reaped after that).
 REAP = (
     _ENSURE
     + f"local PRESENCE_ENTRIES = {PRESENCE_ENTRIES}\n"
     + """
 local members, untracked = KEYS[6], KEYS[7]
 local now, dead, size, age = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
+if redis.call('EXISTS', KEYS[8]) == 1 then return -1 end
 local gone = {}
 local raw = redis.call('HGETALL', members)
 for i = 1, #raw, 2 do
@@ -141,6 +144,15 @@ end
 return #gone
 """
 )
+
+# KEYS: the dead node's liveness key, its channel set, the nodes set. ARGV: the node. Forgets
+# the node once reaped, unless it came back meanwhile.
+FORGET = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+return 1
+"""
 
 # KEYS: :p, :pu. ARGV: the prefix. The listed members of live nodes, and the untracked count.
 LIST = """
@@ -319,6 +331,7 @@ class ClusterPresence(PresenceRegistry):
             "write": client.register_script(WRITE),
             "reap": client.register_script(REAP),
             "list": client.register_script(LIST),
+            "forget": client.register_script(FORGET),
         }
         self._store = store
         try:
@@ -451,18 +464,22 @@ class ClusterPresence(PresenceRegistry):
                     _ms(self._history_age),
                 ]
 
-                keys = self._channel_keys(store, channel)
+                keys = [*self._channel_keys(store, channel), self.node_key(node)]
 
                 async def reap(keys: list[str] = keys, args: list[Any] = args) -> Any:
                     return await self._scripts["reap"](keys, args)
 
-                self.reaped += int(await store.guard(reap))
+                removed = int(await store.guard(reap))
+                if removed < 0:
+                    log.info("presence: node %s refreshed its liveness again; not reaped", node)
+                    return
+                self.reaped += removed
             if not cursor:
                 break
 
         async def forget() -> Any:
-            await client.delete([channels_key])
-            await client.srem(f"{store.prefix}nodes", [node])
+            keys = [self.node_key(node), channels_key, f"{store.prefix}nodes"]
+            return await self._scripts["forget"](keys, [node])
 
-        await store.guard(forget)
-        log.info("presence: node %s stopped refreshing its liveness; its members left", node)
+        if await store.guard(forget):
+            log.info("presence: node %s stopped refreshing its liveness; its members left", node)
