@@ -120,8 +120,9 @@ class ClusterHub(Protocol):
 
     async def channel_infos(self) -> list[ChannelInfo]: ...
 
-    async def disconnect(self, user: str) -> int:
-        """Ask every other node to close ``user``'s connections; how many they closed."""
+    async def disconnect(self, user: str, here: Callable[[], int]) -> int:
+        """Close ``user``'s connections on every node: ask the others, call ``here`` (which
+        closes this node's and counts them) once asked; the total."""
 
     async def leave_cluster(self) -> None:
         """The server stops gracefully: what this node holds for the cluster goes now."""

@@ -17,9 +17,9 @@ engine answers from the process's windows, in ``server_api``):
   watches, at most about ``CONTROL_MAXLEN`` entries), so every other node closes the user's
   connections with 4003 as soon as its reader sees it (one Redis round trip), and answers
   with its count on a reply stream of the request's own (``<prefix>ctl:r:<random>``, expiring
-  after a minute). The asking node waits for the nodes that were alive when it asked (their
-  liveness key exists), at most ``DISCONNECT_WAIT`` seconds: the count it returns is its own
-  plus what they answered by then. A node that answers later still closes the connections,
+  after a minute). The asking node closes its own, then waits for the nodes that were alive
+  when it asked (their liveness key exists), at most ``DISCONNECT_WAIT`` seconds: the count it
+  returns is its own plus what they answered by then. A node that answers later still closes the connections,
   uncounted (logged).
 """
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -113,8 +114,11 @@ async def channels(store: RedisStore) -> list[ChannelInfo]:
     return infos
 
 
-async def disconnect(store: RedisStore, node: str, user: str, wait: float = DISCONNECT_WAIT) -> int:
-    """Ask every other node to close ``user``'s connections; the sum of what they answered."""
+async def disconnect(
+    store: RedisStore, node: str, user: str, here: Callable[[], int], wait: float = DISCONNECT_WAIT
+) -> int:
+    """Ask every other node to close ``user``'s connections, then close this node's (``here``,
+    once the request is in Redis: unavailable closes nothing); the total closed."""
     replies = f"{store.control_key}:r:{secrets.token_hex(8)}"
 
     async def ask() -> Any:
@@ -132,7 +136,7 @@ async def disconnect(store: RedisStore, node: str, user: str, wait: float = DISC
         return alive
 
     waiting: set[str] = await store.guard(ask)
-    count, last = 0, "0-0"
+    count, last = here(), "0-0"
     deadline = trio.current_time() + wait
     while waiting and (left := deadline - trio.current_time()) > 0:
 

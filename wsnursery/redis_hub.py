@@ -219,10 +219,10 @@ class RedisHub(LocalWindows):
         """Stopping gracefully: this node's presence members leave now (``redis_presence``)."""
         await self.presence.leave_all()
 
-    async def disconnect(self, user: str) -> int:
-        """Ask every other node to close ``user``'s connections (this node's: the caller); how
-        many they closed, as far as they answered within ``DISCONNECT_WAIT`` (``redis_api``)."""
-        return await redis_api.disconnect(self.store, self.node, user)
+    async def disconnect(self, user: str, here: Callable[[], int]) -> int:
+        """Close ``user``'s connections on every node (``here`` closes this node's); how many,
+        as far as the other nodes answered within ``DISCONNECT_WAIT`` (``redis_api``)."""
+        return await redis_api.disconnect(self.store, self.node, user, here)
 
     def reset(self, channel: str, epoch: str) -> None:
         old = self._channels.get(channel)

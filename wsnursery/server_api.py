@@ -93,10 +93,9 @@ class ServerApiMixin:
     async def disconnect(self, user: str) -> int:
         """Close every connection of ``user`` with 4003: this process's, and in a cluster every
         other node's too; how many were closed (in a cluster: see ``redis_api.disconnect``)."""
-        others = 0
-        if isinstance(self.hub, ClusterHub):
-            others = await self.hub.disconnect(user)  # first: unavailable leaves every connection open
-        return self.disconnect_here(user) + others
+        if isinstance(self.hub, ClusterHub):  # unavailable: nothing is closed anywhere
+            return await self.hub.disconnect(user, lambda: self.disconnect_here(user))
+        return self.disconnect_here(user)
 
     def disconnect_here(self, user: str) -> int:
         """Close every connection of ``user`` in this process with 4003; how many there were."""
