@@ -44,7 +44,7 @@ class FakeServer:
             self.keys[channel, key] = seq
         return Position("e1", seq)
 
-    def history(self, channel: str, since: int | None, limit: int | None) -> History:
+    async def history(self, channel: str, since: int | None, limit: int | None) -> History:
         messages = [
             HistoryMessage(i + 1, d, 1000 + i)
             for i, (c, d, _) in enumerate(x for x in self.published if x[0] == channel)
@@ -52,13 +52,13 @@ class FakeServer:
         messages = [m for m in messages if since is None or m.seq > since][: limit or None]
         return History("e1" if messages else None, len(messages), messages)
 
-    def channels(self) -> list[ChannelInfo]:
+    async def channels(self) -> list[ChannelInfo]:
         return [ChannelInfo("a", "e1", 3, 2)]
 
-    def presence(self, channel: str) -> tuple[list[Member], bool]:
+    async def presence(self, channel: str) -> tuple[list[Member], bool]:
         return [Member("alice", "c-1")], True
 
-    def disconnect(self, user: str) -> int:
+    async def disconnect(self, user: str) -> int:
         self.disconnected.append(user)
         return 2
 

@@ -38,6 +38,7 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path):
         ({"channel_pattern": "("}, {}, ["channel_pattern", "regular expression"]),
         ({"history_size": "8"}, {}, ["history_size", "outbound_queue_size"]),
         ({"heartbeat_interval": "nan"}, {}, ["heartbeat_interval", "greater than 0"]),
+        ({"node_ttl": "0.01"}, {}, ["node_ttl", "0.5 to 3600"]),
     ],
 )
 def test_bad_values_name_the_setting_and_the_source(flags, environ, words):

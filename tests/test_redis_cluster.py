@@ -35,20 +35,33 @@ WAIT = 15
 
 @pytest.fixture
 async def cluster(nursery, redis_test_url):
-    """``await cluster.node()`` starts a node on the test Redis (or ``cluster.url`` when set)."""
+    """``await cluster.node()`` starts a node on the test Redis (or ``cluster.url`` when set);
+    ``cluster.scopes[i].cancel()`` stops node i at once."""
 
     class Cluster:
         def __init__(self) -> None:
             self.url = redis_test_url
             self.prefix = unique_prefix()
             self.hubs: list[RedisHub] = []
+            self.ports: list[int] = []
+            self.scopes: list[trio.CancelScope] = []
+            self.servers: list[Server] = []
 
         async def node(self, **overrides) -> str:
             config = Config(**(TEST_DEFAULTS | {"engine": self.url} | overrides))
             hub = RedisHub.from_config(config, prefix=self.prefix, timeout=2.0)
             server = Server(config, hub)
-            ports = await nursery.start(server.run)
+            scope = trio.CancelScope()
+
+            async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
+                with scope:
+                    await server.run(task_status=task_status)
+
+            ports = await nursery.start(run)
             self.hubs.append(hub)
+            self.ports.append(ports[0])
+            self.scopes.append(scope)
+            self.servers.append(server)
             return f"ws://127.0.0.1:{ports[0]}/"
 
     made = Cluster()

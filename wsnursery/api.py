@@ -85,13 +85,13 @@ class ServerApi(Protocol):
 
     async def publish(self, channel: str, data: Any, key: str | None = None) -> Position: ...
 
-    def history(self, channel: str, since: int | None, limit: int | None) -> History: ...
+    async def history(self, channel: str, since: int | None, limit: int | None) -> History: ...
 
-    def channels(self) -> list[ChannelInfo]: ...
+    async def channels(self) -> list[ChannelInfo]: ...
 
-    def presence(self, channel: str) -> tuple[list[Member], bool]: ...
+    async def presence(self, channel: str) -> tuple[list[Member], bool]: ...
 
-    def disconnect(self, user: str) -> int: ...
+    async def disconnect(self, user: str) -> int: ...
 
 
 def is_api_path(target: str) -> bool:
@@ -194,11 +194,11 @@ class ApiHandler:
         data, key = _data(body), _key(body)
         return {"results": [_published(channel, await self.api.publish(channel, data, key)) for channel in names]}
 
-    def _history(self, request: ApiRequest) -> dict[str, Any]:
+    async def _history(self, request: ApiRequest) -> dict[str, Any]:
         channel = self._channel(request.query.get("channel"))
         since = _number(request.query.get("since"), "since", 2**63 - 1)
         limit = _number(request.query.get("limit"), "limit", MAX_HISTORY_LIMIT)
-        history = self.api.history(channel, since, limit)
+        history = await self.api.history(channel, since, limit)
         return {
             "channel": channel,
             "epoch": history.epoch,
@@ -206,19 +206,19 @@ class ApiHandler:
             "messages": [{"seq": m.seq, "data": m.data, "ts": m.ts} for m in history.messages],
         }
 
-    def _channels(self, request: ApiRequest) -> dict[str, Any]:
-        return {"channels": [attrs.asdict(info) for info in self.api.channels()]}
+    async def _channels(self, request: ApiRequest) -> dict[str, Any]:
+        return {"channels": [attrs.asdict(info) for info in await self.api.channels()]}
 
-    def _presence(self, request: ApiRequest) -> dict[str, Any]:
+    async def _presence(self, request: ApiRequest) -> dict[str, Any]:
         channel = self._channel(request.query.get("channel"))
-        members, complete = self.api.presence(channel)
+        members, complete = await self.api.presence(channel)
         return {"channel": channel, "members": [m.as_dict() for m in members], "complete": complete}
 
-    def _disconnect(self, request: ApiRequest) -> dict[str, Any]:
+    async def _disconnect(self, request: ApiRequest) -> dict[str, Any]:
         user = request.json().get("user")
         if not isinstance(user, str) or not (0 < len(user) <= MAX_USER_LENGTH):
             raise ApiError(400, "bad_request", f"user must be a string of 1 to {MAX_USER_LENGTH} characters")
-        return {"disconnected": self.api.disconnect(user)}
+        return {"disconnected": await self.api.disconnect(user)}
 
 
 @attrs.frozen

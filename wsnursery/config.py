@@ -46,6 +46,14 @@ def _positive_seconds(instance: Any, attribute: attrs.Attribute[Any], value: Any
         raise ValueError("must be a number of seconds greater than 0")
 
 
+def _seconds_between(low: float, high: float) -> Any:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if type(value) not in (int, float) or not math.isfinite(value) or not (low <= value <= high):
+            raise ValueError(f"must be a number of seconds from {low:g} to {high:g}")
+
+    return check
+
+
 def _choice(*choices: str) -> Any:
     def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value not in choices:
@@ -229,6 +237,11 @@ class Config:
         "memory",
         _engine,
         "where channels live: memory (this process only) or redis://HOST:PORT/DB (every process naming it shares them)",
+    )
+    node_ttl: float = _setting(
+        10.0,
+        _seconds_between(0.5, 3600),
+        "with a redis engine: seconds a node's liveness key lasts (refreshed every third of it); a killed node's members drop out of presence within that",
     )
     workers: int = _setting(
         1,

@@ -142,7 +142,7 @@ class RequestHandlers:
             elif isinstance(request, protocol.Replay):
                 await self._replay(request)
             elif isinstance(request, protocol.PresenceQuery):
-                self._presence_query(request)
+                await self._presence_query(request)
             else:
                 self._refresh(request)
         except codec.DecodeError as exc:
@@ -311,10 +311,13 @@ class RequestHandlers:
             presence.leave(channel, self.member.conn, subscription.member, head)
             subscription.member = None
 
-    def _presence_query(self, request: protocol.PresenceQuery) -> None:
+    async def _presence_query(self, request: protocol.PresenceQuery) -> None:
         self.access.may_read(request.channel, request.id)
-        presence = self._presence
-        members, complete = presence.members(request.channel), presence.complete(request.channel)
+        try:
+            members, complete = await self._presence.listing(request.channel)  # a cluster asks Redis
+        except ProtocolError as exc:  # unavailable
+            exc.request_id = request.id
+            raise
         self._outbox.send_reply(presence_reply(request.id, request.channel, members, complete))
 
     def _refresh(self, request: protocol.Refresh) -> None:

@@ -31,17 +31,20 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import trio
 
+from .api import ChannelInfo, History
 from .broadcast import Broadcast, Message, Policy, Receiver
+from .presence import PresenceRegistry
 from .protocol import Position, ProtocolError
 from .reliability import DedupWindow
 
 __all__ = [
     "Broadcast",
+    "ClusterHub",
     "Hub",
     "LocalWindows",
     "MemoryHub",
@@ -111,6 +114,32 @@ class Hub(Protocol):
     @property
     def channel_count(self) -> int:
         """Channels held (for ``/healthz``)."""
+
+
+@runtime_checkable
+class ClusterHub(Protocol):
+    """A hub shared by several nodes (``RedisHub``): what it answers for the whole cluster.
+
+    The server uses its ``presence`` registry instead of one of its own, names connections
+    after its ``node`` (``conn`` is unique in the cluster), answers the server API's history,
+    channel list and disconnect through it, and sets ``disconnect_handler`` (which closes a
+    user's connections on this node) for the disconnects other nodes ask for.
+    """
+
+    node: str
+    presence: PresenceRegistry
+    disconnect_handler: Callable[[str], int] | None
+
+    async def history(self, channel: str, since: int | None, limit: int) -> History: ...
+
+    async def channel_infos(self) -> list[ChannelInfo]: ...
+
+    async def disconnect(self, user: str, here: Callable[[], int]) -> int:
+        """Close ``user``'s connections on every node: ask the others, call ``here`` (which
+        closes this node's and counts them) once asked; the total."""
+
+    async def leave_cluster(self) -> None:
+        """The server stops gracefully: what this node holds for the cluster goes now."""
 
 
 class LocalWindows:

@@ -7,6 +7,10 @@ channel's head seq when it happened (``after``) and is delivered after every mes
 that seq and before any later one: the channel's order. Its frame is encoded once per
 encoding, like a message, whatever the number of watchers.
 
+This registry is one process's. With the Redis engine, ``redis_presence.ClusterPresence``
+(a subclass) keeps the members in Redis for the whole cluster and gets the events back from
+the channel's stream; only the watchers stay here.
+
 Bounds, and what happens at each:
 - ``max_members`` tracked members per channel. A subscriber past it is subscribed as usual,
   but it is not listed, and no ``join``/``leave`` is sent for it; replies to ``presence``
@@ -146,6 +150,21 @@ class PresenceRegistry:
         """False while some subscriber of ``channel`` is past ``max_members`` and not listed."""
         state = self._channels.get(channel)
         return state is None or state.untracked == 0
+
+    async def listing(self, channel: str) -> tuple[list[Member], bool]:
+        """The members and the ``complete`` flag, as a ``presence`` reply gives them (a cluster's
+        registry asks its store here: ``redis_presence``)."""
+        return self.members(channel), self.complete(channel)
+
+    def watched(self, channel: str) -> bool:
+        state = self._channels.get(channel)
+        return state is not None and bool(state.watchers)
+
+    def tell(self, channel: str, event: PresenceEvent) -> None:
+        """Hand ``event`` to the channel's watchers in this process."""
+        state = self._channels.get(channel)
+        if state is not None and state.watchers:
+            self._tell(state, event)
 
     @property
     def channel_count(self) -> int:

@@ -24,6 +24,12 @@ channel, or an entry of another epoch than the one the reader holds, makes it as
 channel's current epoch; when it changed, the sink hears ``reset(channel, epoch)`` and the
 reader reads the new stream from its start.
 
+Presence entries (``<seq>-<n>`` in a channel's stream, see ``redis_presence``) are read with
+the messages, in order, and handed to ``presence_entries`` after the batch's messages; the
+reader keeps the whole last id per channel, so it never reads an event twice. The reader also
+watches ``<prefix>ctl``, the cluster's control stream (disconnects): each entry goes to
+``control``, and when it carries a reply stream the node's count is added there.
+
 Redis unreachable: the read raises, the reader logs it once, waits (``backoff_min`` doubling
 to ``backoff_max``) and tries again from the last seq it delivered per channel. After an
 outage it first checks every watched channel's epoch, passing its own position as the floor,
@@ -43,11 +49,12 @@ from coredis.tokens import PureToken
 
 from . import logs
 from .protocol import Position
-from .redis_store import Entry, RedisStore, Unavailable, _entry, _text
+from .redis_store import Entry, PresenceEntry, RedisStore, Unavailable, _text, parse
 
 log = logs.get("redis")
 
 WAKE_TTL_MS = 60_000
+REPLY_TTL_MS = 60_000
 
 
 class FanInSink(Protocol):
@@ -59,11 +66,19 @@ class FanInSink(Protocol):
     def reset(self, channel: str, epoch: str) -> None:
         """The channel's stream has a new epoch; its entries follow from the oldest held."""
 
+    def presence_entries(self, channel: str, entries: list[PresenceEntry]) -> None:
+        """Joins and leaves of a watched channel, in order, each after the entries handed before."""
+
+    def control(self, fields: dict[bytes, bytes]) -> int | None:
+        """An entry of the cluster's control stream (``<prefix>ctl``: disconnects): what it
+        did here (a count), or None (this node's own request, or one it does not know)."""
+
 
 @attrs.define
 class _Watch:
     epoch: str
     after: int  # the last seq handed to the sink
+    sub: int = 0  # and the n of the last presence entry <after>-<n> read after it
 
 
 class FanIn:
@@ -84,7 +99,8 @@ class FanIn:
         self.count = count
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
-        self.wake_key = f"{store.prefix}wake:{node or secrets.token_hex(6)}"
+        self.node = node or secrets.token_hex(6)
+        self.wake_key = f"{store.prefix}wake:{self.node}"
         self.reads = 0  # XREAD calls issued (tests check the reader is not per subscriber)
         self.available = True
         self._watched: dict[str, _Watch] = {}
@@ -93,12 +109,13 @@ class FanIn:
         self._reading: int | None = None  # the generation of the XREAD in flight
         self._wake = trio.Event()
         self._events_last: str | None = None
+        self._control_last: str | None = None
 
     # -- the watched set (synchronous) ---------------------------------------------------
 
-    def watch(self, channel: str, epoch: str, after: int) -> None:
-        """Read ``channel`` from after seq ``after`` of ``epoch`` (replacing any position)."""
-        self._watched[channel] = _Watch(epoch, after)
+    def watch(self, channel: str, epoch: str, after: int, sub: int = 0) -> None:
+        """Read ``channel`` from after the entry ``<after>-<sub>`` of ``epoch`` (replacing any position)."""
+        self._watched[channel] = _Watch(epoch, after, sub)
         self._by_key[self.store.stream_key(channel).encode()] = channel
         self._changed()
 
@@ -109,6 +126,18 @@ class FanIn:
     def watching(self, channel: str) -> Position | None:
         watch = self._watched.get(channel)
         return None if watch is None else Position(watch.epoch, watch.after)
+
+    def last_id(self, channel: str) -> tuple[str, int, int] | None:
+        """The epoch and the id ``<seq>-<n>`` of the last entry handed over for ``channel``."""
+        watch = self._watched.get(channel)
+        return None if watch is None else (watch.epoch, watch.after, watch.sub)
+
+    def advance(self, channel: str, seq: int, sub: int) -> None:
+        """Someone else handed the entries up to ``<seq>-<sub>`` over (the hub's catch-up):
+        go on after them (an XREAD in flight returns them again; they are skipped)."""
+        watch = self._watched.get(channel)
+        if watch is not None and (seq, sub) > (watch.after, watch.sub):
+            watch.after, watch.sub = seq, sub
 
     def _changed(self) -> None:
         self._generation += 1
@@ -129,7 +158,9 @@ class FanIn:
         while True:
             try:
                 if self._events_last is None:
-                    self._events_last = await self._last_event_id()
+                    self._events_last = await self._last_event_id(self.store.epochs_key)
+                if self._control_last is None:
+                    self._control_last = await self._last_event_id(self.store.control_key)
                 if recheck:
                     await self._check_all()
                     recheck = False
@@ -155,9 +186,10 @@ class FanIn:
 
     async def _read_once(self) -> None:
         streams: dict[str | bytes, str] = {
-            key: f"{self._watched[channel].after}-0" for key, channel in self._by_key.items()
+            key: f"{self._watched[channel].after}-{self._watched[channel].sub}" for key, channel in self._by_key.items()
         }
         streams[self.store.epochs_key] = self._events_last or "0-0"
+        streams[self.store.control_key] = self._control_last or "0-0"
         streams[self.wake_key] = "$"
         generation = self._generation
         block_ms = max(1, int(self.block * 1000))
@@ -184,22 +216,37 @@ class FanIn:
             watch = self._watched.get(channel)
             if watch is not None and watch.epoch != _text(entry.field_values[b"e"]):
                 suspects.add(channel)
+        for entry in reply.get(self.store.control_key.encode(), ()):
+            self._control_last = _text(entry.identifier)
+            fields = dict(entry.field_values)
+            count = self.sink.control(fields)
+            if count is not None and b"r" in fields:
+                await self._answer(fields[b"r"], count)
         for key, raw in reply.items():
             name = self._by_key.get(key)
             if name is None or name in suspects:
                 continue
             channel, watch = name, self._watched[name]
             batch: list[Entry] = []
+            joins: list[PresenceEntry] = []
             for item in raw:
-                entry = _entry(item.identifier, item.field_values)
+                entry = parse(item.identifier, item.field_values)
                 if entry.epoch != watch.epoch:
                     suspects.add(channel)
                     break
-                if entry.seq > watch.after:
-                    batch.append(entry)
+                if isinstance(entry, Entry):
+                    if entry.seq > watch.after:
+                        batch.append(entry)
+                        watch.after, watch.sub = entry.seq, 0
+                elif (entry.seq, entry.sub) > (watch.after, watch.sub):
+                    joins.append(entry)
+                    watch.after, watch.sub = entry.seq, entry.sub
+            # Messages first, then the events: each event goes after the message it names
+            # (``PresenceEvent.after``), so handing them in two lists keeps the channel's order.
             if batch:
-                watch.after = batch[-1].seq
                 self.sink.entries(channel, batch)
+            if joins:
+                self.sink.presence_entries(channel, joins)
         for channel in suspects:
             await self._check(channel)
 
@@ -218,16 +265,25 @@ class FanIn:
                 watch.epoch,
                 watch.after,
             )
-            watch.epoch, watch.after = snapshot.epoch, 0
+            watch.epoch, watch.after, watch.sub = snapshot.epoch, 0, 0
             self.sink.reset(channel, snapshot.epoch)
 
     async def _check_all(self) -> None:
         for channel in list(self._watched):
             await self._check(channel)
 
-    async def _last_event_id(self) -> str:
+    async def _answer(self, key: bytes, count: int) -> None:
+        """Tell the node that asked (on its reply stream) what this node did."""
+
+        async def add() -> Any:
+            await self.store.client.xadd(key, {"n": self.node, "c": str(count)})
+            await self.store.client.pexpire(key, REPLY_TTL_MS)
+
+        await self.store.guard(add)
+
+    async def _last_event_id(self, key: str) -> str:
         async def last() -> Any:
-            return await self.store.client.xrevrange(self.store.epochs_key, count=1)
+            return await self.store.client.xrevrange(key, count=1)
 
         found = await self.store.guard(last)
         return _text(found[0].identifier) if found else "0-0"

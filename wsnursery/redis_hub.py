@@ -25,6 +25,12 @@ decoded once per node and written once per subscriber per burst, as with the mem
   (nothing confirmed that is not stored); subscribers keep their connections and windows,
   and the reader resumes from its last seqs when Redis is back.
 
+- Presence, the server API's history and channel list, and disconnects answer for the whole
+  cluster: ``presence`` is a ``redis_presence.ClusterPresence`` (the server uses it instead
+  of a registry of its own, and names connections after ``node``); the reader hands it the
+  join/leave entries it finds in the streams; ``history``, ``channel_infos`` and
+  ``disconnect`` are ``redis_api``'s (``hub.ClusterHub``).
+
 Bounds: as the memory engine per node (``history_size``/``history_bytes``/``history_age``
 per window, ``max_channels`` windows, the least recently used idle one evicted and no longer
 read); in Redis, see ``redis_store``. Policy ``block`` is per node: local publishers wait for
@@ -34,6 +40,7 @@ window is closed with 4008.
 
 from __future__ import annotations
 
+import secrets
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -41,13 +48,16 @@ from typing import Any
 
 import trio
 
-from . import logs
+from . import logs, redis_api
+from .api import ChannelInfo, History
 from .broadcast import Broadcast, Message, Policy, Receiver
 from .hub import LocalWindows, Published, PublishTicket
+from .presence import DEFAULT_MAX_MEMBERS
 from .protocol import Position, ProtocolError
 from .redis_batch import PendingPublish, PublishBatcher
 from .redis_fanin import FanIn
-from .redis_store import DEFAULT_PREFIX, Entry, RedisStore, Unavailable, connect
+from .redis_presence import DEFAULT_NODE_TTL, ClusterPresence
+from .redis_store import DEFAULT_PREFIX, Entry, PresenceEntry, RedisStore, Unavailable, connect
 
 log = logs.get("redis")
 
@@ -67,9 +77,20 @@ class RedisHub(LocalWindows):
         prefix: str = DEFAULT_PREFIX,
         timeout: float = 5.0,
         read_block: float = 5.0,
+        max_presence_members: int = DEFAULT_MAX_MEMBERS,
+        node_ttl: float = DEFAULT_NODE_TTL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url, prefix = _split_prefix(url, prefix)
+        self.node = secrets.token_hex(4)  # this process in the cluster: its liveness key, its conn names
+        self.presence = ClusterPresence(
+            self.node,
+            max_members=max_presence_members,
+            node_ttl=node_ttl,
+            history_size=history_size,
+            history_age=history_age,
+        )
+        self.disconnect_handler: Callable[[str], int] | None = None  # the server's: closes a user's connections
         self._settings: dict[str, Any] = {
             "prefix": prefix,
             "history_size": history_size,
@@ -103,6 +124,8 @@ class RedisHub(LocalWindows):
             "dedup_age": config.dedup_age,
             "max_channels": config.max_channels,
             "block": config.slow_consumer_policy == "block",
+            "max_presence_members": config.max_presence_members,
+            "node_ttl": config.node_ttl,
         }
         return cls(config.engine, **(settings | overrides))
 
@@ -112,11 +135,12 @@ class RedisHub(LocalWindows):
         """Connect (lazily: Redis may be down), start the reader, serve until cancelled."""
         async with connect(self.url, **self._settings) as store:
             self._store = store
-            self.fanin = FanIn(store, self, block=self._read_block)
+            self.fanin = FanIn(store, self, block=self._read_block, node=self.node)
             self.batcher = PublishBatcher(store)
             try:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.batcher.run)
+                    await nursery.start(self.presence.run, store)
                     await nursery.start(self.fanin.run)
                     log.info("redis engine on %s (prefix %r)", _redact(self.url), store.prefix)
                     task_status.started()
@@ -190,6 +214,35 @@ class RedisHub(LocalWindows):
             born = now - max(0.0, now_wall - entry.ts / 1000)
             broadcast.send(Message(channel, entry.epoch, entry.seq, entry.data, entry.ts, born, entry.size))
 
+    def presence_entries(self, channel: str, entries: list[PresenceEntry]) -> None:
+        broadcast = self._channels.get(channel)
+        self.presence.deliver(channel, entries, broadcast.head if broadcast is not None else 0)
+
+    def control(self, fields: dict[bytes, bytes]) -> int | None:
+        """A cluster-wide request from another node (``disconnect``): done here too; the count."""
+        user = fields.get(b"u")
+        if fields.get(b"o", b"").decode() == self.node or fields.get(b"k") != b"disconnect" or user is None:
+            return None
+        handler = self.disconnect_handler
+        return 0 if handler is None else handler(user.decode("utf-8", "replace"))
+
+    # -- the server API, for the whole cluster (``hub.ClusterHub``) --------------------------
+
+    async def history(self, channel: str, since: int | None, limit: int) -> History:
+        return await redis_api.history(self.store, channel, since, limit)
+
+    async def channel_infos(self) -> list[ChannelInfo]:
+        return await redis_api.channels(self.store)
+
+    async def leave_cluster(self) -> None:
+        """Stopping gracefully: this node's presence members leave now (``redis_presence``)."""
+        await self.presence.leave_all()
+
+    async def disconnect(self, user: str, here: Callable[[], int]) -> int:
+        """Close ``user``'s connections on every node (``here`` closes this node's); how many,
+        as far as the other nodes answered within ``DISCONNECT_WAIT`` (``redis_api``)."""
+        return await redis_api.disconnect(self.store, self.node, user, here)
+
     def reset(self, channel: str, epoch: str) -> None:
         old = self._channels.get(channel)
         if old is None:
@@ -224,21 +277,44 @@ class RedisHub(LocalWindows):
             _start_at(broadcast, snapshot.entries[0].seq if snapshot.entries else snapshot.head + 1)
             self._channels[channel] = broadcast
             self.entries(channel, list(snapshot.entries))
-            if self.fanin is not None:
-                self.fanin.watch(channel, snapshot.epoch, snapshot.head)
+            if self.fanin is not None:  # from the newest entry: a presence event after the head too
+                self.fanin.watch(channel, snapshot.epoch, *max((snapshot.head, 0), snapshot.last))
             return broadcast
         finally:
             del self._loading[channel]
             done.set()
 
     async def _catch_up(self, channel: str, broadcast: Broadcast) -> None:
-        """Take what Redis holds past the window's head (the reader may be a round trip behind)."""
-        try:
-            entries = await self.store.read_after(channel, broadcast.head, self._history_size)
-        except Unavailable:
-            return  # the window is what this node has; the subscriber resumes from it
-        if entries and entries[0].epoch == broadcast.epoch:
-            self.entries(channel, [e for e in entries if e.epoch == broadcast.epoch])
+        """Take what Redis holds past what the reader handed over (it may be a round trip
+        behind): messages and presence events in the stream's order, as the reader would, and
+        the reader goes on after them (so a watcher never gets an event after a later message).
+        Bounded by the stream's length (``history_size`` messages and their presence entries)."""
+        fanin = self.fanin
+        start = fanin.last_id(channel) if fanin is not None else None
+        if fanin is None or start is None or start[0] != broadcast.epoch:
+            return
+        epoch, after = start[0], (start[1], start[2])
+        while True:
+            try:
+                raw = await self.store.read_from(channel, after, self._history_size)
+            except Unavailable:
+                return  # the window is what this node has; the subscriber resumes from it
+            now = fanin.last_id(channel)  # the reader may have moved on meanwhile
+            if now is None or now[0] != epoch or any(entry.epoch != epoch for entry in raw):
+                return  # a new epoch: the reader finds it and resets the window
+            seen = (now[1], now[2])
+            fresh = [entry for entry in raw if (entry.seq, _sub(entry)) > seen]
+            messages = [entry for entry in fresh if isinstance(entry, Entry)]
+            events = [entry for entry in fresh if isinstance(entry, PresenceEntry)]
+            if messages:
+                self.entries(channel, messages)
+            if events:
+                self.presence_entries(channel, events)
+            if fresh:
+                fanin.advance(channel, fresh[-1].seq, _sub(fresh[-1]))
+            if len(raw) < self._history_size:
+                return
+            after = (raw[-1].seq, _sub(raw[-1]))
 
     def _touch(self, channel: str, broadcast: Broadcast) -> None:
         del self._channels[channel]
@@ -278,6 +354,11 @@ class RedisHub(LocalWindows):
         for receiver in receivers:
             receiver.notify()  # its owner finds its next message gone: closed with 4008
         broadcast.progressed()  # publishers waiting on it (policy block) go on
+
+
+def _sub(entry: Entry | PresenceEntry) -> int:
+    """The n of a stream entry's id ``<seq>-<n>`` (0 for a message)."""
+    return entry.sub if isinstance(entry, PresenceEntry) else 0
 
 
 def _start_at(broadcast: Broadcast, seq: int) -> None:

@@ -7,11 +7,18 @@ Every process that names the same Redis shares one stream per channel. Per chann
   (expires after ``meta_ttl`` seconds without a publish);
 - ``<prefix>{<channel>}:s``: the stream, one entry per message with the explicit id
   ``<seq>-0`` and the fields ``e`` (epoch), ``t`` (wall clock, ms) and ``d`` (the data as
-  CBOR). Trimmed on every publish to ``history_size`` entries, and the entries older than
-  ``history_age`` are trimmed from the front; the key expires ``history_age`` after the last
-  publish, since every entry it holds is older by then. Bytes: each entry is at most the
-  server's ``max_message_size`` plus a few bytes, so a stream holds at most ``history_size``
-  times that;
+  CBOR). It also holds the channel's presence events (``redis_presence``): entries with the
+  id ``<head seq>-<n>`` (n >= 1) and a field ``k`` instead of ``d``; they take no seq, and
+  every reader here skips them (``parse`` tells the two apart). Trimmed on every publish to
+  the last ``history_size`` *messages* (``XTRIM MINID <seq - history_size + 1>-0``, so the
+  presence entries between them do not count), and never past ``history_size +
+  PRESENCE_ENTRIES`` entries in all (only a storm of more than ``PRESENCE_ENTRIES`` joins and
+  leaves within the window trims the oldest messages early: a resume from before them gets
+  ``recovered: false``); the entries older than ``history_age`` are trimmed from the front;
+  the key expires ``history_age`` after the last publish, since every entry it holds is older
+  by then. Bytes: each message entry is at most the server's ``max_message_size`` plus a few
+  bytes, so a stream holds at most ``history_size`` times that, plus ``PRESENCE_ENTRIES``
+  presence entries of about 100 bytes;
 - ``<prefix>{<channel>}:dz`` / ``:dh``: the idempotency keys seen within ``dedup_age``
   (a sorted set by expiry time, and a hash of key -> seq), at most ``dedup_size`` of them
   (the oldest go first), both expiring ``dedup_age`` after the last keyed publish.
@@ -56,6 +63,7 @@ from coredis.retry import NoRetryPolicy
 from .protocol import Position, ProtocolError
 
 DEFAULT_PREFIX = "wsn:"
+PRESENCE_ENTRIES = 10_000  # presence entries a stream may hold besides its history_size messages
 
 
 class Unavailable(ProtocolError):
@@ -77,6 +85,18 @@ class Entry:
 
 
 @attrs.frozen
+class PresenceEntry:
+    """A ``join`` (``kind`` "j") or ``leave`` ("l") as the channel's stream holds it, after message ``seq``."""
+
+    seq: int
+    sub: int  # the n of the entry id <seq>-<n>
+    epoch: str
+    kind: str
+    conn: str
+    user: str | None
+
+
+@attrs.frozen
 class Stored:
     """What a publish did: the message's position, and whether its key was a repeat."""
 
@@ -94,6 +114,7 @@ class Snapshot:
     head: int
     entries: tuple[Entry, ...]
     new_epoch: bool  # this call made the epoch (nothing held before, or Redis lost it)
+    last: tuple[int, int] = (0, 0)  # the stream's newest entry id (a presence entry's too)
 
 
 # Shared by both scripts: make sure the channel has an epoch, a new one when the hash is
@@ -119,6 +140,7 @@ end
 
 PUBLISH = (
     _ENSURE
+    + f"local PRESENCE_ENTRIES = {PRESENCE_ENTRIES}\n"
     + """
 local now, data, has_key, key = tonumber(ARGV[6]), ARGV[7], ARGV[8] == '1', ARGV[9]
 local size, age = tonumber(ARGV[10]), tonumber(ARGV[11])
@@ -138,7 +160,8 @@ if has_key then
 end
 seq = redis.call('HINCRBY', meta, 'seq', 1)
 local id = string.format('%d-0', seq)
-redis.call('XADD', stream, 'MAXLEN', size, id, 'e', epoch, 't', string.format('%d', now), 'd', data)
+redis.call('XADD', stream, 'MAXLEN', size + PRESENCE_ENTRIES, id, 'e', epoch, 't', string.format('%d', now), 'd', data)
+if seq > size then redis.call('XTRIM', stream, 'MINID', string.format('%d-0', seq - size + 1)) end
 local front = redis.call('XRANGE', stream, '-', '+', 'COUNT', 8)
 local cut = nil
 for _, entry in ipairs(front) do
@@ -169,8 +192,11 @@ SNAPSHOT = (
 local limit = tonumber(ARGV[6])
 local epoch, seq, made = ensure()
 local entries = {}
-if limit > 0 then entries = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', limit) end
-return {epoch, seq, made, entries}
+if limit > 0 then
+  entries = redis.call('XREVRANGE', stream, '+', string.format('%d-0', math.max(seq - limit + 1, 0)))
+end
+local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+return {epoch, seq, made, entries, last[1] and last[1][1] or '0-0'}
 """
 )
 
@@ -205,6 +231,7 @@ class RedisStore:
         self.meta_ttl = max(meta_ttl, history_age, dedup_age)
         self.timeout = timeout
         self.epochs_key = f"{prefix}epochs"
+        self.control_key = f"{prefix}ctl"  # cluster-wide requests (``redis_presence``: disconnect)
         self._publish = client.register_script(PUBLISH)
         self._snapshot = client.register_script(SNAPSHOT)
 
@@ -277,9 +304,10 @@ class RedisStore:
     async def snapshot(self, channel: str, limit: int, *, floor: Position | None = None) -> Snapshot:
         """The channel's epoch and head (made when missing) and its newest ``limit`` entries."""
         args = self._ensure_args(channel, floor) + [limit]
-        epoch, head, made, raw = await self._call(self._snapshot, self._keys(channel), args)
-        entries = tuple(_entry(identifier, fields) for identifier, fields in reversed(raw))
-        return Snapshot(_text(epoch), int(head), entries, bool(made))
+        epoch, head, made, raw, last = await self._call(self._snapshot, self._keys(channel), args)
+        parsed = (parse(identifier, fields) for identifier, fields in reversed(raw))
+        entries = tuple(entry for entry in parsed if isinstance(entry, Entry))[-limit:] if limit else ()
+        return Snapshot(_text(epoch), int(head), entries, bool(made), entry_id(last))
 
     async def position(self, channel: str) -> Position | None:
         """The channel's epoch and head seq, or None when Redis holds no such channel."""
@@ -291,12 +319,22 @@ class RedisStore:
         return None if epoch is None else Position(_text(epoch), int(seq or 0))
 
     async def read_after(self, channel: str, seq: int, limit: int) -> list[Entry]:
-        """Up to ``limit`` entries after ``seq`` (any epoch: check ``Entry.epoch``)."""
+        """Up to ``limit`` messages after ``seq`` (any epoch: check ``Entry.epoch``); fewer
+        when presence entries are among the next ``limit`` entries of the stream."""
 
         async def read() -> Any:
             return await self.client.xrange(self.stream_key(channel), f"{seq + 1}-0", "+", count=limit)
 
-        return [_entry(e.identifier, e.field_values) for e in await self.guard(read)]
+        parsed = (parse(e.identifier, e.field_values) for e in await self.guard(read))
+        return [entry for entry in parsed if isinstance(entry, Entry)]
+
+    async def read_from(self, channel: str, after: tuple[int, int], limit: int) -> list[Entry | PresenceEntry]:
+        """Up to ``limit`` entries, messages and presence events, after the entry id ``after``."""
+
+        async def read() -> Any:
+            return await self.client.xrange(self.stream_key(channel), f"({after[0]}-{after[1]}", "+", count=limit)
+
+        return [parse(e.identifier, e.field_values) for e in await self.guard(read)]
 
     async def _call(self, script: Any, keys: list[str], args: Sequence[Any]) -> Any:
         async def run() -> Any:
@@ -329,10 +367,14 @@ async def connect(url: str, **settings: Any) -> AsyncIterator[RedisStore]:
         yield RedisStore(client, **settings)
 
 
-def _entry(identifier: Any, fields: Any) -> Entry:
+def parse(identifier: Any, fields: Any) -> Entry | PresenceEntry:
+    """A stream entry: a message, or a presence event (it has ``k`` where a message has ``d``)."""
     if isinstance(fields, (list, tuple)):  # from a script: a flat field/value list
         fields = dict(zip(fields[::2], fields[1::2]))
-    seq = int(_text(identifier).partition("-")[0])
+    seq, sub = entry_id(identifier)
+    kind = fields.get(b"k")
+    if kind is not None:
+        return PresenceEntry(seq, sub, _text(fields[b"e"]), _text(kind), _text(fields[b"c"]), user_of(fields[b"u"]))
     raw = fields[b"d"]
     return Entry(seq, _text(fields[b"e"]), int(fields[b"t"]), cbor2.loads(raw), len(raw))
 
@@ -351,6 +393,21 @@ async def _outcome(reply: Any, now: int) -> Stored | Unavailable:
 def _stored(reply: Any, now: int) -> Stored:
     epoch, seq, duplicate, _made = reply
     return Stored(_text(epoch), int(seq), bool(duplicate), now)
+
+
+def entry_id(identifier: Any) -> tuple[int, int]:
+    seq, _, sub = _text(identifier).partition("-")
+    return int(seq), int(sub or 0)
+
+
+def user_text(user: str | None) -> str:
+    """A member's user as Redis holds it: ``""`` for none, ``"=" + user`` for one."""
+    return "" if user is None else "=" + user
+
+
+def user_of(raw: Any) -> str | None:
+    text = _text(raw)
+    return text[1:] if text.startswith("=") else None
 
 
 def _text(value: Any) -> str:

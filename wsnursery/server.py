@@ -40,11 +40,11 @@ from .connection import Connection
 from .context import ConnectionContext
 from .delivery import Deliverer, FrameCache
 from .heartbeat import Heartbeats
-from .hub import Hub, MemoryHub
+from .hub import ClusterHub, Hub, MemoryHub
 from .limits import AddressCounter
 from .metrics import CONTENT_TYPE, Metrics
-from .presence import PresenceRegistry
-from .protocol import RequestParser
+from .presence import PresenceRegistry, connection_ids
+from .protocol import ProtocolError, RequestParser
 from .server_api import ServerApiMixin
 from .stream import ServerStream, send_at_once
 from .timers import DeadlineTimer
@@ -77,6 +77,11 @@ class Server(ServerApiMixin):
         self.heartbeats = Heartbeats(config.heartbeat_interval, config.heartbeat_timeout)
         self.timer = DeadlineTimer()
         self.server_name = f"wsnursery/{__version__}"
+        presence = PresenceRegistry(config.max_presence_members)
+        ids = connection_ids()
+        if isinstance(self.hub, ClusterHub):  # presence shared through the hub; conn names unique in it
+            presence, ids = self.hub.presence, connection_ids(self.hub.node)
+            self.hub.disconnect_handler = self.disconnect_here
         self.context = ConnectionContext(
             config=config,
             hub=self.hub,
@@ -88,7 +93,8 @@ class Server(ServerApiMixin):
             parser=RequestParser(config.channel_pattern),
             server_name=self.server_name,
             security=self.security,
-            presence=PresenceRegistry(config.max_presence_members),
+            presence=presence,
+            connection_ids=ids,
         )
         self._api = (
             api.ApiHandler(self, config.api_key, self.check_channel, config.api_max_body)
@@ -150,6 +156,12 @@ class Server(ServerApiMixin):
                 self._aborted = True
                 for connection in list(self.connections):
                     connection.abort()
+            if isinstance(self.hub, ClusterHub):  # its members leave now, not when its liveness expires
+                with trio.move_on_after(self.config.close_timeout):
+                    try:
+                        await self.hub.leave_cluster()
+                    except ProtocolError as exc:  # unavailable: the other nodes reap this one
+                        log.warning("leaving the cluster: %s", exc.reason)
             connections.cancel_scope.cancel()
         for listener in listeners:
             await listener.aclose()

@@ -2,8 +2,10 @@
 
 ``Server`` inherits these methods: ``await server.publish(channel, data, key=...)`` publishes
 like a client would (same channel grammar, same data model, same idempotency keys), and the
-HTTP API (``api.ApiHandler``) calls the same methods. They only read this process's state;
-a clustered hub answers for its own node (``disconnect`` and ``presence`` are per process).
+HTTP API (``api.ApiHandler``) calls the same methods. On the memory engine they read this
+process's state; on a hub shared by a cluster (``hub.ClusterHub``: the Redis engine) history,
+the channel list and presence answer from Redis for every node, and ``disconnect`` also asks
+every other node to close the user's connections (``redis_api``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import codec
 from .api import ChannelInfo, History, HistoryMessage
 from .codec import Encoding
+from .hub import ClusterHub
 from .presence import Member
 from .protocol import Position, ProtocolError
 from .wire import CloseCode
@@ -55,8 +58,10 @@ class ServerApiMixin:
     def _stream(self, channel: str) -> Broadcast | None:
         return self.hub.broadcast(channel)
 
-    def history(self, channel: str, since: int | None, limit: int | None) -> History:
+    async def history(self, channel: str, since: int | None, limit: int | None) -> History:
         self.check_channel(channel)
+        if isinstance(self.hub, ClusterHub):
+            return await self.hub.history(channel, since, limit or HISTORY_DEFAULT_LIMIT)
         stream = self._stream(channel)
         if stream is None:
             return History(None, 0, [])
@@ -65,7 +70,9 @@ class ServerApiMixin:
         held = [HistoryMessage(m.seq, m.data, m.ts) for m in messages if m is not None]
         return History(stream.epoch, stream.head, held)
 
-    def channels(self) -> list[ChannelInfo]:
+    async def channels(self) -> list[ChannelInfo]:
+        if isinstance(self.hub, ClusterHub):
+            return await self.hub.channel_infos()
         names = getattr(self.hub, "channel_names", None)  # a hub that can list its channels
         found = (
             names()
@@ -79,13 +86,19 @@ class ServerApiMixin:
                 infos.append(ChannelInfo(name, stream.epoch, stream.head, len(stream.receivers)))
         return infos
 
-    def presence(self, channel: str) -> tuple[list[Member], bool]:
+    async def presence(self, channel: str) -> tuple[list[Member], bool]:
         self.check_channel(channel)
-        registry = self.context.presence
-        return registry.members(channel), registry.complete(channel)
+        return await self.context.presence.listing(channel)
 
-    def disconnect(self, user: str) -> int:
-        """Close every connection of ``user`` with 4003; how many there were."""
+    async def disconnect(self, user: str) -> int:
+        """Close every connection of ``user`` with 4003: this process's, and in a cluster every
+        other node's too; how many were closed (in a cluster: see ``redis_api.disconnect``)."""
+        if isinstance(self.hub, ClusterHub):  # unavailable: nothing is closed anywhere
+            return await self.hub.disconnect(user, lambda: self.disconnect_here(user))
+        return self.disconnect_here(user)
+
+    def disconnect_here(self, user: str) -> int:
+        """Close every connection of ``user`` in this process with 4003; how many there were."""
         count = 0
         for connection in list(self.connections):
             if connection.user == user and connection.close_code is None:
