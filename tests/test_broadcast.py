@@ -8,15 +8,15 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsnursery.broadcast import Broadcast, Cursor, Message, Policy
+from wsnursery.broadcast import Broadcast, Cursor, Policy, StoredMessage
 
 
 def make(capacity: int = 4, max_bytes: int = 1000, max_age: float = 100.0, policy: Policy = Policy.CLOSE) -> Broadcast:
     return Broadcast("ch", "ep", capacity=capacity, max_bytes=max_bytes, max_age=max_age, policy=policy)
 
 
-def send(broadcast: Broadcast, data: object = None, *, size: int = 1, born: float = 0.0) -> Message:
-    message = Message(broadcast.name, broadcast.epoch, broadcast.head + 1, data, 0, born, size)
+def send(broadcast: Broadcast, data: object = None, *, size: int = 1, born: float = 0.0) -> StoredMessage:
+    message = StoredMessage(broadcast.name, broadcast.epoch, broadcast.head + 1, data, 0, born, size)
     broadcast.send(message)
     return message
 
@@ -85,7 +85,7 @@ def test_a_hub_can_backfill_older_messages_in_front_as_far_as_the_bounds_allow()
         send(broadcast, size=1, born=born)
     broadcast.expire(12.0)  # the age drops seqs 1 to 3: 4 and 5 are held
     assert (broadcast.oldest, broadcast.head, broadcast.bytes) == (4, 5, 2)
-    older = [Message("ch", "ep", seq, seq, 0, 0.0, 3) for seq in (1, 2, 3)]
+    older = [StoredMessage("ch", "ep", seq, seq, 0, 0.0, 3) for seq in (1, 2, 3)]
     assert broadcast.backfill(older) == 2  # 3 then 2 fit the capacity; 1 does not
     assert (broadcast.oldest, broadcast.bytes) == (2, 8)
     assert [m.seq for m in broadcast.after(1, 10)] == [2, 3, 4, 5]
@@ -99,13 +99,13 @@ def test_a_hub_can_backfill_older_messages_in_front_as_far_as_the_bounds_allow()
     send(tight, size=1, born=0.0)
     send(tight, size=2, born=10.0)
     tight.expire(12.0)
-    assert tight.backfill([Message("ch", "ep", 1, None, 0, 0.0, 4)]) == 0  # 2 + 4 > 5 bytes
+    assert tight.backfill([StoredMessage("ch", "ep", 1, None, 0, 0.0, 4)]) == 0  # 2 + 4 > 5 bytes
 
 
 def test_seqs_must_follow_the_head_and_bounds_must_be_positive():
     broadcast = make()
     with pytest.raises(ValueError):
-        broadcast.send(Message("ch", "ep", 2, None, 0))
+        broadcast.send(StoredMessage("ch", "ep", 2, None, 0))
     with pytest.raises(ValueError):
         make(capacity=0)
     with pytest.raises(ValueError):
@@ -197,8 +197,8 @@ def test_against_a_list_model(capacity, max_bytes, steps):
     behind what is held is reported lost rather than handed a gap."""
     broadcast = make(capacity=capacity, max_bytes=max_bytes, max_age=5.0)
     cursor = Cursor(broadcast, limit=capacity)
-    sent: list[Message] = []
-    held: list[Message] = []
+    sent: list[StoredMessage] = []
+    held: list[StoredMessage] = []
     now = 0.0
     for kind, value in steps:
         if kind == "send":

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsnursery import deflate, wsframe
-from wsnursery.broadcast import Message
+from wsnursery.broadcast import StoredMessage
 from wsnursery.codec import Encoding
 from wsnursery.deflate import Inflater
 from wsnursery.delivery import FrameCache
@@ -220,7 +220,7 @@ def test_message_frame_compresses_over_the_threshold_only() -> None:
 
 def test_the_frame_cache_compresses_once_per_window_and_shares_the_bytes() -> None:
     cache = FrameCache(threshold=64)
-    message = Message("ch", "ep", 1, {"text": "lorem ipsum " * 100}, 1000)
+    message = StoredMessage("ch", "ep", 1, {"text": "lorem ipsum " * 100}, 1000)
     plain = cache.frame(message, Encoding.JSON)
     compressed = cache.frame(message, Encoding.JSON, 15)
     assert cache.frame(message, Encoding.JSON, 15) is compressed  # computed once, then shared
@@ -235,5 +235,5 @@ def test_the_frame_cache_compresses_once_per_window_and_shares_the_bytes() -> No
 
 def test_the_frame_cache_sends_small_messages_plain_to_compressing_connections() -> None:
     cache = FrameCache(threshold=4096)
-    message = Message("ch", "ep", 1, "small", 1000)
+    message = StoredMessage("ch", "ep", 1, "small", 1000)
     assert cache.frame(message, Encoding.CBOR, 15) == cache.frame(message, Encoding.CBOR)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from wsnursery import codec
-from wsnursery.broadcast import Message
+from wsnursery.broadcast import StoredMessage
 from wsnursery.codec import Encoding
 from wsnursery.delivery import FrameCache
 
 
-def message(seq: int, data: object = "x") -> Message:
-    return Message("ch", "ep", seq, data, 1000 + seq)
+def message(seq: int, data: object = "x") -> StoredMessage:
+    return StoredMessage("ch", "ep", seq, data, 1000 + seq)
 
 
 def test_a_message_is_encoded_once_per_encoding_and_shared():

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from wsnursery import codec
 from wsnursery.codec import Encoding
 from wsnursery.delivery import FrameCache
-from wsnursery.hub import Message
+from wsnursery.hub import StoredMessage
 
 TRICKY_TEXT = [
     "",
@@ -114,7 +114,7 @@ def test_round_trip_through_both_encodings_and_the_server_frames(value):
     assert same(through(value, Encoding.JSON), value)
     # What the hub writes to subscribers: one unmasked frame, right opcode, the value inside,
     # encoded once per encoding and then shared by every subscriber.
-    message = Message("chan", "ep", 7, value, 1_700_000_000_000, 0.0)
+    message = StoredMessage("chan", "ep", 7, value, 1_700_000_000_000, 0.0)
     frames = FrameCache()
     for encoding in Encoding:
         frame = frames.frame(message, encoding)

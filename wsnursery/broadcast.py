@@ -45,7 +45,7 @@ class Policy(enum.Enum):
     WAIT = "wait"  # senders wait until every receiver is back under its limit
 
 
-class Message:
+class StoredMessage:
     """One published message: data only (the delivery side encodes and caches its frames).
 
     ``born`` (monotonic seconds) dates it for ``max_age``; ``size`` is its byte estimate for
@@ -66,7 +66,7 @@ class Message:
         self.size = size
 
     def __repr__(self) -> str:
-        return f"Message({self.channel!r}, {self.epoch!r}, {self.seq})"
+        return f"StoredMessage({self.channel!r}, {self.epoch!r}, {self.seq})"
 
 
 class Receiver(Protocol):
@@ -112,7 +112,7 @@ class Broadcast:
         self.oldest = 1
         self.bytes = 0  # the sizes of the messages held
         self.receivers: set[Receiver] = set()
-        self._ring: list[Message | None] = [None] * capacity
+        self._ring: list[StoredMessage | None] = [None] * capacity
         self._progress: trio.Event | None = None
 
     def __len__(self) -> int:
@@ -125,7 +125,7 @@ class Broadcast:
 
     # -- send side --------------------------------------------------------------------
 
-    def send(self, message: Message) -> None:
+    def send(self, message: StoredMessage) -> None:
         """Append ``message`` (its seq must be ``head + 1``), drop what the bounds no longer
         hold, and notify every receiver. Never blocks: ``wait_room`` first under ``WAIT``."""
         seq = message.seq
@@ -141,7 +141,7 @@ class Broadcast:
         for receiver in tuple(self.receivers):
             receiver.notify()
 
-    def backfill(self, messages: list[Message]) -> int:
+    def backfill(self, messages: list[StoredMessage]) -> int:
         """Put older messages back in front of the oldest held one (a hub that reads its store
         for a resume from before the window). ``messages`` must end at seq ``oldest - 1``,
         contiguous, oldest first; the newest of them go in first, as many as the bounds
@@ -205,7 +205,7 @@ class Broadcast:
         """True when every message after ``seq`` up to the head is still held."""
         return self.oldest - 1 <= seq <= self.head
 
-    def after(self, seq: int, limit: int) -> list[Message] | None:
+    def after(self, seq: int, limit: int) -> list[StoredMessage] | None:
         """Up to ``limit`` messages after ``seq``, or None when some were already dropped."""
         if seq < self.oldest - 1:
             return None
@@ -253,7 +253,7 @@ class Cursor:
         assert self.broadcast is not None
         return self.cursor < self.broadcast.oldest - 1
 
-    def take(self, limit: int) -> list[Message] | None:
+    def take(self, limit: int) -> list[StoredMessage] | None:
         """Up to ``limit`` messages after the cursor (None when ``lost``); the cursor stays."""
         assert self.broadcast is not None
         return self.broadcast.after(self.cursor, limit)

@@ -33,7 +33,7 @@ from typing import Protocol
 import trio
 
 from . import codec, logs, wsframe
-from .broadcast import Message
+from .broadcast import StoredMessage
 from .codec import Encoding
 from .protocol import message_frame
 
@@ -68,10 +68,12 @@ class FrameCache:
         self.max_bytes = max_bytes
         self.threshold = threshold  # compression: payloads under it go plain
         self.level = level  # compression: the zlib level
-        self._tables: dict[tuple[Encoding, int | None], collections.OrderedDict[Message, bytes]] = {}
+        self._tables: dict[tuple[Encoding, int | None], collections.OrderedDict[StoredMessage, bytes]] = {}
         self._bytes: dict[tuple[Encoding, int | None], int] = {}
 
-    def table(self, encoding: Encoding, window_bits: int | None = None) -> collections.OrderedDict[Message, bytes]:
+    def table(
+        self, encoding: Encoding, window_bits: int | None = None
+    ) -> collections.OrderedDict[StoredMessage, bytes]:
         """The frames cached for ``encoding`` compressed with ``window_bits`` (read only: add
         with ``encode``)."""
         key = (encoding, window_bits)
@@ -81,11 +83,11 @@ class FrameCache:
             self._bytes[key] = 0
         return table
 
-    def frame(self, message: Message, encoding: Encoding, window_bits: int | None = None) -> bytes:
+    def frame(self, message: StoredMessage, encoding: Encoding, window_bits: int | None = None) -> bytes:
         frame = self.table(encoding, window_bits).get(message)
         return frame if frame is not None else self.encode(message, encoding, window_bits)
 
-    def encode(self, message: Message, encoding: Encoding, window_bits: int | None = None) -> bytes:
+    def encode(self, message: StoredMessage, encoding: Encoding, window_bits: int | None = None) -> bytes:
         """Encode ``message`` for ``encoding`` (compressed with ``window_bits`` when not None and
         over the threshold), cache the frame, and drop the oldest past the bounds."""
         payload = codec.encode(

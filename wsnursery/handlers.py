@@ -37,13 +37,13 @@ from .access import Access
 from .broadcast import Broadcast
 from .codec import Encoding
 from .context import ConnectionContext
-from .hub import Published, PublishTicket
+from .hub import PublishResult, PublishTicket
 from .outbox import Outbox
 from .presence import Member, presence_reply
 from .protocol import Position, ProtocolError
 from .reliability import AckTracker
 from .retransmit import Retransmits
-from .subscription import Subscription
+from .subscription import Subscriber
 from .tokens import Identity
 from .wire import CloseCode
 
@@ -102,7 +102,7 @@ class RequestHandlers:
         self._config = context.config
         self._metrics = context.metrics
         self._parser = context.parser
-        self.subscriptions: dict[str, Subscription] = {}
+        self.subscriptions: dict[str, Subscriber] = {}
         self.errors = 0
         # A list, not a deque: 56 bytes empty, not 624, on every connection; at most 64 long.
         self._in_flight: list[tuple[protocol.Publish, PublishTicket]] = []
@@ -248,7 +248,7 @@ class RequestHandlers:
                     self._replied.set()
                     self._replied = None
 
-    def _published(self, request: protocol.Publish, published: Published) -> None:
+    def _published(self, request: protocol.Publish, published: PublishResult) -> None:
         metrics = self._metrics
         (metrics.duplicate_publishes if published.duplicate else metrics.publishes).inc()
         self._outbox.send_reply(protocol.published_frame(request.id, request.channel, published.position))
@@ -264,7 +264,7 @@ class RequestHandlers:
                     f"at most {config.max_subscriptions} subscriptions per connection",
                     request.id,
                 )
-            subscription = Subscription(
+            subscription = Subscriber(
                 self._outbox, request.channel, self._tracker(request.ack), self._limit(request.ack)
             )
             try:
@@ -288,7 +288,7 @@ class RequestHandlers:
         self._outbox.send_reply(protocol.subscribed_frame(request.id, request.channel, start, recovered))
         self._join(subscription, request.presence)
 
-    def _join(self, subscription: Subscription, watch: bool) -> None:
+    def _join(self, subscription: Subscriber, watch: bool) -> None:
         """Presence on subscribe: watch join/leave (``"presence": true``), then join the list."""
         channel, presence = subscription.channel, self._presence
         if watch and subscription.events is None:
@@ -301,7 +301,7 @@ class RequestHandlers:
             assert subscription.broadcast is not None
             subscription.member = presence.join(channel, self.member, subscription.broadcast.head)
 
-    def _leave(self, subscription: Subscription) -> None:
+    def _leave(self, subscription: Subscriber) -> None:
         channel, presence = subscription.channel, self._presence
         if subscription.events is not None:
             presence.unwatch(channel, subscription)
@@ -339,7 +339,7 @@ class RequestHandlers:
         return self._config.max_unacked if ack else self._config.outbound_queue_size
 
     async def _position(
-        self, subscription: Subscription, since: Position | None, request_id: int | None
+        self, subscription: Subscriber, since: Position | None, request_id: int | None
     ) -> tuple[Position, bool]:
         """Point the cursor just after ``since`` (or at the head); say if nothing was lost."""
         broadcast = subscription.broadcast
@@ -388,7 +388,7 @@ class RequestHandlers:
         start, recovered = await self._position(subscription, request.since, request.id)
         self._outbox.send_reply(protocol.replaying_frame(request.id, request.channel, start, recovered))
 
-    def _require(self, channel: str, request_id: int | None) -> Subscription:
+    def _require(self, channel: str, request_id: int | None) -> Subscriber:
         subscription = self.subscriptions.get(channel)
         if subscription is None:
             raise ProtocolError("not_subscribed", f"not subscribed to {channel}", request_id)

@@ -3,7 +3,7 @@
 The server and its connections use a hub only through the ``Hub`` protocol below, so a
 second engine (Redis Streams, say) is one new module implementing it. The split:
 
-- The hub stores: messages (data only, see ``broadcast.Message``), positions, idempotency
+- The hub stores: messages (data only, see ``broadcast.StoredMessage``), positions, idempotency
   keys. It never encodes a wire frame; the delivery side does that, once per encoding
   (``delivery.FrameCache``).
 - Each channel a connection subscribes to has a ``broadcast.Broadcast`` in this process,
@@ -37,7 +37,7 @@ import attrs
 import trio
 
 from .api import ChannelInfo, History
-from .broadcast import Broadcast, Message, Policy, Receiver
+from .broadcast import Broadcast, Policy, Receiver, StoredMessage
 from .presence import PresenceRegistry
 from .protocol import Position, ProtocolError
 from .reliability import DedupWindow
@@ -48,16 +48,16 @@ __all__ = [
     "Hub",
     "LocalWindows",
     "MemoryHub",
-    "Message",
     "Policy",
+    "PublishResult",
     "PublishTicket",
-    "Published",
     "Receiver",
+    "StoredMessage",
 ]
 
 
 @attrs.frozen
-class Published:
+class PublishResult:
     """What ``Hub.publish`` did: the message's position, and whether the key was a repeat."""
 
     position: Position
@@ -67,7 +67,7 @@ class Published:
 class PublishTicket(Protocol):
     """A publish under way (``Hub.submit``)."""
 
-    async def wait(self) -> Published:
+    async def wait(self) -> PublishResult:
         """Where the message was stored (raises ``ProtocolError`` as ``publish`` would)."""
 
 
@@ -82,7 +82,7 @@ class Hub(Protocol):
         """The hub's own background work (a remote engine reads its store here), for the
         server's lifetime: call ``task_status.started()`` when ready; cancelled at exit."""
 
-    async def publish(self, channel: str, data: Any, key: str | None, size: int) -> Published:
+    async def publish(self, channel: str, data: Any, key: str | None, size: int) -> PublishResult:
         """Store ``data`` as the channel's next message and deliver it to the channel's
         broadcast. ``key``: an idempotency key (a repeat returns the first position with
         ``duplicate=True``). ``size``: the message's byte estimate for the history bound.
@@ -240,23 +240,23 @@ class MemoryHub(LocalWindows):
                 return
         raise ProtocolError("too_many_channels", f"the server holds its limit of {self._max_channels} channels")
 
-    async def publish(self, channel: str, data: Any, key: str | None = None, size: int = 0) -> Published:
+    async def publish(self, channel: str, data: Any, key: str | None = None, size: int = 0) -> PublishResult:
         broadcast = self._channel(channel)
         now = self._clock()
         dedup = self._dedup[channel]
         if key is not None and (seen := dedup.lookup(key, now)) is not None:
-            return Published(Position(*seen), duplicate=True)
+            return PublishResult(Position(*seen), duplicate=True)
         if broadcast.policy is Policy.WAIT and broadcast.any_full():
             await broadcast.wait_room(self._block_timeout)  # then the lagging ones are closed 4008
             # The wait may have let the same key through on another task.
             if key is not None and (seen := dedup.lookup(key, now)) is not None:
-                return Published(Position(*seen), duplicate=True)
+                return PublishResult(Position(*seen), duplicate=True)
         broadcast.expire(now)
         seq = broadcast.head + 1
-        broadcast.send(Message(channel, broadcast.epoch, seq, data, int(time.time() * 1000), now, size))
+        broadcast.send(StoredMessage(channel, broadcast.epoch, seq, data, int(time.time() * 1000), now, size))
         if key is not None:
             dedup.remember(key, broadcast.epoch, seq, now)
-        return Published(Position(broadcast.epoch, seq), duplicate=False)
+        return PublishResult(Position(broadcast.epoch, seq), duplicate=False)
 
     def submit(self, channel: str, data: Any, key: str | None, size: int) -> PublishTicket | None:
         return None  # ``publish`` stores at once (but under policy ``block``): nothing to overlap

@@ -35,7 +35,7 @@ from . import codec
 from .codec import Encoding
 from .context import ConnectionContext, ConnectionState
 from .stream import ServerStream
-from .subscription import Subscription
+from .subscription import Subscriber
 from .wire import CloseCode
 from .wsframe import data_frame, message_frame
 
@@ -110,7 +110,7 @@ class Outbox:
         self._max_control_bytes = context.config.max_control_bytes
         self.control: list[bytes] = []  # a list, not a deque: 56 bytes empty, not 624
         self.control_bytes = 0  # their total size
-        self.dirty: dict[Subscription, None] = {}
+        self.dirty: dict[Subscriber, None] = {}
         self.sent_unacked: Any = _nothing  # called after a write that took unacked messages
         self._space: trio.Event | None = None  # the reader waits on it when replies pile up
         # The writer's task and what it waits on exist only once it is needed.
@@ -151,12 +151,12 @@ class Outbox:
         self.control_bytes += len(frame)
         self._deliverer.schedule(self)
 
-    def mark(self, subscription: Subscription) -> None:
+    def mark(self, subscription: Subscriber) -> None:
         """``subscription`` has messages to write: include it in the next pass."""
         self.dirty[subscription] = None
         self._deliverer.schedule(self)
 
-    def forget(self, subscription: Subscription) -> None:
+    def forget(self, subscription: Subscriber) -> None:
         self.dirty.pop(subscription, None)
 
     @property
@@ -205,7 +205,7 @@ class Outbox:
 
     # -- what a subscription's broadcast and the deliverer call -----------------------
 
-    def notified(self, subscription: Subscription) -> None:
+    def notified(self, subscription: Subscriber) -> None:
         """A message was sent on ``subscription``'s channel (called for every subscriber)."""
         if self._owner.state is not _OPEN:
             return  # closing: a flush (1001, 1008) takes what was queued, nothing published after
@@ -214,7 +214,7 @@ class Outbox:
         # merely not written yet are not its fault: the deliverer's next pass writes them.
         # (Publishes pipelined in one read all arrive before that pass; the lag they add is
         # bounded by the read size, and the channel's history bounds any lag.)
-        # The cheap bound first (overdue <= lag), with ``Subscription.lag`` inlined (the
+        # The cheap bound first (overdue <= lag), with ``Subscriber.lag`` inlined (the
         # property call alone costs ~100 ns here, for every subscriber of every publish).
         tracker, limit = subscription.tracker, subscription.limit
         behind = subscription.cursor if tracker is None else min(subscription.cursor, tracker.acked)
@@ -229,7 +229,7 @@ class Outbox:
             self.dirty[subscription] = None
             self._deliverer.schedule(self)
 
-    def presence_notified(self, subscription: Subscription) -> None:
+    def presence_notified(self, subscription: Subscriber) -> None:
         """A join/leave for a watching subscription: write it with the channel's messages, in
         their order. A watcher holding ``outbound_queue_size`` unwritten events is slow (4008)."""
         if self._owner.state is not _OPEN:
@@ -242,7 +242,7 @@ class Outbox:
             self.dirty[subscription] = None
             self._deliverer.schedule(self)
 
-    def slow_consumer(self, subscription: Subscription) -> None:
+    def slow_consumer(self, subscription: Subscriber) -> None:
         if self._owner.state is _OPEN:
             self._metrics.slow_consumer_closes.inc()
         self._owner.request_close(

@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import trio
 
-from .hub import Published
+from .hub import PublishResult
 from .protocol import Position
 from .redis_store import RedisStore, Stored, Unavailable
 
@@ -43,10 +43,10 @@ class PendingPublish:
     key: str | None
     floor: Position | None
     done: trio.Event = attrs.field(factory=trio.Event)
-    result: Published | None = None
+    result: PublishResult | None = None
     error: Unavailable | None = None
 
-    async def wait(self) -> Published:
+    async def wait(self) -> PublishResult:
         await self.done.wait()
         if self.error is not None:
             raise Unavailable(self.error.reason)  # a fresh one: every waiter gets its own traceback
@@ -57,7 +57,7 @@ class PendingPublish:
         if isinstance(outcome, Unavailable):
             self.error = outcome
         else:
-            self.result = Published(Position(outcome.epoch, outcome.seq), outcome.duplicate)
+            self.result = PublishResult(Position(outcome.epoch, outcome.seq), outcome.duplicate)
         self.done.set()
 
 

@@ -50,8 +50,8 @@ import trio
 
 from . import logs, redis_api
 from .api import ChannelInfo, History
-from .broadcast import Broadcast, Message, Policy, Receiver
-from .hub import LocalWindows, Published, PublishTicket
+from .broadcast import Broadcast, Policy, Receiver, StoredMessage
+from .hub import LocalWindows, PublishResult, PublishTicket
 from .presence import DEFAULT_MAX_MEMBERS
 from .protocol import Position, ProtocolError
 from .redis_batch import PendingPublish, PublishBatcher
@@ -159,7 +159,7 @@ class RedisHub(LocalWindows):
     async def position(self, channel: str) -> Position | None:
         return await self.store.position(channel)
 
-    async def publish(self, channel: str, data: Any, key: str | None = None, size: int = 0) -> Published:
+    async def publish(self, channel: str, data: Any, key: str | None = None, size: int = 0) -> PublishResult:
         broadcast = self._channels.get(channel)
         if broadcast is not None:
             self._touch(channel, broadcast)
@@ -212,7 +212,7 @@ class RedisHub(LocalWindows):
             if entry.seq != broadcast.head + 1:
                 self._gap(broadcast, entry.seq)
             born = now - max(0.0, now_wall - entry.ts / 1000)
-            broadcast.send(Message(channel, entry.epoch, entry.seq, entry.data, entry.ts, born, entry.size))
+            broadcast.send(StoredMessage(channel, entry.epoch, entry.seq, entry.data, entry.ts, born, entry.size))
 
     def presence_entries(self, channel: str, entries: list[PresenceEntry]) -> None:
         broadcast = self._channels.get(channel)

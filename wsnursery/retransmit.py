@@ -19,7 +19,7 @@ import trio
 
 from .context import ConnectionState
 from .metrics import Metrics
-from .subscription import Subscription
+from .subscription import Subscriber
 from .timers import DeadlineTimer
 
 
@@ -30,7 +30,7 @@ class Owner(Protocol):
 class Marks(Protocol):
     """Where a subscription goes to be written again (the connection's outbox)."""
 
-    def mark(self, subscription: Subscription) -> None: ...
+    def mark(self, subscription: Subscriber) -> None: ...
 
 
 class Retransmits:
@@ -49,16 +49,16 @@ class Retransmits:
         self._outbox = outbox
         self._timer = timer
         self._metrics = metrics
-        self.acking: dict[Subscription, None] = {}  # a dict, not a set: 64 bytes empty, not 216
+        self.acking: dict[Subscriber, None] = {}  # a dict, not a set: 64 bytes empty, not 216
 
-    def track(self, subscription: Subscription) -> None:
+    def track(self, subscription: Subscriber) -> None:
         """Watch ``subscription``'s acks (or stop watching, when it has no tracker)."""
         if subscription.tracker is not None:
             self.acking[subscription] = None
         else:
             self.acking.pop(subscription, None)
 
-    def forget(self, subscription: Subscription) -> None:
+    def forget(self, subscription: Subscriber) -> None:
         self.acking.pop(subscription, None)
 
     def next_deadline(self) -> float:
