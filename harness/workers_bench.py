@@ -265,15 +265,9 @@ def run(args: argparse.Namespace) -> dict[str, list[dict]]:
 def _cleanup(url: str, prefix: str) -> None:
     import trio
 
-    from wsnursery.redis_store import connect
+    from harness.nodes import delete_keys
 
-    async def clean() -> None:
-        async with connect(url, prefix=prefix) as store:
-            keys = [key async for key in store.client.scan_iter(match=f"{prefix}*")]
-            if keys:
-                await store.client.delete(keys)
-
-    trio.run(clean)
+    trio.run(delete_keys, url, prefix)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
