@@ -122,3 +122,19 @@ async def test_a_pipeline_to_an_unreachable_redis_raises_unavailable():
     async with redis_store.connect(f"redis://127.0.0.1:{free_port()}/0", timeout=2.0) as store:
         with trio.fail_after(5), pytest.raises(Unavailable):
             await store.publish_many([("a", 1, None, None)])
+
+
+async def test_a_bug_in_a_round_trip_fails_that_batch_and_the_batcher_goes_on(caplog):
+    store = FakeStore()
+    batcher = PublishBatcher(store)  # type: ignore[arg-type]
+    store.release.set()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(batcher.run)
+            store.fail = ValueError("a bug")  # type: ignore[assignment]
+            with pytest.raises(Unavailable, match="could not be stored"):
+                await batcher.submit("c", "a", None, None).wait()
+            store.fail = None
+            assert (await batcher.submit("c", "b", None, None).wait()).position.seq == 1
+            nursery.cancel_scope.cancel()
+    assert "storing a batch of 1 publishes failed" in caplog.text

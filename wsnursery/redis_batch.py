@@ -27,11 +27,14 @@ from typing import Any
 import attrs
 import trio
 
+from . import logs
 from .hub import PublishResult
 from .protocol import Position
 from .redis_store import RedisStore, Stored, Unavailable
 
 MAX_BATCH = 256
+
+log = logs.get("redis")
 
 
 @attrs.define(eq=False)
@@ -92,6 +95,9 @@ class PublishBatcher:
                     outcomes = await self.store.publish_many(calls)
                 except Unavailable as exc:
                     outcomes = [exc] * len(batch)
+                except Exception:  # a bug must not stop every later publish of this node
+                    log.exception("storing a batch of %d publishes failed", len(batch))
+                    outcomes = [Unavailable("the publish could not be stored")] * len(batch)
                 self.batches += 1
                 for pending, outcome in zip(batch, outcomes, strict=True):
                     pending.resolve(outcome)
