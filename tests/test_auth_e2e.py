@@ -15,12 +15,11 @@ import trio
 import trio_websocket
 
 from wsnursery.api_client import ApiCallError, ApiClient, AsyncApiClient
-from wsnursery.codec import Encoding
 
 from .auth_keys import SECRET, claims, mint, self_signed
 from .helpers import http_request, wait_until
 from .test_tokens import BAD_HS256
-from .wsclient import TIMEOUT, Client
+from .wsclient import TIMEOUT, Client, connect
 
 API_KEY = "api-key-for-the-tests"
 CHAT = {"subscribe": ["chat.*"], "publish": ["chat.*"]}
@@ -46,16 +45,7 @@ async def ws(
         extra.append(("Authorization", f"Bearer {jwt}"))
     if jwt is not None and query:
         url += f"?token={jwt}"
-    async with trio_websocket.open_websocket_url(
-        url,
-        subprotocols=[Encoding.JSON.subprotocol],
-        extra_headers=extra,
-        ssl_context=ssl_context,
-        connect_timeout=TIMEOUT,
-        disconnect_timeout=TIMEOUT,
-    ) as connection:
-        client = Client(connection, Encoding.JSON)
-        client.welcome = await client.expect("welcome")
+    async with connect(url, headers=extra, ssl_context=ssl_context) as client:
         yield client
 
 

@@ -13,11 +13,9 @@ from typing import Any
 
 import pytest
 import trio
-import trio_websocket
 
 from harness.nodes import Nodes, with_prefix
 from wsnursery.api_client import ApiCallError, AsyncApiClient
-from wsnursery.codec import Encoding
 from wsnursery.presence import Member, PresenceEvent
 from wsnursery.redis_presence import ClusterPresence, PendingWrites, Write
 from wsnursery.redis_store import Entry, PresenceEntry, parse
@@ -30,7 +28,7 @@ from .redis_support import (  # noqa: F401 (fixtures)
 )
 from .test_redis_cluster import WAIT, close_code
 from .test_redis_cluster import cluster as cluster  # the fixture
-from .wsclient import TIMEOUT, Client, connect
+from .wsclient import Client, connect
 
 API_KEY = "k" * 32
 pytestmark = pytest.mark.usefixtures("server_errors")
@@ -57,15 +55,7 @@ def api(cluster: Any, node: int) -> AsyncApiClient:
 @contextlib.asynccontextmanager
 async def as_user(url: str, user: str) -> AsyncIterator[Client]:
     token = mint(claims(user, 300, channels={"subscribe": ["*"], "publish": ["*"]}))
-    async with trio_websocket.open_websocket_url(
-        url,
-        subprotocols=[Encoding.JSON.subprotocol],
-        extra_headers=[("Authorization", f"Bearer {token}")],
-        connect_timeout=TIMEOUT,
-        disconnect_timeout=TIMEOUT,
-    ) as connection:
-        client = Client(connection, Encoding.JSON)
-        client.welcome = await client.expect("welcome")
+    async with connect(url, headers=[("Authorization", f"Bearer {token}")]) as client:
         yield client
 
 

@@ -69,11 +69,24 @@ class Client:
 
 
 @contextlib.asynccontextmanager
-async def connect(url: str, encoding: Encoding = Encoding.JSON, offer: bool = True) -> AsyncIterator[Client]:
-    """``async with connect(url, Encoding.CBOR) as client`` — reads the welcome first."""
+async def connect(
+    url: str,
+    encoding: Encoding = Encoding.JSON,
+    offer: bool = True,
+    *,
+    headers: list[tuple[str, str]] | None = None,
+    ssl_context: Any = None,
+) -> AsyncIterator[Client]:
+    """``async with connect(url, Encoding.CBOR) as client`` — reads the welcome first.
+    ``headers``: extra headers on the upgrade request (a token, an Origin)."""
     subprotocols = [encoding.subprotocol] if offer else None
     async with trio_websocket.open_websocket_url(
-        url, subprotocols=subprotocols, connect_timeout=TIMEOUT, disconnect_timeout=TIMEOUT
+        url,
+        subprotocols=subprotocols,
+        extra_headers=headers,
+        ssl_context=ssl_context,
+        connect_timeout=TIMEOUT,
+        disconnect_timeout=TIMEOUT,
     ) as ws:
         client = Client(ws, encoding)
         client.welcome = await client.expect("welcome")
