@@ -35,11 +35,10 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 from hdrh.histogram import HdrHistogram
 
 from harness import rawws, workers_bench
-from harness.machine import describe, header_lines
+from harness.machine import describe, header_lines, pin, process_cpu
 from harness.servers import HOST, ServerProcess
 
 _TYPE = re.compile(rb'"type"\s*:\s*"(\w+)"')
@@ -77,29 +76,8 @@ def _server(engine: str, prefix: str) -> ServerProcess:
     return ServerProcess(f"wsnursery-{engine.split(':')[0]}", argv)
 
 
-def _pin(pid: int, cpu: int) -> None:
-    try:
-        os.sched_setaffinity(pid, {cpu % (os.cpu_count() or 1)})
-    except (AttributeError, OSError):
-        pass
-
-
-def _cpu(pid: int) -> float:
-    """Seconds of CPU the process used: the scheduler's nanosecond count over its threads
-    (Linux), else psutil's (10 ms ticks)."""
-    try:
-        total = 0
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total += int(f.read().split()[0])
-        return total / 1e9
-    except (OSError, ValueError, IndexError):
-        times = psutil.Process(pid).cpu_times()
-        return times.user + times.system
-
-
 def _started(server: ServerProcess) -> ServerProcess:
-    _pin(server.pid, SERVER_CPU)
+    pin(server.pid, SERVER_CPU)
     return server
 
 
@@ -186,7 +164,7 @@ async def fanout(
     senders = [Publisher(port, channel, share, window, size) for share in shares]
     for sender in senders:
         await sender.start()
-    cpu0, t0 = _cpu(pid), time.perf_counter()
+    cpu0, t0 = process_cpu(pid), time.perf_counter()
     for sender in senders:
         sender.go()
     try:
@@ -198,7 +176,7 @@ async def fanout(
             f"fan-out timed out: subscribers received {received[0]}..{received[-1]} of {messages}, "
             f"close codes {closes}, {sum(s.confirmed for s in senders)} publishes confirmed"
         ) from None
-    elapsed, cpu = time.perf_counter() - t0, _cpu(pid) - cpu0
+    elapsed, cpu = time.perf_counter() - t0, process_cpu(pid) - cpu0
     deliveries = subscribers * messages
     for conn in [*conns, *(sender.ws for sender in senders)]:
         conn.abort()
@@ -213,10 +191,10 @@ async def fanout(
 async def publish_rate(port: int, pid: int, messages: int, window: int, size: int) -> dict:
     publisher = Publisher(port, f"bench.pub.{secrets.token_hex(3)}", messages, window, size)
     await publisher.start()
-    cpu0, t0 = _cpu(pid), time.perf_counter()
+    cpu0, t0 = process_cpu(pid), time.perf_counter()
     publisher.go()
     await asyncio.wait_for(publisher.finished.wait(), 300)
-    elapsed, cpu = time.perf_counter() - t0, _cpu(pid) - cpu0
+    elapsed, cpu = time.perf_counter() - t0, process_cpu(pid) - cpu0
     publisher.ws.abort()
     return {
         "publishes_per_s": messages / elapsed,
@@ -243,7 +221,7 @@ async def latency(pub_port: int, sub_port: int, messages: int, size: int) -> dic
 
 
 def run(args: argparse.Namespace) -> dict:
-    _pin(os.getpid(), CLIENT_CPU)
+    pin(os.getpid(), CLIENT_CPU)
     prefix = f"wsnbench:{secrets.token_hex(4)}:"
     results: dict[str, dict] = {}
     try:

@@ -67,3 +67,25 @@ def header_lines(info: dict) -> list[str]:
         f"Load average at start: {' '.join(map(str, info['loadavg_at_start']))}",
         f"Libraries: {libs}",
     ]
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Keep ``pid`` on one CPU (``cpu`` modulo the count); nothing where that is not possible."""
+    try:
+        os.sched_setaffinity(pid, {cpu % (os.cpu_count() or 1)})
+    except (AttributeError, OSError):
+        pass
+
+
+def process_cpu(pid: int) -> float:
+    """Seconds of CPU the process used: the scheduler's nanosecond count over its threads
+    (Linux), else psutil's (10 ms ticks). Raises ``psutil.Error`` when the process is gone."""
+    try:
+        total = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        times = psutil.Process(pid).cpu_times()
+        return times.user + times.system

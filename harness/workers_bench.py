@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from harness import rawws
-from harness.machine import describe, header_lines
+from harness.machine import describe, header_lines, pin, process_cpu
 from harness.servers import HOST, ServerProcess
 
 _TYPE = re.compile(rb'"type"\s*:\s*"(\w+)"')
@@ -51,27 +51,12 @@ SERVER_CPU, CLIENT_CPU = 0, 1
 START_TIMEOUT = 30.0
 
 
-def _pin(pid: int, cpu: int) -> None:
-    try:
-        os.sched_setaffinity(pid, {cpu % (os.cpu_count() or 1)})
-    except (AttributeError, OSError):
-        pass
-
-
 def _cpu(pid: int) -> float:
-    """CPU seconds of ``pid`` over its threads (the scheduler's ns count; psutil's ticks otherwise)."""
+    """``machine.process_cpu``, 0 for a process that is gone (a worker restarted mid-run)."""
     try:
-        total = 0
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total += int(f.read().split()[0])
-        return total / 1e9
-    except (OSError, ValueError, IndexError):
-        try:
-            times = psutil.Process(pid).cpu_times()
-        except psutil.Error:
-            return 0.0
-        return times.user + times.system
+        return process_cpu(pid)
+    except psutil.Error:
+        return 0.0
 
 
 def redis_pid(url: str) -> int | None:
@@ -230,7 +215,7 @@ def _busy(times: object) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, list[dict]]:
-    _pin(os.getpid(), CLIENT_CPU)
+    pin(os.getpid(), CLIENT_CPU)
     prefix = f"wsnbench:{secrets.token_hex(4)}:"
     redis = redis_pid(args.redis)
     runs = [("memory, 1 process", "memory", 1), ("redis, 1 process", args.redis, 1)]
@@ -244,13 +229,13 @@ def run(args: argparse.Namespace) -> dict[str, list[dict]]:
                 found = server_pids(server, workers)
                 pids: dict[str, int] = {}
                 if workers == 1:
-                    _pin(found[0], SERVER_CPU)
+                    pin(found[0], SERVER_CPU)
                     pids["server"] = found[0]
                 else:
                     for index, pid in enumerate(found[:-1]):
-                        _pin(pid, index)
+                        pin(pid, index)
                         pids[f"worker {index + 1} (CPU {index % (os.cpu_count() or 1)})"] = pid
-                    _pin(found[-1], SERVER_CPU)
+                    pin(found[-1], SERVER_CPU)
                     pids["supervisor"] = found[-1]
                 pids["client"] = os.getpid()
                 if redis is not None and engine != "memory":
